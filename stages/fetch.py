@@ -1,0 +1,25 @@
+"""DVC stage `fetch`: download the ORL faces, verify their digest, publish data/raw/faces."""
+
+import argparse
+import dataclasses
+
+from facesim.fetch import FetchParams, fetch_faces
+from facesim.params import load_section
+from facesim.tracking import stage_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file; this stage reads its 'fetch' section")
+    parser.add_argument("--out", required=True, help="directory to publish the images to (data/raw/faces)")
+    args = parser.parse_args()
+
+    params = load_section(FetchParams, args.params, "fetch")
+    with stage_run("fetch", dataclasses.asdict(params)) as run:
+        result = fetch_faces(params, args.out, run)
+    print(f"fetch: {result.images} images of {result.subjects} subjects from {result.source} "
+          f"({result.bytes} bytes, {result.seconds:.1f} s), {result.digest}")
+
+
+if __name__ == "__main__":
+    main()
