@@ -18,6 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -173,7 +174,7 @@ def extract_faces(archive: Path, dest: Path, *, max_bytes: int, source: str) -> 
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, target.open("wb") as out:
                     shutil.copyfileobj(src, out, _CHUNK)  # zipfile checks each member's CRC here
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
         raise FetchError(f"{source}: not a readable zip archive (corrupt or truncated?): {exc}") from None
     return total
 

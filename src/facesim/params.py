@@ -40,6 +40,9 @@ def _check_type(value: Any, expected: Any, where: str) -> Any:
     origin = typing.get_origin(expected)
     if expected is Any:
         return value
+    if dataclasses.is_dataclass(expected):
+        source, _, section = where.rpartition(": ")
+        return parse_section(expected, value, section, source=source, validate=False)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(expected):
             try:
@@ -89,12 +92,12 @@ def _check_type(value: Any, expected: Any, where: str) -> Any:
     raise TypeError(f"unsupported parameter type {expected!r} for {where}")
 
 
-def parse_section(cls: type[T], raw: Any, section: str, source: str = "params.yaml") -> T:
+def parse_section(cls: type[T], raw: Any, section: str, source: str = "params.yaml", validate: bool = True) -> T:
     """Build dataclass `cls` from `raw`, refusing unknown or missing keys, then validate it."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: section '{section}' must be a mapping, got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(map(str, set(raw) - set(fields)))
     if unknown:
         raise ParamsError(
             f"{source}: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
@@ -109,10 +112,10 @@ def parse_section(cls: type[T], raw: Any, section: str, source: str = "params.ya
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ParamsError(f"{source}: missing key {section}.{name}")
     params = cls(**values)
-    validate = getattr(params, "validate", None)
-    if validate is not None:
+    check = getattr(params, "validate", None)
+    if validate and check is not None:
         try:
-            validate()
+            check()
         except ParamsError as exc:
             raise ParamsError(f"{source}: {exc}") from None
     return params

@@ -124,19 +124,25 @@ def make_pairs(
                 add(i, order[(p + step) % n], 1)
 
     subject_of = np.array([f.subject for f in faces])
+    # Pairs each image is already in: drawing the least-paired partners first
+    # keeps late images from finding every candidate used up.
+    load = np.zeros(len(faces), dtype=int)
     for i, face in enumerate(faces):
-        others = np.flatnonzero(subject_of != face.subject)
-        if dissimilar_per_image > len(others):
-            raise SampleError(f"sample.dissimilar_per_image={dissimilar_per_image} exceeds the {len(others)} "
-                              f"images of other subjects available for {face.path}")
+        others = rng.permutation(np.flatnonzero(subject_of != face.subject))
         taken = 0
-        for j in rng.permutation(others):
+        for j in others[np.argsort(load[others], kind="stable")]:
+            if taken == dissimilar_per_image:
+                break
             if (min(i, j), max(i, j)) in seen:
                 continue
             add(i, int(j), 0)
+            load[[i, j]] += 1
             taken += 1
-            if taken == dissimilar_per_image:
-                break
+        if taken < dissimilar_per_image:
+            raise SampleError(
+                f"sample.dissimilar_per_image={dissimilar_per_image} is too large: only {taken} distinct "
+                f"pairs with other subjects are left for {face.path}"
+            )
     return pd.DataFrame(
         {
             "image1": [faces[i].path for i, _, _ in rows],
