@@ -1,0 +1,166 @@
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from facesim.models import (
+    CompactCNN,
+    EmbeddingNet,
+    ModelConfig,
+    build_embedding_net,
+    count_flops,
+)
+
+SMALL_COMPACT = dict(backbone="compact", embedding_dim=8, channels=(4, 8, 8, 16))
+
+
+def embed(config: ModelConfig, height: int, width: int, batch: int = 2) -> torch.Tensor:
+    torch.manual_seed(0)
+    network = build_embedding_net(config).eval()
+    with torch.no_grad():
+        return network(torch.randn(batch, 1, height, width))
+
+
+# ---- shapes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("height, width", [(112, 92), (56, 46), (16, 16)])
+def test_compact_output_shape(height, width):
+    assert embed(ModelConfig(**SMALL_COMPACT), height, width).shape == (2, 8)
+
+
+def test_compact_with_default_widths_at_full_size():
+    assert embed(ModelConfig(), 112, 92).shape == (2, 64)
+
+
+@pytest.mark.parametrize("height, width", [(112, 92), (28, 23)])
+def test_resnet18_output_shape(height, width):
+    assert embed(ModelConfig(backbone="resnet18", embedding_dim=16), height, width).shape == (2, 16)
+
+
+def test_resnet18_takes_one_channel_and_has_no_classifier_head_left():
+    network = build_embedding_net(ModelConfig(backbone="resnet18", embedding_dim=16))
+    assert network.backbone.conv1.in_channels == 1
+    assert network.backbone.fc.in_features == 512 and network.backbone.fc.out_features == 16
+
+
+def test_compact_cnn_structure():
+    network = CompactCNN(embedding_dim=8, channels=(4, 6))
+    convs = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 4), (4, 6)]
+    assert all(c.bias is None for c in convs)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in network.modules()) == 1
+    assert network.head.in_features == 6
+
+
+def test_compact_cnn_two_convs_per_block():
+    network = CompactCNN(embedding_dim=8, channels=(4, 6), convs_per_block=2)
+    convs = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 4), (4, 4), (4, 6), (6, 6)]
+    assert all(c.bias is None for c in convs)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in network.modules()) == 1
+    assert network.head.in_features == 6
+
+
+# ---- normalisation ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backbone", ["compact", "resnet18"])
+def test_normalize_gives_unit_norm_embeddings(backbone):
+    config = ModelConfig(backbone=backbone, embedding_dim=8, channels=(4, 8), normalize=True)
+    norms = embed(config, 32, 32, batch=3).norm(dim=1)
+    assert torch.allclose(norms, torch.ones(3), atol=1e-5)
+
+
+def test_without_normalize_norms_are_not_forced_to_one():
+    norms = embed(ModelConfig(**SMALL_COMPACT), 32, 32, batch=3).norm(dim=1)
+    assert not torch.allclose(norms, torch.ones(3), atol=1e-3)
+
+
+# ---- bad input and bad config -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 32, 32), (2, 32, 32), (0, 1, 32, 32), (2, 1, 8, 32)]
+)
+def test_embedding_net_rejects_bad_input(shape):
+    network = build_embedding_net(ModelConfig(**SMALL_COMPACT))
+    with pytest.raises(ValueError, match=r"expected .*faces"):
+        network(torch.zeros(shape))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(backbone="vgg"), "train.backbone must be one of compact, resnet18, got 'vgg'"),
+        (dict(embedding_dim=0), "train.embedding_dim"),
+        (dict(embedding_dim=True), "train.embedding_dim"),
+        (dict(channels=()), "train.channels"),
+        (dict(channels=(32, -1)), "train.channels"),
+        (dict(input_height=8), "train.input_height must be an integer >= 16"),
+        (dict(channels=(4,) * 6, input_width=20), "train.input_width must be an integer >= 32"),
+        (dict(normalize="yes"), "train.normalize"),
+    ],
+)
+def test_bad_config_names_the_field(changes, message):
+    config = dataclasses.replace(ModelConfig(), **changes)
+    with pytest.raises(ValueError, match=message):
+        config.validate()
+    with pytest.raises(ValueError, match=message):
+        build_embedding_net(config)
+
+
+def test_validate_accepts_the_defaults_and_uses_the_given_section():
+    ModelConfig().validate()
+    with pytest.raises(ValueError, match="model.backbone"):
+        ModelConfig(backbone="vgg").validate(section="model")
+
+
+# ---- config round trip ----------------------------------------------------------------
+
+
+def test_config_round_trips_through_a_plain_dict():
+    config = ModelConfig(backbone="resnet18", embedding_dim=32, input_height=56, input_width=46,
+                         channels=(8, 16, 32), normalize=True)
+    as_dict = config.to_dict()
+    assert as_dict["channels"] == [8, 16, 32]  # plain list, JSON/YAML friendly
+    assert ModelConfig.from_dict(as_dict) == config
+
+
+def test_from_dict_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ValueError, match=r"unknown model config keys \['embeding_dim'\]"):
+        ModelConfig.from_dict({"embeding_dim": 32})
+    with pytest.raises(ValueError, match="train.embedding_dim"):
+        ModelConfig.from_dict({"embedding_dim": -3})
+
+
+# ---- FLOPs ---------------------------------------------------------------------------
+
+
+def test_count_flops_of_one_conv_by_hand():
+    conv = nn.Conv2d(1, 8, kernel_size=3)
+    # output 8 x (10-2) x (12-2) = 640 values, each 1*3*3 = 9 multiply-adds
+    # -> 5760 multiply-adds -> 11520 FLOPs
+    assert count_flops(conv, 10, 12) == 11520
+
+
+def test_count_flops_adds_linear_layers_and_restores_training_mode():
+    model = nn.Sequential(nn.Conv2d(1, 8, kernel_size=3), nn.Flatten(), nn.Linear(640, 5))
+    model.train()
+    # conv 11520 + linear 2 * 640 * 5 = 6400
+    assert count_flops(model, 10, 12) == 11520 + 6400
+    assert model.training
+    assert not any(module._forward_hooks for module in model.modules())
+
+
+def test_count_flops_of_compact_cnn_by_hand():
+    config = ModelConfig(embedding_dim=3, channels=(2, 4), convs_per_block=2, input_height=16, input_width=16)
+    # block 1 at 16x16 (256 px): 1->2 conv 2*9*1 = 18 MACs/px, 2->2 conv 2*9*2 = 36 MACs/px
+    # block 2 at 8x8 (64 px):    2->4 conv 4*9*2 = 72,         4->4 conv 4*9*4 = 144
+    # head 4 -> 3: 12 MACs
+    # MACs = 256*(18+36) + 64*(72+144) + 12 = 13824 + 13824 + 12 = 27660 -> 55320 FLOPs
+    assert count_flops(build_embedding_net(config), 16, 16) == 55320
+    # one conv per block: 256*18 + 64*72 + 12 = 4608 + 4608 + 12 = 9228 MACs -> 18456 FLOPs
+    single = dataclasses.replace(config, convs_per_block=1)
+    assert count_flops(build_embedding_net(single), 16, 16) == 18456
