@@ -36,6 +36,7 @@ class Run(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
+    def log_model(self, model: Any, input_example: Any, metadata: Mapping[str, Any]) -> None: ...
 
 
 class NullRun:
@@ -51,6 +52,9 @@ class NullRun:
         pass
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def log_model(self, model: Any, input_example: Any, metadata: Mapping[str, Any]) -> None:
         pass
 
 
@@ -142,6 +146,24 @@ class MlflowRun:
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._mlflow.set_tags(dict(tags))
+
+    def log_model(self, model: Any, input_example: Any, metadata: Mapping[str, Any]) -> None:
+        """Log a torch embedding network with its signature (images in, embeddings out)."""
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.inference_mode():
+            output = model(torch.as_tensor(input_example)).cpu().numpy()
+        self._mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(input_example, output),
+            input_example=input_example,
+            # Pinned here rather than inferred: inference imports and scans every package (slow).
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            metadata={k: v for k, v in metadata.items() if k in ("model_name", "epoch", "best_val_loss")},
+        )
 
 
 @contextlib.contextmanager

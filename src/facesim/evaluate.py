@@ -1,0 +1,141 @@
+"""Stage `evaluate`: verification and retrieval on the held-out subjects.
+
+The distance threshold is chosen on the validation pairs (best accuracy there)
+and then applied, unchanged, to the test pairs: the sampled ones and all
+unordered pairs of the held-out faces. Retrieval takes every held-out face as
+a query against all the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from facesim.atomic import staged_outputs
+from facesim.data import FaceSet, Preprocess
+from facesim.metrics import (
+    all_unordered_pairs,
+    choose_threshold,
+    retrieval_metrics,
+    roc_points,
+    verification_metrics,
+)
+from facesim.params import require
+from facesim.sample import list_faces
+from facesim.tracking import NULL_RUN, Run
+from facesim.train import embed_all, load_checkpoint, load_tables
+
+PREDICTION_COLUMNS = ["set", "image1", "image2", "subject1", "subject2", "label", "distance", "predicted"]
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    retrieval_k: tuple[int, ...] = (1, 5)  # precision@k reported for each k
+
+    def validate(self) -> None:
+        require(len(self.retrieval_k) > 0 and all(k >= 1 for k in self.retrieval_k),
+                f"evaluate.retrieval_k must be a non-empty list of integers >= 1, got {list(self.retrieval_k)}")
+
+
+def _distances(embeddings: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(embeddings[first] - embeddings[second], axis=1)
+
+
+def evaluate_embeddings(
+    val_embeddings: np.ndarray,
+    val_pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    test_embeddings: np.ndarray,
+    test_subjects: list[str],
+    test_pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    retrieval_k: tuple[int, ...] = (1, 5),
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Metrics from embeddings; pairs are (row1, row2, label) arrays into the embedding tables.
+
+    Returns the metrics dict and, per pair set, the distances (for predictions and plots).
+    """
+    val_d = _distances(val_embeddings, val_pairs[0], val_pairs[1])
+    threshold = choose_threshold(val_d, val_pairs[2])
+    test_d = _distances(test_embeddings, test_pairs[0], test_pairs[1])
+    subjects = np.asarray(test_subjects)
+    first, second, same = all_unordered_pairs(subjects)
+    all_d = _distances(test_embeddings, first, second)
+    metrics = {
+        "threshold": threshold,
+        "validation": verification_metrics(val_d, val_pairs[2], threshold),
+        "test": verification_metrics(test_d, test_pairs[2], threshold),
+        "all_pairs": verification_metrics(all_d, same, threshold),
+        "retrieval": retrieval_metrics(test_embeddings, subjects, ks=retrieval_k),
+    }
+    return metrics, {"val": val_d, "test": test_d, "all_pairs": all_d,
+                     "all_pairs_first": first, "all_pairs_second": second, "all_pairs_label": same}
+
+
+def evaluate_model(
+    model_name: str,
+    params: EvaluateParams,
+    checkpoint_path: str | os.PathLike,
+    faces_dir: str | os.PathLike,
+    pair_paths: dict[str, str | os.PathLike],
+    outputs: dict[str, str | os.PathLike],
+    run: Run = NULL_RUN,
+) -> dict[str, Any]:
+    """The evaluate stage: embed, score, write metrics, ROC, predictions and embeddings (all or none).
+
+    outputs: "metrics" (JSON), "roc" (CSV fpr,tpr,threshold), "predictions" (CSV), "embeddings" (CSV).
+    """
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    preprocess = Preprocess(**checkpoint["preprocess"])
+    tables = load_tables(pair_paths)
+    val, test = tables["pairs_val"], tables["pairs_test"]
+    test_paths = [f.path for f in list_faces(faces_dir, "testing")]
+
+    val_faces = FaceSet.load(faces_dir, pd.concat([val["image1"], val["image2"]]), preprocess)
+    test_faces = FaceSet.load(faces_dir, test_paths, preprocess)
+    val_embeddings = embed_all(model, val_faces.tensor).numpy()
+    test_embeddings = embed_all(model, test_faces.tensor).numpy()
+
+    def rows(faces: FaceSet, table: pd.DataFrame):
+        return (faces.rows(table["image1"]).numpy(), faces.rows(table["image2"]).numpy(),
+                table["label"].to_numpy())
+
+    metrics, distances = evaluate_embeddings(
+        val_embeddings, rows(val_faces, val), test_embeddings, test_faces.subjects, rows(test_faces, test),
+        retrieval_k=params.retrieval_k,
+    )
+    threshold = metrics["threshold"]
+    metrics = {"model": model_name, "best_epoch": checkpoint["epoch"], **metrics}
+
+    first, second = distances["all_pairs_first"], distances["all_pairs_second"]
+    predictions = pd.concat([
+        test.assign(set="test", distance=distances["test"]),
+        pd.DataFrame({
+            "set": "all_pairs",
+            "image1": np.asarray(test_faces.paths)[first], "image2": np.asarray(test_faces.paths)[second],
+            "subject1": np.asarray(test_faces.subjects)[first], "subject2": np.asarray(test_faces.subjects)[second],
+            "label": distances["all_pairs_label"], "distance": distances["all_pairs"],
+        }),
+    ], ignore_index=True)
+    predictions["predicted"] = (predictions["distance"] <= threshold).astype(int)
+    fpr, tpr, roc_thresholds = roc_points(distances["all_pairs"], distances["all_pairs_label"])
+    embeddings = pd.DataFrame(test_embeddings, columns=[f"e{i}" for i in range(test_embeddings.shape[1])])
+    embeddings.insert(0, "subject", test_faces.subjects)
+    embeddings.insert(0, "path", test_faces.paths)
+
+    with staged_outputs(outputs["metrics"], outputs["roc"], outputs["predictions"], outputs["embeddings"]) as (
+        metrics_path, roc_path, predictions_path, embeddings_path
+    ):
+        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": roc_thresholds}).to_csv(
+            roc_path, index=False, lineterminator="\n", float_format="%.6g")
+        predictions[PREDICTION_COLUMNS].to_csv(predictions_path, index=False, lineterminator="\n",
+                                               float_format="%.6g")
+        embeddings.to_csv(embeddings_path, index=False, lineterminator="\n", float_format="%.7g")
+        run.log_metrics({k: v for k, v in metrics.items() if k != "model"})
+        run.log_artifact(metrics_path, "metrics")
+        run.log_artifact(roc_path, "plots")
+    return metrics

@@ -1,0 +1,185 @@
+"""Stage `render`: the figures a reader looks at, from the evaluate and train outputs.
+
+Matplotlib's object API (`Figure`) is used rather than pyplot: no global
+figure state and no GUI backend, so rendering works headless and in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from sklearn.decomposition import PCA
+
+from facesim.atomic import staged_outputs
+from facesim.data import load_image
+from facesim.metrics import top_k_neighbours
+from facesim.params import require
+from facesim.tracking import NULL_RUN, Run
+
+MATCH_COLOUR, MISTAKE_COLOUR = "#1a9850", "#d73027"
+SAME_COLOUR, DIFFERENT_COLOUR = "#4575b4", "#f46d43"
+
+
+@dataclass(frozen=True)
+class RenderParams:
+    dpi: int = 110
+    top_k: int = 5  # neighbours shown per query in top5_<model>.png
+
+    def validate(self) -> None:
+        require(self.dpi >= 30, f"render.dpi must be >= 30, got {self.dpi}")
+        require(self.top_k >= 1, f"render.top_k must be >= 1, got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """What render reads for one model (the paths dvc.yaml gives it)."""
+
+    name: str
+    metrics: Path
+    roc: Path
+    predictions: Path
+    embeddings: Path
+    history: Path
+
+
+def _embedding_table(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    table = pd.read_csv(path)
+    columns = [c for c in table.columns if c.startswith("e") and c[1:].isdigit()]
+    if not columns or not {"path", "subject"} <= set(table.columns):
+        raise ValueError(f"{path}: expected columns path, subject, e0..eN")
+    return table[["path", "subject"]], table[columns].to_numpy()
+
+
+def _subject_order(subjects) -> list[str]:
+    return sorted(set(subjects), key=lambda s: (len(s), s))
+
+
+def pca_figure(model: str, table: pd.DataFrame, embeddings: np.ndarray) -> Figure:
+    """Held-out embeddings in 2-D by PCA, one colour per person."""
+    pca = PCA(n_components=2, random_state=0)
+    points = pca.fit_transform(embeddings)
+    fig = Figure(figsize=(6, 5), layout="constrained")
+    ax = fig.subplots()
+    for subject in _subject_order(table["subject"]):
+        mask = (table["subject"] == subject).to_numpy()
+        ax.scatter(points[mask, 0], points[mask, 1], s=40, label=subject, alpha=0.85, edgecolors="white")
+    ratio = pca.explained_variance_ratio_
+    ax.set_xlabel(f"PC 1 ({ratio[0]:.1%} of variance)")
+    ax.set_ylabel(f"PC 2 ({ratio[1]:.1%} of variance)")
+    ax.set_title(f"{model}: held-out faces, embeddings by PCA")
+    ax.legend(title="person", loc="best")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def top_k_figure(model: str, table: pd.DataFrame, embeddings: np.ndarray, faces_dir: Path, k: int) -> Figure:
+    """One row per held-out person: their first face as query, then its k closest other faces."""
+    subjects = table["subject"].to_numpy()
+    queries = [int(np.flatnonzero(subjects == s)[0]) for s in _subject_order(subjects)]
+    neighbours, distances = top_k_neighbours(embeddings, embeddings, k, exclude_self=True)
+    fig = Figure(figsize=(1.5 * (k + 1), 2.1 * len(queries) + 0.4), layout="constrained")
+    axes = fig.subplots(len(queries), k + 1, squeeze=False)
+    for row, query in enumerate(queries):
+        cells = [(query, None)] + list(zip(neighbours[query], distances[query]))
+        for col, (index, distance) in enumerate(cells):
+            ax = axes[row, col]
+            ax.imshow(np.asarray(load_image(faces_dir / table["path"].iloc[index])), cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if distance is None:
+                ax.set_title(f"query {subjects[index]}", fontsize=9, fontweight="bold")
+                continue
+            match = subjects[index] == subjects[query]
+            colour = MATCH_COLOUR if match else MISTAKE_COLOUR
+            ax.set_title(f"{'✓' if match else '✗'} {subjects[index]}  d={distance:.2f}", fontsize=8, color=colour)
+            ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor=colour, linewidth=4))
+    fig.suptitle(f"{model}: {k} closest held-out faces per query (green: same person, red: mistake)", fontsize=10)
+    return fig
+
+
+def roc_figure(models: list[ModelOutputs]) -> Figure:
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.subplots()
+    for outputs in models:
+        roc = pd.read_csv(outputs.roc)
+        metrics = json.loads(outputs.metrics.read_text())
+        ax.plot(roc["fpr"], roc["tpr"], drawstyle="steps-post", linewidth=2,
+                label=f"{outputs.name} (AUC {metrics['all_pairs']['roc_auc']:.4f}, "
+                      f"EER {metrics['all_pairs']['eer']:.2%})")
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
+    ax.set_xlabel("false positive rate (different people accepted)")
+    ax.set_ylabel("true positive rate (same person accepted)")
+    ax.set_title("ROC, all pairs of held-out faces")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def distances_figure(outputs: ModelOutputs) -> Figure:
+    predictions = pd.read_csv(outputs.predictions)
+    pairs = predictions[predictions["set"] == "all_pairs"]
+    threshold = json.loads(outputs.metrics.read_text())["threshold"]
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    bins = np.linspace(0, pairs["distance"].max() * 1.05, 40)
+    ax.hist(pairs.loc[pairs["label"] == 1, "distance"], bins=bins, alpha=0.7, color=SAME_COLOUR, density=True,
+            label=f"same person ({int((pairs['label'] == 1).sum())} pairs)")
+    ax.hist(pairs.loc[pairs["label"] == 0, "distance"], bins=bins, alpha=0.7, color=DIFFERENT_COLOUR,
+            density=True, label=f"different people ({int((pairs['label'] == 0).sum())} pairs)")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f} (chosen on validation)")
+    ax.set_xlabel("embedding distance")
+    ax.set_ylabel("density")
+    ax.set_title(f"{outputs.name}: distances between held-out faces")
+    ax.legend()
+    return fig
+
+
+def loss_figure(models: list[ModelOutputs]) -> Figure:
+    fig = Figure(figsize=(5 * len(models), 4), layout="constrained")
+    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    for ax, outputs in zip(axes, models):
+        history = pd.read_csv(outputs.history)
+        best = int(json.loads(outputs.metrics.read_text())["best_epoch"])
+        ax.plot(history["epoch"], history["train_loss"], marker="o", markersize=3, label="train")
+        ax.plot(history["epoch"], history["val_loss"], marker="o", markersize=3, label="validation")
+        ax.axvline(best, color="grey", linestyle=":", label=f"best epoch ({best})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{outputs.name} loss")
+        ax.set_title(f"{outputs.name}: loss per epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def render_figures(
+    params: RenderParams,
+    models: list[ModelOutputs],
+    faces_dir: str | os.PathLike,
+    figures_dir: str | os.PathLike,
+    run: Run = NULL_RUN,
+) -> list[str]:
+    """Write every figure into `figures_dir` (replaced as a whole) and log them; returns the file names."""
+    faces_dir = Path(faces_dir)
+    figures: dict[str, Figure] = {}
+    for outputs in models:
+        table, embeddings = _embedding_table(outputs.embeddings)
+        figures[f"pca_{outputs.name}.png"] = pca_figure(outputs.name, table, embeddings)
+        figures[f"top{params.top_k}_{outputs.name}.png"] = top_k_figure(
+            outputs.name, table, embeddings, faces_dir, params.top_k)
+        figures[f"distances_{outputs.name}.png"] = distances_figure(outputs)
+    figures["roc.png"] = roc_figure(models)
+    figures["loss_curves.png"] = loss_figure(models)
+    with staged_outputs(figures_dir) as (staged,):
+        staged.mkdir()
+        for name, fig in figures.items():
+            # No timestamp in the file: the same inputs give the same bytes.
+            fig.savefig(staged / name, dpi=params.dpi, metadata={"Software": None})
+        run.log_artifact(staged, "figures")
+    return sorted(figures)

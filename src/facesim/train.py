@@ -1,0 +1,386 @@
+"""Stage `train`: one loop for both Siamese models (contrastive pairs, triplets).
+
+Faces are decoded once into a tensor (`FaceSet`); a batch is a tensor of row
+numbers, the images it needs are embedded once each, augmented as a whole
+batch. Validation runs after every epoch; the best epoch's weights are kept
+and training stops after `patience` epochs without a better validation loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from facesim.atomic import staged_outputs
+from facesim.data import Augment, FaceSet, Preprocess
+from facesim.losses import BatchTripletLoss, ContrastiveLoss, TripletLoss, euclidean_distance
+from facesim.metrics import roc_auc
+from facesim.models import EmbeddingNet, ModelConfig, build_embedding_net
+from facesim.params import ParamsError, require
+from facesim.tracking import NULL_RUN, Run
+
+MODELS = ("contrastive", "triplet")
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_roc_auc", "seconds"]
+
+
+@dataclass(frozen=True)
+class ContrastiveParams:
+    margin: float = 2.0  # different people are pushed at least this far apart
+    normalize: bool = False  # L2-normalise embeddings (distances then lie in [0, 2])
+
+
+@dataclass(frozen=True)
+class TripletParams:
+    margin: float = 0.2  # d(anchor, negative) must exceed d(anchor, positive) by this much
+    normalize: bool = True
+    # "none": the sampled triplet CSV; "semihard" / "hard" / "all": batches of
+    # people_per_batch x faces_per_person faces with triplets mined in the batch (FaceNet).
+    mining: Literal["none", "semihard", "hard", "all"] = "semihard"
+    people_per_batch: int = 16
+    faces_per_person: int = 4
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int = 42  # model initialisation, batch order and augmentation
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default (one per core)
+    backbone: Literal["compact", "resnet18"] = "compact"
+    embedding_dim: int = 64
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # compact backbone: width of each conv block
+    convs_per_block: int = 1  # compact backbone: 3x3 convs per block
+    input_height: int = 56
+    input_width: int = 46
+    pixel_mean: float = 0.5
+    pixel_std: float = 0.25
+    epochs: int = 30  # at most; early stopping may end sooner
+    batch_size: int = 64  # pairs or triplets per step (P x K faces when mining)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 3  # epochs without a better validation loss before stopping
+    augment: bool = True  # shifts, small rotations and zoom, mirror, brightness/contrast
+    contrastive: ContrastiveParams = field(default_factory=ContrastiveParams)
+    triplet: TripletParams = field(default_factory=TripletParams)
+
+    def validate(self) -> None:
+        require(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        require(self.batch_size >= 2, f"train.batch_size must be >= 2, got {self.batch_size}")
+        require(self.lr > 0, f"train.lr must be positive, got {self.lr}")
+        require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        require(self.patience >= 1, f"train.patience must be >= 1, got {self.patience}")
+        require(self.threads >= 0, f"train.threads must be >= 0, got {self.threads}")
+        require(self.pixel_std > 0, f"train.pixel_std must be positive, got {self.pixel_std}")
+        require(self.contrastive.margin > 0, f"train.contrastive.margin must be positive, got {self.contrastive.margin}")
+        require(self.triplet.margin > 0, f"train.triplet.margin must be positive, got {self.triplet.margin}")
+        require(self.triplet.people_per_batch >= 2,
+                f"train.triplet.people_per_batch must be >= 2, got {self.triplet.people_per_batch}")
+        require(self.triplet.faces_per_person >= 2,
+                f"train.triplet.faces_per_person must be >= 2, got {self.triplet.faces_per_person}")
+        try:
+            self.model_config("contrastive").validate("train")
+        except ValueError as exc:
+            raise ParamsError(str(exc)) from None
+
+    def model_config(self, model: str) -> ModelConfig:
+        return ModelConfig(
+            backbone=self.backbone,
+            embedding_dim=self.embedding_dim,
+            input_height=self.input_height,
+            input_width=self.input_width,
+            channels=tuple(self.channels),
+            convs_per_block=self.convs_per_block,
+            normalize=self.loss_params(model).normalize,
+        )
+
+    def preprocess(self) -> Preprocess:
+        return Preprocess(height=self.input_height, width=self.input_width, mean=self.pixel_mean, std=self.pixel_std)
+
+    def loss_params(self, model: str) -> ContrastiveParams | TripletParams:
+        if model not in MODELS:
+            raise ParamsError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+        return getattr(self, model)
+
+    def resolved(self, model: str) -> dict[str, Any]:
+        """The one config dict of a run: MLflow params, checkpoint and metrics file get this."""
+        common = {k: v for k, v in asdict(self).items() if k not in MODELS}
+        common["channels"] = list(self.channels)
+        return {"model": model, **common, "loss": asdict(self.loss_params(model))}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ParamsError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Same params, same machine, same numbers."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def embed_rows(
+    model: EmbeddingNet,
+    images: torch.Tensor,
+    rows: torch.Tensor,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Embeddings for a tensor of row numbers of any shape: (*rows.shape, D).
+
+    Each distinct image is embedded (and augmented) once, however often it
+    appears in the batch.
+    """
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    x = images[unique]
+    if augment is not None:
+        x = augment(x, generator)
+    device = next(model.parameters()).device
+    return model(x.to(device))[inverse.to(device)]
+
+
+def embed_all(model: EmbeddingNet, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Embeddings of every image, in eval mode, without autograd: (N, D) on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        return torch.cat([model(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
+
+
+class Objective:
+    """What one model learns from: its training batches and its loss on a batch of embeddings."""
+
+    def __init__(self, model_name: str, params: TrainParams, tables: dict[str, pd.DataFrame], faces: FaceSet):
+        self.name = model_name
+        self.params = params
+        self.pairs_val = _pair_rows(tables["pairs_val"], faces)
+        if model_name == "contrastive":
+            self.train_rows = _pair_rows(tables["pairs_train"], faces)
+            self.loss_fn = ContrastiveLoss(margin=params.contrastive.margin)
+        else:
+            self.train_rows = _triplet_rows(tables["triplets_train"], faces)
+            self.val_triplets = _triplet_rows(tables["triplets_val"], faces)
+            if params.triplet.mining == "none":
+                self.loss_fn = TripletLoss(margin=params.triplet.margin)
+            else:
+                self.loss_fn = BatchTripletLoss(margin=params.triplet.margin, mining=params.triplet.mining)
+                # The faces each triplet CSV holds, with their person, for P x K batches.
+                subject_ids = faces.subject_ids()
+                self.pool = torch.unique(self.train_rows.flatten())
+                self.pool_labels = subject_ids[self.pool]
+                self.val_pool = torch.unique(self.val_triplets.flatten())
+                self.val_pool_labels = subject_ids[self.val_pool]
+
+    def batches(self, generator: torch.Generator) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        if self.name == "triplet" and self.params.triplet.mining != "none":
+            yield from self._pk_batches(generator)
+            return
+        order = torch.randperm(len(self.train_rows), generator=generator)
+        for start in range(0, len(order), self.params.batch_size):
+            yield self.train_rows[order[start : start + self.params.batch_size]]
+
+    def _pk_batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        p, k = self.params.triplet.people_per_batch, self.params.triplet.faces_per_person
+        people = torch.unique(self.pool_labels)
+        p = min(p, len(people))
+        for _ in range(math.ceil(len(self.pool) / (p * k))):
+            chosen = people[torch.randperm(len(people), generator=generator)[:p]]
+            rows, labels = [], []
+            for person in chosen:
+                own = self.pool[self.pool_labels == person]
+                take = own[torch.randperm(len(own), generator=generator)[:k]]
+                rows.append(take)
+                labels.append(torch.full((len(take),), int(person)))
+            yield torch.cat(rows), torch.cat(labels)
+
+    def train_loss(self, model, images, batch, augment, generator) -> torch.Tensor:
+        if isinstance(batch, tuple):  # P x K faces with their person labels
+            rows, labels = batch
+            return self.loss_fn(embed_rows(model, images, rows, augment, generator), labels.to(_device(model)))
+        emb = embed_rows(model, images, batch[:, :-1] if self.name == "contrastive" else batch, augment, generator)
+        if self.name == "contrastive":
+            return self.loss_fn(emb[:, 0], emb[:, 1], batch[:, -1].to(emb))
+        return self.loss_fn(emb[:, 0], emb[:, 1], emb[:, 2])
+
+    def validate(self, embeddings: torch.Tensor) -> dict[str, float]:
+        """Validation loss (the early-stopping criterion) and ROC AUC on the validation pairs."""
+        e1, e2 = embeddings[self.pairs_val[:, 0]], embeddings[self.pairs_val[:, 1]]
+        labels = self.pairs_val[:, 2]
+        distances = euclidean_distance(e1, e2)
+        if self.name == "contrastive":
+            loss = self.loss_fn(e1, e2, labels.float())
+        elif self.params.triplet.mining == "none":
+            t = self.val_triplets
+            loss = self.loss_fn(embeddings[t[:, 0]], embeddings[t[:, 1]], embeddings[t[:, 2]])
+        else:
+            # The training objective over all validation faces as one batch: random
+            # CSV triplets are too easy to tell one epoch from the next.
+            loss = self.loss_fn(embeddings[self.val_pool], self.val_pool_labels)
+        return {"val_loss": float(loss), "val_roc_auc": roc_auc(distances.numpy(), labels.numpy())}
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _pair_rows(table: pd.DataFrame, faces: FaceSet) -> torch.Tensor:
+    return torch.stack([faces.rows(table["image1"]), faces.rows(table["image2"]),
+                        torch.tensor(table["label"].to_numpy(), dtype=torch.long)], dim=1)
+
+
+def _triplet_rows(table: pd.DataFrame, faces: FaceSet) -> torch.Tensor:
+    return torch.stack([faces.rows(table[c]) for c in ("anchor", "positive", "negative")], dim=1)
+
+
+@dataclass
+class TrainResult:
+    model: EmbeddingNet
+    checkpoint: dict[str, Any]
+    history: pd.DataFrame
+    best_epoch: int
+    best_val_loss: float
+    stopped_early: bool
+
+
+def fit(
+    model_name: str,
+    params: TrainParams,
+    tables: dict[str, pd.DataFrame],
+    faces: FaceSet,
+    run: Run = NULL_RUN,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> TrainResult:
+    """Train `model_name` ('contrastive' or 'triplet') on faces already in memory."""
+    params.loss_params(model_name)  # refuses an unknown model name
+    seed_everything(params.seed)
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    device = resolve_device(params.device)
+    objective = Objective(model_name, params, tables, faces)
+    model = build_embedding_net(params.model_config(model_name)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    augment = Augment() if params.augment else None
+    generator = torch.Generator().manual_seed(params.seed)
+    images = faces.tensor
+
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"val_loss": math.inf}
+    epochs_without_gain = 0
+    for epoch in range(1, params.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        total, count = 0.0, 0
+        for batch in objective.batches(generator):
+            loss = objective.train_loss(model, images, batch, augment, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = len(batch[0]) if isinstance(batch, tuple) else len(batch)
+            total, count = total + loss.item() * n, count + n
+        scores = objective.validate(embed_all(model, images))
+        row = {"epoch": epoch, "train_loss": total / count, **scores, "seconds": time.perf_counter() - started}
+        history.append(row)
+        run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        improved = scores["val_loss"] < best["val_loss"]
+        log(f"train@{model_name} epoch {epoch:3d}/{params.epochs}  train_loss {row['train_loss']:.4f}  "
+            f"val_loss {scores['val_loss']:.4f}  val_auc {scores['val_roc_auc']:.4f}  "
+            f"{row['seconds']:.1f}s{'  *' if improved else ''}")
+        if improved:
+            # Checkpoint only when validation improves: the weights we keep are the best seen.
+            best = {"val_loss": scores["val_loss"], "epoch": epoch,
+                    "model_state": copy.deepcopy(model.state_dict()),
+                    "optimizer_state": copy.deepcopy(optimizer.state_dict())}
+            epochs_without_gain = 0
+        else:
+            epochs_without_gain += 1
+            if epochs_without_gain >= params.patience:
+                log(f"train@{model_name}: no better validation loss for {params.patience} epochs; stopping")
+                break
+
+    model.load_state_dict(best["model_state"])
+    model.eval()
+    checkpoint = {
+        "model_name": model_name,
+        "model_state": best["model_state"],
+        "optimizer_state": best["optimizer_state"],
+        "epoch": best["epoch"],
+        "best_val_loss": best["val_loss"],
+        "model_config": params.model_config(model_name).to_dict(),
+        "preprocess": params.preprocess().to_dict(),
+        "params": params.resolved(model_name),
+    }
+    return TrainResult(
+        model=model,
+        checkpoint=checkpoint,
+        history=pd.DataFrame(history, columns=HISTORY_COLUMNS),
+        best_epoch=best["epoch"],
+        best_val_loss=best["val_loss"],
+        stopped_early=len(history) < params.epochs,
+    )
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[EmbeddingNet, dict[str, Any]]:
+    """The embedding network of a checkpoint written by `train_and_save`, in eval mode."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: checkpoint not found (run the train stage first)") from None
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable facesim checkpoint ({exc})") from None
+    missing = {"model_state", "model_config", "preprocess"} - set(checkpoint)
+    if missing:
+        raise ValueError(f"{path}: not a facesim checkpoint (missing {', '.join(sorted(missing))})")
+    model = build_embedding_net(ModelConfig.from_dict(checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model_state"])
+    model.to(device).eval()
+    return model, checkpoint
+
+
+def load_tables(paths: dict[str, str | os.PathLike]) -> dict[str, pd.DataFrame]:
+    tables = {}
+    for name, path in paths.items():
+        try:
+            tables[name] = pd.read_csv(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: not found (run the sample stage first)") from None
+    return tables
+
+
+def train_and_save(
+    model_name: str,
+    params: TrainParams,
+    faces_dir: str | os.PathLike,
+    table_paths: dict[str, str | os.PathLike],
+    checkpoint_path: str | os.PathLike,
+    history_path: str | os.PathLike,
+    run: Run = NULL_RUN,
+) -> TrainResult:
+    """The train stage: read the CSVs, fit, log to MLflow, then write checkpoint and history (all or none)."""
+    tables = load_tables(table_paths)
+    paths = pd.concat([tables[n][c] for n in tables for c in tables[n].columns
+                       if c in ("image1", "image2", "anchor", "positive", "negative")])
+    faces = FaceSet.load(faces_dir, paths, params.preprocess())
+    result = fit(model_name, params, tables, faces, run)
+    with staged_outputs(checkpoint_path, history_path) as (staged_ckpt, staged_history):
+        torch.save(result.checkpoint, staged_ckpt)
+        result.history.to_csv(staged_history, index=False, lineterminator="\n", float_format="%.6g")
+        run.log_metrics({"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                         "epochs_run": len(result.history),
+                         "best_val_roc_auc": float(result.history["val_roc_auc"][result.best_epoch - 1])})
+        run.log_model(result.model, faces.tensor[:2].numpy(), result.checkpoint)
+        run.log_artifact(staged_history, "plots")
+    return result

@@ -1,0 +1,31 @@
+"""DVC stage `train@<model>`: train the contrastive or the triplet Siamese network."""
+
+import argparse
+
+from facesim.fetch import content_digest
+from facesim.params import load_section
+from facesim.train import MODELS, TrainParams, train_and_save
+from facesim.tracking import stage_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file; this stage reads its 'train' section")
+    parser.add_argument("--model", required=True, choices=MODELS)
+    parser.add_argument("--faces", required=True, help="raw faces directory (data/raw/faces)")
+    parser.add_argument("--samples", required=True, help="directory of the sample stage's CSVs")
+    parser.add_argument("--checkpoint", required=True, help="output: model checkpoint (.pt)")
+    parser.add_argument("--history", required=True, help="output: per-epoch losses (CSV, a DVC plot)")
+    args = parser.parse_args()
+
+    params = load_section(TrainParams, args.params, "train")
+    names = ["pairs_train", "pairs_val"] + (["triplets_train", "triplets_val"] if args.model == "triplet" else [])
+    tables = {name: f"{args.samples}/{name}.csv" for name in names}
+    with stage_run("train", params.resolved(args.model), tags={"data_digest": content_digest(args.faces)}) as run:
+        result = train_and_save(args.model, params, args.faces, tables, args.checkpoint, args.history, run)
+    print(f"train@{args.model}: best epoch {result.best_epoch} of {len(result.history)}, "
+          f"val_loss {result.best_val_loss:.4f} -> {args.checkpoint}")
+
+
+if __name__ == "__main__":
+    main()
