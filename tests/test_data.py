@@ -1,0 +1,278 @@
+"""facesim.data: decoding images, preparing them as model input, faces in memory, augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from facesim.data import Augment, FaceSet, ImageError, Preprocess, load_image, prepare_images
+
+RNG_SEED = 0
+
+
+def grey_pixels(height: int = 12, width: int = 10, seed: int = RNG_SEED) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(height, width), dtype=np.uint8)
+
+
+def constant_image(level: int, size: tuple[int, int], mode: str = "L") -> Image.Image:
+    """A (width, height) image of one grey level (or one colour when mode is RGB)."""
+    return Image.new(mode, size, level)
+
+
+# ---- load_image -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".pgm", "PPM"), (".png", "PNG")])
+def test_load_image_reads_lossless_formats_exactly(tmp_path: Path, suffix: str, fmt: str):
+    pixels = grey_pixels()
+    path = tmp_path / f"face{suffix}"
+    Image.fromarray(pixels).save(path, format=fmt)
+    image = load_image(path)
+    assert image.mode == "L" and image.size == (10, 12)  # PIL sizes are (width, height)
+    assert np.array_equal(np.asarray(image), pixels)
+
+
+def test_load_image_reads_jpeg_close_to_the_original(tmp_path: Path):
+    # JPEG is lossy, so a smooth image comes back close rather than equal
+    ramp = np.tile(np.linspace(40, 200, 16), (16, 1)).astype(np.uint8)
+    path = tmp_path / "face.jpg"
+    Image.fromarray(ramp).save(path, format="JPEG", quality=95)
+    image = load_image(path)
+    assert image.mode == "L" and image.size == (16, 16)
+    assert np.abs(np.asarray(image, dtype=float) - ramp).max() <= 4
+
+
+@pytest.mark.parametrize(
+    "colour, grey",
+    # ITU-R 601 luma, as Pillow converts: L = 0.299 R + 0.587 G + 0.114 B, rounded:
+    # red 76.2 -> 76, green 149.7 -> 150, blue 29.1 -> 29
+    [((255, 0, 0), 76), ((0, 255, 0), 150), ((0, 0, 255), 29), ((255, 255, 255), 255)],
+)
+def test_load_image_turns_colour_into_grey(tmp_path: Path, colour, grey):
+    path = tmp_path / "colour.png"
+    constant_image(colour, (4, 3), mode="RGB").save(path)
+    image = load_image(path)
+    assert image.mode == "L"
+    assert np.all(np.asarray(image) == grey)
+
+
+def test_load_image_missing_file_names_it(tmp_path: Path):
+    path = tmp_path / "s1" / "missing.pgm"
+    with pytest.raises(ImageError, match="missing.pgm") as info:
+        load_image(path)
+    assert str(path) in str(info.value) and "not found" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [("notes.pgm", b"these are not pixels\n"), ("empty.png", b"")],
+)
+def test_load_image_non_image_file_names_it(tmp_path: Path, name: str, content: bytes):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match="not a readable image") as info:
+        load_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_image_truncated_file_names_it(tmp_path: Path):
+    whole = tmp_path / "whole.png"
+    Image.fromarray(grey_pixels(64, 64)).save(whole)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[:-200])
+    with pytest.raises(ImageError) as info:
+        load_image(cut)
+    assert str(cut) in str(info.value)
+
+
+def test_image_error_is_a_value_error():
+    assert issubclass(ImageError, ValueError)
+
+
+# ---- prepare_images ---------------------------------------------------------------
+
+
+def test_prepare_images_shape_and_dtype():
+    preprocess = Preprocess(height=7, width=5)
+    batch = prepare_images([Image.fromarray(grey_pixels(12, 10, seed)) for seed in range(3)], preprocess)
+    assert batch.shape == (3, 1, 7, 5) and batch.dtype == torch.float32
+
+
+def test_prepare_images_normalises_a_constant_image_by_hand():
+    preprocess = Preprocess(height=6, width=4, mean=0.2, std=0.5)
+    batch = prepare_images([constant_image(128, (9, 11))], preprocess)
+    # grey 128 -> 128/255 = 0.50196 -> (0.50196 - 0.2) / 0.5 = 0.60392
+    assert torch.allclose(batch, torch.full((1, 1, 6, 4), (128 / 255 - 0.2) / 0.5), atol=1e-6)
+
+
+def test_prepare_images_default_normalisation_maps_black_and_white():
+    batch = prepare_images([constant_image(0, (3, 3)), constant_image(255, (3, 3))], Preprocess(height=3, width=3))
+    # mean 0.5, std 0.25: black -> (0 - 0.5)/0.25 = -2, white -> (1 - 0.5)/0.25 = 2
+    assert torch.allclose(batch[0], torch.tensor(-2.0)) and torch.allclose(batch[1], torch.tensor(2.0))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 4), (46, 56), (200, 90)])
+def test_prepare_images_resizes_any_size(size):
+    preprocess = Preprocess(height=16, width=12, mean=0.0, std=1.0)
+    batch = prepare_images([constant_image(51, size)], preprocess)
+    assert batch.shape == (1, 1, 16, 12)
+    # resizing a constant image keeps it constant: 51/255 = 0.2
+    assert torch.allclose(batch, torch.tensor(0.2), atol=1e-6)
+
+
+def test_prepare_images_keeps_left_and_right_and_top_and_bottom():
+    # left half black, right half white; then a top-dark/bottom-bright image: a transposed
+    # or mirrored resize would swap these
+    left_right = np.zeros((20, 10), dtype=np.uint8)
+    left_right[:, 5:] = 255
+    top_bottom = np.zeros((20, 10), dtype=np.uint8)
+    top_bottom[10:, :] = 255
+    preprocess = Preprocess(height=8, width=6, mean=0.0, std=1.0)
+    batch = prepare_images([Image.fromarray(left_right), Image.fromarray(top_bottom)], preprocess)
+    assert torch.all(batch[0, 0, :, 0] < 0.1) and torch.all(batch[0, 0, :, -1] > 0.9)
+    assert torch.all(batch[1, 0, 0, :] < 0.1) and torch.all(batch[1, 0, -1, :] > 0.9)
+
+
+def test_prepare_images_converts_colour_to_grey():
+    preprocess = Preprocess(height=2, width=2, mean=0.0, std=1.0)
+    batch = prepare_images([constant_image((255, 0, 0), (2, 2), mode="RGB")], preprocess)
+    assert batch.shape == (1, 1, 2, 2)
+    assert torch.allclose(batch, torch.tensor(76 / 255), atol=1e-6)  # red -> grey 76
+
+
+def test_prepare_images_of_nothing_is_an_empty_batch():
+    batch = prepare_images([], Preprocess(height=7, width=5))
+    assert batch.shape == (0, 1, 7, 5)
+
+
+def test_preprocess_to_dict_round_trips():
+    preprocess = Preprocess(height=7, width=5, mean=0.1, std=0.3)
+    assert Preprocess(**preprocess.to_dict()) == preprocess
+
+
+# ---- FaceSet ----------------------------------------------------------------------
+
+# relative path -> grey level, so that each row of the tensor tells which file it came from
+LEVELS = {"training/s2/1.pgm": 200, "training/s1/2.pgm": 100, "training/s1/1.pgm": 50, "training/s10/1.pgm": 150}
+
+
+@pytest.fixture
+def level_faces(tmp_path: Path) -> Path:
+    for relative, level in LEVELS.items():
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        constant_image(level, (10, 12)).save(path, format="PPM")
+    return tmp_path
+
+
+PLAIN = Preprocess(height=4, width=4, mean=0.0, std=1.0)
+
+
+def test_faceset_load_dedupes_and_sorts_paths(level_faces: Path):
+    requested = ["training/s2/1.pgm", "training/s1/1.pgm", "training/s2/1.pgm", "training/s1/2.pgm",
+                 "training/s1/1.pgm"]
+    faces = FaceSet.load(level_faces, requested, PLAIN)
+    assert faces.paths == ["training/s1/1.pgm", "training/s1/2.pgm", "training/s2/1.pgm"]
+    assert faces.subjects == ["s1", "s1", "s2"]
+    assert faces.tensor.shape == (3, 1, 4, 4)
+    # row i holds the image of paths[i]: grey levels 50, 100, 200
+    assert torch.allclose(faces.tensor.mean(dim=(1, 2, 3)), torch.tensor([50, 100, 200]) / 255)
+
+
+def test_faceset_load_accepts_any_iterable(level_faces: Path):
+    faces = FaceSet.load(level_faces, (p for p in ["training/s2/1.pgm", "training/s1/1.pgm"]), PLAIN)
+    assert faces.paths == ["training/s1/1.pgm", "training/s2/1.pgm"]
+
+
+def test_faceset_load_missing_image_names_it(level_faces: Path):
+    with pytest.raises(ImageError, match="s3/1.pgm"):
+        FaceSet.load(level_faces, ["training/s1/1.pgm", "training/s3/1.pgm"], PLAIN)
+
+
+def test_faceset_rows_map_paths_to_rows(level_faces: Path):
+    faces = FaceSet.load(level_faces, LEVELS, PLAIN)
+    # sorted: s1/1, s1/2, s10/1, s2/1
+    rows = faces.rows(["training/s2/1.pgm", "training/s1/1.pgm", "training/s2/1.pgm", "training/s10/1.pgm"])
+    assert rows.dtype == torch.long and rows.tolist() == [3, 0, 3, 2]
+    assert torch.allclose(faces.tensor[rows].mean(dim=(1, 2, 3)), torch.tensor([200, 50, 200, 150]) / 255)
+    assert faces.rows([]).tolist() == []
+
+
+def test_faceset_rows_refuses_an_unknown_path(level_faces: Path):
+    faces = FaceSet.load(level_faces, ["training/s1/1.pgm"], PLAIN)
+    with pytest.raises(ImageError, match="training/s9/9.pgm"):
+        faces.rows(["training/s1/1.pgm", "training/s9/9.pgm"])
+
+
+def test_faceset_subject_ids_are_equal_exactly_for_the_same_subject(level_faces: Path):
+    faces = FaceSet.load(level_faces, LEVELS, PLAIN)
+    ids = faces.subject_ids()
+    assert ids.dtype == torch.long and ids.shape == (4,)
+    # s1, s1, s10, s2
+    same = ids[:, None] == ids[None, :]
+    subjects = np.array(faces.subjects)
+    assert np.array_equal(same.numpy(), subjects[:, None] == subjects[None, :])
+    assert sorted(set(ids.tolist())) == [0, 1, 2]
+
+
+# ---- Augment ----------------------------------------------------------------------
+
+
+def random_batch(n: int = 6, height: int = 16, width: int = 12) -> torch.Tensor:
+    return torch.randn(n, 1, height, width, generator=torch.Generator().manual_seed(RNG_SEED))
+
+
+def test_augment_is_deterministic_for_a_seed_and_keeps_shape():
+    batch = random_batch()
+    first = Augment()(batch, torch.Generator().manual_seed(7))
+    second = Augment()(batch, torch.Generator().manual_seed(7))
+    assert first.shape == batch.shape and first.dtype == batch.dtype
+    assert torch.equal(first, second)
+
+
+def test_augment_differs_with_another_seed_and_from_the_input():
+    batch = random_batch()
+    first = Augment()(batch, torch.Generator().manual_seed(7))
+    other = Augment()(batch, torch.Generator().manual_seed(8))
+    assert not torch.allclose(first, other, atol=1e-3)
+    assert not torch.allclose(first, batch, atol=1e-3)
+
+
+def test_augment_does_not_modify_its_input():
+    batch = random_batch()
+    before = batch.clone()
+    Augment()(batch, torch.Generator().manual_seed(7))
+    assert torch.equal(batch, before)
+
+
+def test_augment_with_nothing_to_do_returns_the_input():
+    identity = Augment(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, flip=False,
+                       max_brightness=0.0, max_contrast=0.0)
+    batch = random_batch()
+    assert torch.allclose(identity(batch, torch.Generator().manual_seed(7)), batch, atol=1e-5)
+
+
+def test_augment_flip_alone_mirrors_some_faces_left_right():
+    flip_only = Augment(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, flip=True,
+                        max_brightness=0.0, max_contrast=0.0)
+    batch = random_batch(n=32)
+    out = flip_only(batch, torch.Generator().manual_seed(7))
+    mirrored = torch.tensor([torch.allclose(o, b.flip(-1), atol=1e-5) for o, b in zip(out, batch)])
+    unchanged = torch.tensor([torch.allclose(o, b, atol=1e-5) for o, b in zip(out, batch)])
+    # every face is either mirrored or untouched, and with 32 faces both happen
+    assert torch.all(mirrored | unchanged)
+    assert mirrored.any() and unchanged.any()
+
+
+def test_augment_brightness_alone_shifts_each_face_by_a_bounded_constant():
+    brightness_only = Augment(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, flip=False,
+                              max_brightness=0.3, max_contrast=0.0)
+    batch = random_batch()
+    shift = brightness_only(batch, torch.Generator().manual_seed(7)) - batch
+    per_face = shift.mean(dim=(1, 2, 3))
+    assert torch.allclose(shift, per_face.view(-1, 1, 1, 1).expand_as(shift), atol=1e-5)
+    assert torch.all(per_face.abs() <= 0.3 + 1e-6) and per_face.std() > 0

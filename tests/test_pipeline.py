@@ -1,0 +1,133 @@
+"""The whole `dvc repro` in a temporary copy of the repository, on a small archive built here.
+
+Offline and self-contained: the fetch stage reads the synthetic archive through
+FACESIM_DATA_URL, tiny params keep training to seconds, and MLflow logs into the
+copy's own sqlite store. Checks every declared output, that a second `dvc repro`
+has nothing to do, and one MLflow run per stage execution.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from facesim.fetch import content_digest
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ["fetch", "sample", "train@contrastive", "train@triplet", "evaluate@contrastive",
+          "evaluate@triplet", "render"]
+
+pytestmark = pytest.mark.integration
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def _tiny_params(digest: str) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["fetch"]["digest"] = digest
+    params["train"].update(
+        input_height=16, input_width=16, channels=[4, 8], embedding_dim=8, epochs=2, batch_size=32,
+        device="cpu", threads=1,
+    )
+    params["train"]["triplet"].update(people_per_batch=4, faces_per_person=3)
+    params["render"]["dpi"] = 40
+    return params
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from conftest import build_faces_archive, write_faces_dir
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    archive = build_faces_archive(tmp / "archive")
+    digest = content_digest(write_faces_dir(tmp / "expected"))
+
+    repo = tmp / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
+        shutil.copy(REPO / name, repo / name)
+    for name in ("stages", "src"):
+        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (repo / ".dvc").mkdir()
+    shutil.copy(REPO / ".dvc" / "config", repo / ".dvc" / "config")
+    (repo / "params.yaml").write_text(yaml.safe_dump(_tiny_params(digest), sort_keys=False))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(
+        FACESIM_DATA_URL=str(archive),
+        # The stages run `python`: the interpreter running the tests, with the copy's src first.
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(repo / "src"),
+        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+    )
+    _run(["git", "init", "-q"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "copy"], repo, env)
+    dvc = [sys.executable, "-m", "dvc"]
+    first = _run(dvc + ["repro"], repo, env)
+    second = _run(dvc + ["repro"], repo, env)
+    status = _run(dvc + ["status"], repo, env)
+    metrics = _run(dvc + ["metrics", "show", "--json"], repo, env)
+    return {"repo": repo, "env": env, "first": first, "second": second, "status": status,
+            "metrics": json.loads(metrics.stdout)}
+
+
+def test_every_stage_ran_and_wrote_its_outputs(pipeline: dict) -> None:
+    repo = pipeline["repo"]
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in pipeline["first"].stdout
+    assert len(list((repo / "data/raw/faces").rglob("*.pgm"))) == 110
+    for split in ("train", "val", "test"):
+        assert (repo / f"data/processed/pairs_{split}.csv").stat().st_size > 0
+        assert (repo / f"data/processed/triplets_{split}.csv").stat().st_size > 0
+    for model in ("contrastive", "triplet"):
+        assert (repo / f"models/{model}.pt").stat().st_size > 0
+        for path in (f"reports/plots/{model}/history.csv", f"reports/plots/{model}/roc.csv",
+                     f"data/eval/{model}/predictions.csv", f"data/eval/{model}/embeddings.csv"):
+            assert (repo / path).stat().st_size > 0, path
+        metrics = json.loads((repo / f"reports/metrics/{model}.json").read_text())
+        assert metrics["all_pairs"]["n_pairs"] == 30 * 29 // 2
+        assert 0.0 <= metrics["all_pairs"]["roc_auc"] <= 1.0
+    figures = sorted(p.name for p in (repo / "reports/figures").iterdir())
+    assert figures == ["distances_contrastive.png", "distances_triplet.png", "loss_curves.png",
+                       "pca_contrastive.png", "pca_triplet.png", "roc.png", "top5_contrastive.png",
+                       "top5_triplet.png"]
+
+
+def test_second_repro_has_nothing_to_do(pipeline: dict) -> None:
+    assert "Running stage" not in pipeline["second"].stdout
+    assert "up to date" in pipeline["status"].stdout
+
+
+def test_dvc_metrics_show_reads_both_models(pipeline: dict) -> None:
+    files = next(iter(pipeline["metrics"].values()))["data"]
+    for model in ("contrastive", "triplet"):
+        data = files[f"reports/metrics/{model}.json"]["data"]
+        assert {"threshold", "test", "all_pairs", "retrieval"} <= set(data)
+
+
+def test_one_mlflow_run_per_stage(pipeline: dict) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{pipeline['repo'] / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("facesim")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(STAGES)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    by_name = {r.info.run_name: r for r in runs}
+    assert by_name["fetch"].data.metrics["images"] == 110
+    assert by_name["sample"].data.params["seed"] == "42"
+    assert by_name["train@triplet"].data.params["loss.mining"] == "semihard"
+    assert "all_pairs.roc_auc" in by_name["evaluate@contrastive"].data.metrics
+    assert all(r.data.tags["git_commit"] != "unknown" for r in runs)
