@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -132,10 +133,14 @@ def evaluate_model(
         metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": roc_thresholds}).to_csv(
             roc_path, index=False, lineterminator="\n", float_format="%.6g")
+        # Enough digits that `predicted` agrees with `distance <= threshold` when read back.
         predictions[PREDICTION_COLUMNS].to_csv(predictions_path, index=False, lineterminator="\n",
-                                               float_format="%.6g")
+                                               float_format="%.9g")
         embeddings.to_csv(embeddings_path, index=False, lineterminator="\n", float_format="%.7g")
         run.log_metrics({k: v for k, v in metrics.items() if k != "model"})
         run.log_artifact(metrics_path, "metrics")
         run.log_artifact(roc_path, "plots")
+        # Into the registry only with its metrics published alongside (and as tags).
+        run.register_model(model_name, checkpoint_path, metrics,
+                           example_pair=(Path(faces_dir) / test_paths[0], Path(faces_dir) / test_paths[1]))
     return metrics

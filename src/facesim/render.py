@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from PIL import Image
 from sklearn.decomposition import PCA
 
 from facesim.atomic import staged_outputs
@@ -23,7 +24,7 @@ from facesim.metrics import top_k_neighbours
 from facesim.params import require
 from facesim.tracking import NULL_RUN, Run
 
-MATCH_COLOUR, MISTAKE_COLOUR = "#1a9850", "#d73027"
+MATCH_COLOUR, MISTAKE_COLOUR, UNKNOWN_COLOUR = "#1a9850", "#d73027", "#636363"
 SAME_COLOUR, DIFFERENT_COLOUR = "#4575b4", "#f46d43"
 
 
@@ -84,23 +85,47 @@ def top_k_figure(model: str, table: pd.DataFrame, embeddings: np.ndarray, faces_
     subjects = table["subject"].to_numpy()
     queries = [int(np.flatnonzero(subjects == s)[0]) for s in _subject_order(subjects)]
     neighbours, distances = top_k_neighbours(embeddings, embeddings, k, exclude_self=True)
-    fig = Figure(figsize=(1.5 * (k + 1), 2.1 * len(queries) + 0.4), layout="constrained")
-    axes = fig.subplots(len(queries), k + 1, squeeze=False)
-    for row, query in enumerate(queries):
-        cells = [(query, None)] + list(zip(neighbours[query], distances[query]))
-        for col, (index, distance) in enumerate(cells):
+
+    def face(index: int) -> Image.Image:
+        return load_image(faces_dir / table["path"].iloc[index])
+
+    rows = [(face(query), subjects[query],
+             [(face(i), subjects[i], distance) for i, distance in zip(neighbours[query], distances[query])])
+            for query in queries]
+    title = f"{model}: {k} closest held-out faces per query (green: same person, red: mistake)"
+    return neighbours_figure(rows, k, title)
+
+
+def neighbours_figure(
+    rows: list[tuple[Image.Image, str | None, list[tuple[Image.Image, str, float]]]], k: int, title: str
+) -> Figure:
+    """One row per query: the query face, then its matches, each titled with its person and distance.
+
+    rows: (query image, query person, [(image, person, distance), ...]). A match is framed green when
+    its person is the query's and red when not; grey when the query's person is unknown (None).
+    Shared by the render stage's top-k figure and `facesim search --figure`.
+    """
+    fig = Figure(figsize=(1.5 * (k + 1), 2.1 * len(rows) + 0.4), layout="constrained")
+    axes = fig.subplots(len(rows), k + 1, squeeze=False)
+    for row, (query_image, query_person, matches) in enumerate(rows):
+        cells = [(query_image, query_person, None)] + list(matches)
+        for col, (image, person, distance) in enumerate(cells):
             ax = axes[row, col]
-            ax.imshow(np.asarray(load_image(faces_dir / table["path"].iloc[index])), cmap="gray", vmin=0, vmax=255)
+            ax.imshow(np.asarray(image), cmap="gray", vmin=0, vmax=255)
             ax.set_xticks([])
             ax.set_yticks([])
             if distance is None:
-                ax.set_title(f"query {subjects[index]}", fontsize=9, fontweight="bold")
+                ax.set_title("query" if person is None else f"query {person}", fontsize=9, fontweight="bold")
                 continue
-            match = subjects[index] == subjects[query]
-            colour = MATCH_COLOUR if match else MISTAKE_COLOUR
-            ax.set_title(f"{'✓' if match else '✗'} {subjects[index]}  d={distance:.2f}", fontsize=8, color=colour)
+            if query_person is None:
+                colour, label = UNKNOWN_COLOUR, f"{person}  d={distance:.2f}"
+            else:
+                match = person == query_person
+                colour = MATCH_COLOUR if match else MISTAKE_COLOUR
+                label = f"{'✓' if match else '✗'} {person}  d={distance:.2f}"
+            ax.set_title(label, fontsize=8, color=colour)
             ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor=colour, linewidth=4))
-    fig.suptitle(f"{model}: {k} closest held-out faces per query (green: same person, red: mistake)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 

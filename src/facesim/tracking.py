@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -37,6 +38,8 @@ class Run(Protocol):
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def log_model(self, model: Any, input_example: Any, metadata: Mapping[str, Any]) -> None: ...
+    def register_model(self, model_name: str, checkpoint: str | os.PathLike, metrics: Mapping[str, Any],
+                       example_pair: tuple[str | os.PathLike, str | os.PathLike] | None = None) -> None: ...
 
 
 class NullRun:
@@ -55,6 +58,10 @@ class NullRun:
         pass
 
     def log_model(self, model: Any, input_example: Any, metadata: Mapping[str, Any]) -> None:
+        pass
+
+    def register_model(self, model_name: str, checkpoint: str | os.PathLike, metrics: Mapping[str, Any],
+                       example_pair: tuple[str | os.PathLike, str | os.PathLike] | None = None) -> None:
         pass
 
 
@@ -154,7 +161,8 @@ class MlflowRun:
         from mlflow.models import infer_signature
 
         with torch.inference_mode():
-            output = model(torch.as_tensor(input_example)).cpu().numpy()
+            device = next(model.parameters()).device  # the model may still be on its training GPU
+            output = model(torch.as_tensor(input_example, device=device)).cpu().numpy()
         self._mlflow.pytorch.log_model(
             model,
             name="model",
@@ -164,6 +172,18 @@ class MlflowRun:
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             metadata={k: v for k, v in metadata.items() if k in ("model_name", "epoch", "best_val_loss")},
         )
+
+    def register_model(self, model_name: str, checkpoint: str | os.PathLike, metrics: Mapping[str, Any],
+                       example_pair: tuple[str | os.PathLike, str | os.PathLike] | None = None) -> None:
+        """Log the pair-verifying pyfunc into this run, register it as `facesim-<model_name>` and
+        move the alias `champion` to it when its validation metrics are at least as good (see
+        `facesim.serving`)."""
+        from facesim.serving import log_and_register  # imported here: it imports MLflow and torch
+
+        registered = log_and_register(model_name, checkpoint, metrics, example_pair)
+        previous = f"version {registered.previous_champion}" if registered.previous_champion else "none"
+        print(f"registered {registered.name} version {registered.version}; champion: "
+              f"{'moved to it' if registered.champion else 'kept'} (before: {previous})", file=sys.stderr)
 
 
 @contextlib.contextmanager
