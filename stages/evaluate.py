@@ -7,7 +7,7 @@ from facesim.evaluate import EvaluateParams, evaluate_model
 from facesim.fetch import content_digest
 from facesim.params import load_section
 from facesim.tracking import stage_run
-from facesim.train import MODELS
+from facesim.models import MODELS
 
 
 def main() -> None:

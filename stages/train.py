@@ -4,7 +4,8 @@ import argparse
 
 from facesim.fetch import content_digest
 from facesim.params import load_section
-from facesim.train import MODELS, TrainParams, train_and_save
+from facesim.models import MODELS
+from facesim.train import TrainParams, train_and_save
 from facesim.tracking import stage_run
 
 

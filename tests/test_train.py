@@ -25,13 +25,12 @@ from facesim.train import (
     HISTORY_COLUMNS,
     Objective,
     TrainParams,
-    embed_all,
     embed_rows,
     fit,
-    load_checkpoint,
     resolve_device,
     train_and_save,
 )
+from facesim.models import embed_all, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 
@@ -409,5 +408,5 @@ def test_load_checkpoint_names_a_missing_or_foreign_file(tmp_path: Path):
         load_checkpoint(junk)
     foreign = tmp_path / "foreign.pt"
     torch.save({"model_state": {}}, foreign)
-    with pytest.raises(ValueError, match="missing model_config, preprocess"):
+    with pytest.raises(ValueError, match="missing epoch, model_config, preprocess"):
         load_checkpoint(foreign)

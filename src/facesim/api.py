@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from facesim.data import ImageError, Preprocess, load_image, prepare_images
-from facesim.train import MODELS, embed_all, load_checkpoint
+from facesim.models import MODELS, embed_all, load_checkpoint
 
 CACHE_DIR = ".facesim-cache"
 DEFAULT_GALLERY = Path("data", "raw", "faces", "testing")  # the held-out test faces, under the repo root

@@ -29,7 +29,8 @@ from facesim.metrics import (
 from facesim.params import require
 from facesim.sample import list_faces
 from facesim.tracking import NULL_RUN, Run
-from facesim.train import embed_all, load_checkpoint, load_tables
+from facesim.models import embed_all, load_checkpoint
+from facesim.train import load_tables
 
 PREDICTION_COLUMNS = ["set", "image1", "image2", "subject1", "subject2", "label", "distance", "predicted"]
 

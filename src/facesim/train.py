@@ -25,11 +25,10 @@ from facesim.atomic import staged_outputs
 from facesim.data import Augment, FaceSet, Preprocess
 from facesim.losses import BatchTripletLoss, ContrastiveLoss, TripletLoss, euclidean_distance
 from facesim.metrics import roc_auc
-from facesim.models import EmbeddingNet, ModelConfig, build_embedding_net
+from facesim.models import MODELS, EmbeddingNet, ModelConfig, build_embedding_net, embed_all
 from facesim.params import ParamsError, require
 from facesim.tracking import NULL_RUN, Run
 
-MODELS = ("contrastive", "triplet")
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_roc_auc", "seconds"]
 
 
@@ -37,12 +36,14 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_roc_auc", "seconds"]
 class ContrastiveParams:
     margin: float = 2.0  # different people are pushed at least this far apart
     normalize: bool = False  # L2-normalise embeddings (distances then lie in [0, 2])
+    epochs: int = 0  # this model's epoch limit; 0 = train.epochs
 
 
 @dataclass(frozen=True)
 class TripletParams:
     margin: float = 0.2  # d(anchor, negative) must exceed d(anchor, positive) by this much
     normalize: bool = True
+    epochs: int = 0  # this model's epoch limit; 0 = train.epochs (P x K epochs are short: ~5 steps)
     # "none": the sampled triplet CSV; "semihard" / "hard" / "all": batches of
     # people_per_batch x faces_per_person faces with triplets mined in the batch (FaceNet).
     mining: Literal["none", "semihard", "hard", "all"] = "semihard"
@@ -59,15 +60,15 @@ class TrainParams:
     embedding_dim: int = 64
     channels: tuple[int, ...] = (16, 32, 64, 128)  # compact backbone: width of each conv block
     convs_per_block: int = 1  # compact backbone: 3x3 convs per block
-    input_height: int = 56
-    input_width: int = 46
+    input_height: int = 40
+    input_width: int = 32
     pixel_mean: float = 0.5
     pixel_std: float = 0.25
     epochs: int = 30  # at most; early stopping may end sooner
-    batch_size: int = 64  # pairs or triplets per step (P x K faces when mining)
+    batch_size: int = 256  # pairs or triplets per step (P x K faces when mining)
     lr: float = 1e-3
     weight_decay: float = 0.0
-    patience: int = 3  # epochs without a better validation loss before stopping
+    patience: int = 5  # epochs without a better validation loss before stopping
     augment: bool = True  # shifts, small rotations and zoom, mirror, brightness/contrast
     contrastive: ContrastiveParams = field(default_factory=ContrastiveParams)
     triplet: TripletParams = field(default_factory=TripletParams)
@@ -81,6 +82,8 @@ class TrainParams:
         require(self.threads >= 0, f"train.threads must be >= 0, got {self.threads}")
         require(self.pixel_std > 0, f"train.pixel_std must be positive, got {self.pixel_std}")
         require(self.contrastive.margin > 0, f"train.contrastive.margin must be positive, got {self.contrastive.margin}")
+        require(self.contrastive.epochs >= 0 and self.triplet.epochs >= 0,
+                "train.contrastive.epochs and train.triplet.epochs must be >= 0 (0 = train.epochs)")
         require(self.triplet.margin > 0, f"train.triplet.margin must be positive, got {self.triplet.margin}")
         require(self.triplet.people_per_batch >= 2,
                 f"train.triplet.people_per_batch must be >= 2, got {self.triplet.people_per_batch}")
@@ -90,6 +93,9 @@ class TrainParams:
             self.model_config("contrastive").validate("train")
         except ValueError as exc:
             raise ParamsError(str(exc)) from None
+
+    def max_epochs(self, model: str) -> int:
+        return self.loss_params(model).epochs or self.epochs
 
     def model_config(self, model: str) -> ModelConfig:
         return ModelConfig(
@@ -133,6 +139,19 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def configure_cpu(threads: int) -> None:
+    """Thread count, and a small oneDNN primitive cache.
+
+    Every batch of distinct faces has its own size, and oneDNN keeps compiled
+    kernels for up to 1024 shapes: memory then grows by ~10 MB a step. Sixteen
+    keep the few fixed shapes of embedding. The cache size is read when oneDNN
+    first runs in a process, so this bounds it for stage and benchmark processes.
+    """
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def embed_rows(
     model: EmbeddingNet,
     images: torch.Tensor,
@@ -151,14 +170,6 @@ def embed_rows(
         x = augment(x, generator)
     device = next(model.parameters()).device
     return model(x.to(device))[inverse.to(device)]
-
-
-def embed_all(model: EmbeddingNet, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Embeddings of every image, in eval mode, without autograd: (N, D) on the CPU."""
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        return torch.cat([model(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
 
 
 class Objective:
@@ -216,6 +227,19 @@ class Objective:
             return self.loss_fn(emb[:, 0], emb[:, 1], batch[:, -1].to(emb))
         return self.loss_fn(emb[:, 0], emb[:, 1], emb[:, 2])
 
+    def examples_in(self, batch) -> int:
+        """Pairs or triplets a batch trains on; a P x K batch holds P*K*(K-1) (anchor, positive) triplets."""
+        if isinstance(batch, tuple):
+            _, labels = batch
+            counts = torch.unique(labels, return_counts=True)[1]
+            return int((counts * (counts - 1)).sum())
+        return len(batch)
+
+    def faces_in(self, batch) -> int:
+        """Faces a batch passes through the network: each distinct one once."""
+        rows = batch[0] if isinstance(batch, tuple) else (batch[:, :-1] if self.name == "contrastive" else batch)
+        return int(torch.unique(rows).numel())
+
     def validate(self, embeddings: torch.Tensor) -> dict[str, float]:
         """Validation loss (the early-stopping criterion) and ROC AUC on the validation pairs."""
         e1, e2 = embeddings[self.pairs_val[:, 0]], embeddings[self.pairs_val[:, 1]]
@@ -254,6 +278,11 @@ class TrainResult:
     best_epoch: int
     best_val_loss: float
     stopped_early: bool
+    # For benchmarks: seconds of the training steps of each epoch (validation excluded),
+    # and per epoch the pairs or triplets trained on and the faces passed through the network.
+    train_seconds: list[float] = field(default_factory=list)
+    examples_per_epoch: int = 0
+    face_passes_per_epoch: int = 0
 
 
 def fit(
@@ -267,8 +296,7 @@ def fit(
     """Train `model_name` ('contrastive' or 'triplet') on faces already in memory."""
     params.loss_params(model_name)  # refuses an unknown model name
     seed_everything(params.seed)
-    if params.threads:
-        torch.set_num_threads(params.threads)
+    configure_cpu(params.threads)
     device = resolve_device(params.device)
     objective = Objective(model_name, params, tables, faces)
     model = build_embedding_net(params.model_config(model_name)).to(device)
@@ -278,12 +306,14 @@ def fit(
     images = faces.tensor
 
     history: list[dict[str, float]] = []
+    train_seconds: list[float] = []
     best: dict[str, Any] = {"val_loss": math.inf}
     epochs_without_gain = 0
-    for epoch in range(1, params.epochs + 1):
+    max_epochs = params.max_epochs(model_name)
+    for epoch in range(1, max_epochs + 1):
         started = time.perf_counter()
         model.train()
-        total, count = 0.0, 0
+        total, count, examples, face_passes = 0.0, 0, 0, 0
         for batch in objective.batches(generator):
             loss = objective.train_loss(model, images, batch, augment, generator)
             optimizer.zero_grad(set_to_none=True)
@@ -291,12 +321,18 @@ def fit(
             optimizer.step()
             n = len(batch[0]) if isinstance(batch, tuple) else len(batch)
             total, count = total + loss.item() * n, count + n
+            examples += objective.examples_in(batch)
+            face_passes += objective.faces_in(batch)
+        train_seconds.append(time.perf_counter() - started)
+        if not math.isfinite(total):
+            raise FloatingPointError(f"train@{model_name} diverged in epoch {epoch} (loss is {total}); "
+                                     f"lower train.lr (now {params.lr})")
         scores = objective.validate(embed_all(model, images))
         row = {"epoch": epoch, "train_loss": total / count, **scores, "seconds": time.perf_counter() - started}
         history.append(row)
         run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
         improved = scores["val_loss"] < best["val_loss"]
-        log(f"train@{model_name} epoch {epoch:3d}/{params.epochs}  train_loss {row['train_loss']:.4f}  "
+        log(f"train@{model_name} epoch {epoch:3d}/{max_epochs}  train_loss {row['train_loss']:.4f}  "
             f"val_loss {scores['val_loss']:.4f}  val_auc {scores['val_roc_auc']:.4f}  "
             f"{row['seconds']:.1f}s{'  *' if improved else ''}")
         if improved:
@@ -329,25 +365,11 @@ def fit(
         history=pd.DataFrame(history, columns=HISTORY_COLUMNS),
         best_epoch=best["epoch"],
         best_val_loss=best["val_loss"],
-        stopped_early=len(history) < params.epochs,
+        stopped_early=len(history) < max_epochs,
+        train_seconds=train_seconds,
+        examples_per_epoch=examples,
+        face_passes_per_epoch=face_passes,
     )
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[EmbeddingNet, dict[str, Any]]:
-    """The embedding network of a checkpoint written by `train_and_save`, in eval mode."""
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: checkpoint not found (run the train stage first)") from None
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable facesim checkpoint ({exc})") from None
-    missing = {"model_state", "model_config", "preprocess"} - set(checkpoint)
-    if missing:
-        raise ValueError(f"{path}: not a facesim checkpoint (missing {', '.join(sorted(missing))})")
-    model = build_embedding_net(ModelConfig.from_dict(checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model_state"])
-    model.to(device).eval()
-    return model, checkpoint
 
 
 def load_tables(paths: dict[str, str | os.PathLike]) -> dict[str, pd.DataFrame]:
