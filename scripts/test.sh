@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup-env.sh
+# As `source .venv/bin/activate` would: the stages run `python`, MLflow serving runs `uvicorn`.
+export PATH="$PWD/.venv/bin:$PATH"
 echo "facesim: running the test suite"
 exec .venv/bin/python -m pytest "$@"

@@ -194,7 +194,9 @@ def test_mlflow_serves_the_champion_over_http(registry, tmp_path: Path):
     expected = api.verify(same, other, str(registry["checkpoint"]), threshold=registry["metrics"]["threshold"])
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registry["uri"], "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry["uri"], "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
+           # The server starts `uvicorn` by name: the one beside this interpreter, venv active or not.
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     mlflow_cli = [sys.executable, "-m", "mlflow"]
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
