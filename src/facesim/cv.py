@@ -34,7 +34,7 @@ from facesim.metrics import (
 )
 from facesim.models import MODELS, embed_all
 from facesim.params import require
-from facesim.sample import Face, make_pairs, make_triplets, split_rows, split_subjects
+from facesim.sample import Face, train_val_tables
 from facesim.tracking import NULL_RUN, Run
 from facesim.train import TrainParams, fit
 
@@ -73,19 +73,8 @@ def subject_folds(subjects: list[str], folds: int, seed: int) -> list[list[str]]
 
 def fold_tables(train_faces: list[Face], params: CVParams, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
     """Training and validation pairs and triplets of one fold, drawn the way the sample stage draws them."""
-    if params.split_by == "pairs":
-        pairs = make_pairs(train_faces, params.similar_per_image, params.dissimilar_per_image, rng)
-        triplets = make_triplets(train_faces, params.triplets_per_image, rng)
-        pairs_train, pairs_val = split_rows(pairs, params.val_size, rng, stratify="label")
-        triplets_train, triplets_val = split_rows(triplets, params.val_size, rng)
-    else:
-        fit_faces, val_faces = split_subjects(train_faces, params.val_size, rng)
-        pairs_train = make_pairs(fit_faces, params.similar_per_image, params.dissimilar_per_image, rng)
-        pairs_val = make_pairs(val_faces, params.similar_per_image, params.dissimilar_per_image, rng)
-        triplets_train = make_triplets(fit_faces, params.triplets_per_image, rng)
-        triplets_val = make_triplets(val_faces, params.triplets_per_image, rng)
-    return {"pairs_train": pairs_train, "pairs_val": pairs_val,
-            "triplets_train": triplets_train, "triplets_val": triplets_val}
+    return train_val_tables(train_faces, params.similar_per_image, params.dissimilar_per_image,
+                            params.triplets_per_image, params.val_size, params.split_by, rng)
 
 
 def subset(faces: FaceSet, paths: list[str]) -> FaceSet:

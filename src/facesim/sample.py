@@ -212,6 +212,35 @@ def split_subjects(faces: list[Face], val_size: float, rng: np.random.Generator)
     return [f for f in faces if f.subject not in val_subjects], [f for f in faces if f.subject in val_subjects]
 
 
+def train_val_tables(
+    faces: list[Face],
+    similar_per_image: int,
+    dissimilar_per_image: int,
+    triplets_per_image: int,
+    val_size: float,
+    split_by: Literal["pairs", "subjects"],
+    rng: np.random.Generator,
+) -> dict[str, pd.DataFrame]:
+    """Training and validation pairs and triplets of `faces`: pairs_train, pairs_val, triplets_train, triplets_val.
+
+    split_by "pairs": draw from all faces, then split rows (pairs stratified by label);
+    "subjects": split the people first, then draw within each side.
+    """
+    if split_by == "pairs":
+        pairs = make_pairs(faces, similar_per_image, dissimilar_per_image, rng)
+        triplets = make_triplets(faces, triplets_per_image, rng)
+        pairs_train, pairs_val = split_rows(pairs, val_size, rng, stratify="label")
+        triplets_train, triplets_val = split_rows(triplets, val_size, rng)
+    else:
+        fit_faces, val_faces = split_subjects(faces, val_size, rng)
+        pairs_train = make_pairs(fit_faces, similar_per_image, dissimilar_per_image, rng)
+        pairs_val = make_pairs(val_faces, similar_per_image, dissimilar_per_image, rng)
+        triplets_train = make_triplets(fit_faces, triplets_per_image, rng)
+        triplets_val = make_triplets(val_faces, triplets_per_image, rng)
+    return {"pairs_train": pairs_train, "pairs_val": pairs_val,
+            "triplets_train": triplets_train, "triplets_val": triplets_val}
+
+
 def build_samples(params: SampleParams, faces_dir: str | os.PathLike) -> dict[str, dict[str, pd.DataFrame]]:
     """All six tables: {"pairs": {"train": ..., "val": ..., "test": ...}, "triplets": {...}}."""
     # Independent streams, so that changing the test factors never reshuffles training data.
@@ -219,23 +248,13 @@ def build_samples(params: SampleParams, faces_dir: str | os.PathLike) -> dict[st
     training = list_faces(faces_dir, "training")
     testing = list_faces(faces_dir, "testing")
 
-    if params.split_by == "pairs":
-        pairs = make_pairs(training, params.similar_per_image, params.dissimilar_per_image, train_rng)
-        triplets = make_triplets(training, params.triplets_per_image, train_rng)
-        pairs_train, pairs_val = split_rows(pairs, params.val_size, train_rng, stratify="label")
-        triplets_train, triplets_val = split_rows(triplets, params.val_size, train_rng)
-    else:
-        train_faces, val_faces = split_subjects(training, params.val_size, train_rng)
-        pairs_train = make_pairs(train_faces, params.similar_per_image, params.dissimilar_per_image, train_rng)
-        pairs_val = make_pairs(val_faces, params.similar_per_image, params.dissimilar_per_image, train_rng)
-        triplets_train = make_triplets(train_faces, params.triplets_per_image, train_rng)
-        triplets_val = make_triplets(val_faces, params.triplets_per_image, train_rng)
-
+    fit = train_val_tables(training, params.similar_per_image, params.dissimilar_per_image,
+                           params.triplets_per_image, params.val_size, params.split_by, train_rng)
     pairs_test = make_pairs(testing, params.test_similar_per_image, params.test_dissimilar_per_image, test_rng)
     triplets_test = make_triplets(testing, params.test_triplets_per_image, test_rng)
     return {
-        "pairs": {"train": pairs_train, "val": pairs_val, "test": pairs_test},
-        "triplets": {"train": triplets_train, "val": triplets_val, "test": triplets_test},
+        "pairs": {"train": fit["pairs_train"], "val": fit["pairs_val"], "test": pairs_test},
+        "triplets": {"train": fit["triplets_train"], "val": fit["triplets_val"], "test": triplets_test},
     }
 
 
