@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE"):
+    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -113,6 +113,7 @@ def test_stage_run_logs_params_metrics_and_tags(store: str, mlflow_store: Path) 
     tags = logged.data.tags
     assert tags["git_commit"] == head.stdout.strip()
     assert (tags["dvc_stage"], tags["facesim_stage"], tags["data_digest"]) == ("sample", "sample", "sha256:x")
+    assert "dvc_experiment" not in tags  # not run by `dvc exp run`
     experiment = MlflowClient(tracking_uri=store).get_experiment(logged.info.experiment_id)
     assert experiment.name == EXPERIMENT
     assert experiment.artifact_location == (mlflow_store / "mlruns").as_uri()
@@ -122,6 +123,7 @@ def test_a_failing_stage_ends_its_run_as_failed(store: str, mlflow_store: Path, 
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("DVC_STAGE", "train@triplet")
+    monkeypatch.setenv("DVC_EXP_NAME", "hefty-rift")  # as `dvc exp run` sets it
     with pytest.raises(ZeroDivisionError):
         with stage_run("train", {"lr": 0.001}, root=mlflow_store) as run:
             run.log_metrics({"epoch_loss": 1.5}, step=0)
@@ -131,6 +133,7 @@ def test_a_failing_stage_ends_its_run_as_failed(store: str, mlflow_store: Path, 
     assert logged.info.status == "FAILED"
     assert logged.info.run_name == "train@triplet"
     assert (logged.data.tags["dvc_stage"], logged.data.tags["facesim_stage"]) == ("train@triplet", "train")
+    assert logged.data.tags["dvc_experiment"] == "hefty-rift"
     assert logged.data.params == {"lr": "0.001"}
     import mlflow
 

@@ -226,7 +226,10 @@ def stage_run(
     status = "FAILED"
     try:
         run = MlflowRun(mlflow, active.info.run_id)
-        run.set_tags({"git_commit": git_commit(root), "dvc_stage": name, "facesim_stage": stage, **(tags or {})})
+        # DVC names each `dvc exp run` (DVC_EXP_NAME): the tag finds its runs beside `dvc exp show`.
+        experiment_tag = {"dvc_experiment": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {}
+        run.set_tags({"git_commit": git_commit(root), "dvc_stage": name, "facesim_stage": stage,
+                      **experiment_tag, **(tags or {})})
         run.log_params(params)
         yield run
         status = "FINISHED"
