@@ -16,13 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 def _publish(staged: Path, target: Path) -> None:
     """Move `staged` onto `target`, keeping the old target until the move succeeded."""
     if not target.exists() or (staged.is_file() and target.is_file()):
