@@ -18,6 +18,7 @@ times faces/s by the GFLOP/s of a large float32 matrix product measured here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -211,11 +212,13 @@ def run_ablations(args) -> dict:
     import torch
     from PIL import Image
 
-    from facesim.data import Augment, FaceSet, load_image, prepare_images
+    import numpy as np
+
+    from facesim.data import Augment, FaceSet, _prepare_pixels, prepare_images
+    from facesim.images import load_image, load_pixels
+    from facesim.models import build_embedding_net, embed_all, fold_batchnorm
     from facesim.params import load_section
-    from facesim.models import embed_all
     from facesim.train import TrainParams, embed_rows, seed_everything
-    from facesim.models import build_embedding_net
 
     tables, all_paths, _ = load_data(args)
     params = load_section(TrainParams, args.params, "train")
@@ -235,6 +238,22 @@ def run_ablations(args) -> dict:
     def add(change, before, after, unit):
         rows.append({"change": change, "before": before, "after": after, "unit": unit, "gain": after / before})
         print(f"  {change}: {before:.0f} -> {after:.0f} {unit}", file=sys.stderr, flush=True)
+
+    # 0. files: Pillow decoding vs the numpy PGM reader; Pillow resizing face by face vs one torch call
+    files = [Path(args.faces) / p for p in all_paths]
+
+    def pillow_pixels(path):
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L"))
+
+    add("decode PGM files with numpy (was Pillow)", best_rate(lambda: [pillow_pixels(f) for f in files], len(files), 3),
+        best_rate(lambda: [load_pixels(f) for f in files], len(files), 3), "faces/s")
+    pixels = [load_pixels(f) for f in files]
+    size = (pre.width, pre.height)
+    add("resize all faces in one torch call (was Pillow, face by face)",
+        best_rate(lambda: [np.asarray(Image.fromarray(a).resize(size, Image.Resampling.BILINEAR)) for a in pixels],
+                  len(pixels), 3),
+        best_rate(lambda: _prepare_pixels(pixels, pre), len(pixels), 5), "faces/s")
 
     # 1. decode once: reading and preparing a batch of faces from files vs indexing the tensor
     batch_paths = all_paths[:128]
@@ -296,23 +315,38 @@ def run_ablations(args) -> dict:
     add(f"contrastive batch {params.batch_size} (was 64)", train_rate(params, 64, True),
         train_rate(params, params.batch_size, True, steps=3), "pairs/s")
 
-    # 7. embedding: autograd on / no_grad / inference_mode, channels-last, threads
+    # 7. embedding: autograd on / no_grad / inference_mode, BatchNorm folded, max-pool before ReLU,
+    #    channels-last, threads
     model = build_embedding_net(params.model_config("contrastive")).eval()
     images = faces.tensor
+    folded = fold_batchnorm(model)
 
-    def embed_grad():
-        for i in range(0, len(images), 256):
-            model(images[i : i + 256])
+    def embed_with(network, context):
+        def run():
+            with context():
+                for i in range(0, len(images), 256):
+                    network(images[i : i + 256])
+        return run
 
-    def embed_nograd():
-        with torch.no_grad():
-            embed_grad()
-
-    grad = best_rate(embed_grad, len(images), 3)
-    nograd = best_rate(embed_nograd, len(images), 3)
-    inference = best_rate(lambda: embed_all(model, images), len(images), 5)
+    grad = best_rate(embed_with(folded, contextlib.nullcontext), len(images), 3)
+    nograd = best_rate(embed_with(folded, torch.no_grad), len(images), 3)
+    inference = best_rate(embed_with(folded, torch.inference_mode), len(images), 5)
     add("embed under no_grad (was autograd on)", grad, nograd, "faces/s")
     add("embed under inference_mode (was no_grad)", nograd, inference, "faces/s")
+    add("embed with BatchNorm folded into the convs", best_rate(embed_with(model, torch.inference_mode), len(images), 5),
+        best_rate(lambda: embed_all(model, images), len(images), 5), "faces/s")
+    relu_first = fold_batchnorm(model)
+    for sequential in (m for m in relu_first.modules() if isinstance(m, torch.nn.Sequential)):
+        layers = list(sequential)
+        for i in range(len(layers) - 1):  # (max-pool, ReLU) back to (ReLU, max-pool): same numbers
+            if isinstance(layers[i], torch.nn.MaxPool2d) and isinstance(layers[i + 1], torch.nn.ReLU):
+                layers[i], layers[i + 1] = layers[i + 1], layers[i]
+        for i, layer in enumerate(layers):
+            sequential[i] = layer
+    add("embed with max-pool before ReLU (was ReLU first)",
+        best_rate(embed_with(relu_first, torch.inference_mode), len(images), 5),
+        best_rate(lambda: embed_all(model, images), len(images), 5), "faces/s")
+    inference = best_rate(lambda: embed_all(model, images), len(images), 5)
     model.channels_last = False
     model.to(memory_format=torch.contiguous_format)
     plain = best_rate(lambda: embed_all(model, images), len(images), 5)

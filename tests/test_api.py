@@ -18,7 +18,8 @@ from PIL import Image
 
 from conftest import face_image_bytes, write_faces_dir
 from facesim import api
-from facesim.data import ImageError, Preprocess
+from facesim.data import Preprocess
+from facesim.images import ImageError
 from facesim.models import ModelConfig, build_embedding_net
 
 REPO = Path(__file__).resolve().parents[1]

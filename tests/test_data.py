@@ -1,4 +1,4 @@
-"""facesim.data: decoding images, preparing them as model input, faces in memory, augmentation."""
+"""facesim.data: preparing pictures as model input, faces in memory, augmentation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from facesim.data import Augment, FaceSet, ImageError, Preprocess, load_image, prepare_images
+from facesim.data import Augment, FaceSet, Preprocess, prepare_images
+from facesim.images import ImageError, load_image, load_pixels
 
 RNG_SEED = 0
 
@@ -23,74 +24,23 @@ def constant_image(level: int, size: tuple[int, int], mode: str = "L") -> Image.
     return Image.new(mode, size, level)
 
 
-# ---- load_image -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("suffix, fmt", [(".pgm", "PPM"), (".png", "PNG")])
-def test_load_image_reads_lossless_formats_exactly(tmp_path: Path, suffix: str, fmt: str):
-    pixels = grey_pixels()
-    path = tmp_path / f"face{suffix}"
-    Image.fromarray(pixels).save(path, format=fmt)
-    image = load_image(path)
-    assert image.mode == "L" and image.size == (10, 12)  # PIL sizes are (width, height)
-    assert np.array_equal(np.asarray(image), pixels)
-
-
-def test_load_image_reads_jpeg_close_to_the_original(tmp_path: Path):
-    # JPEG is lossy, so a smooth image comes back close rather than equal
-    ramp = np.tile(np.linspace(40, 200, 16), (16, 1)).astype(np.uint8)
-    path = tmp_path / "face.jpg"
-    Image.fromarray(ramp).save(path, format="JPEG", quality=95)
-    image = load_image(path)
-    assert image.mode == "L" and image.size == (16, 16)
-    assert np.abs(np.asarray(image, dtype=float) - ramp).max() <= 4
-
-
 @pytest.mark.parametrize(
-    "colour, grey",
-    # ITU-R 601 luma, as Pillow converts: L = 0.299 R + 0.587 G + 0.114 B, rounded:
-    # red 76.2 -> 76, green 149.7 -> 150, blue 29.1 -> 29
-    [((255, 0, 0), 76), ((0, 255, 0), 150), ((0, 0, 255), 29), ((255, 255, 255), 255)],
+    "content, message",
+    [
+        (b"P5\n4 3\n255\n" + bytes(9), "truncated"),
+        (b"P5\nxx yy\n255\n" + bytes(12), "invalid literal"),
+        (b"P5\n", "not a readable image"),
+    ],
 )
-def test_load_image_turns_colour_into_grey(tmp_path: Path, colour, grey):
-    path = tmp_path / "colour.png"
-    constant_image(colour, (4, 3), mode="RGB").save(path)
-    image = load_image(path)
-    assert image.mode == "L"
-    assert np.all(np.asarray(image) == grey)
-
-
-def test_load_image_missing_file_names_it(tmp_path: Path):
-    path = tmp_path / "s1" / "missing.pgm"
-    with pytest.raises(ImageError, match="missing.pgm") as info:
-        load_image(path)
-    assert str(path) in str(info.value) and "not found" in str(info.value)
-
-
-@pytest.mark.parametrize(
-    "name, content",
-    [("notes.pgm", b"these are not pixels\n"), ("empty.png", b"")],
-)
-def test_load_image_non_image_file_names_it(tmp_path: Path, name: str, content: bytes):
-    path = tmp_path / name
-    path.write_bytes(content)
-    with pytest.raises(ImageError, match="not a readable image") as info:
-        load_image(path)
-    assert str(path) in str(info.value)
-
-
-def test_load_image_truncated_file_names_it(tmp_path: Path):
-    whole = tmp_path / "whole.png"
-    Image.fromarray(grey_pixels(64, 64)).save(whole)
-    cut = tmp_path / "cut.png"
-    cut.write_bytes(whole.read_bytes()[:-200])
-    with pytest.raises(ImageError) as info:
-        load_image(cut)
-    assert str(cut) in str(info.value)
-
-
-def test_image_error_is_a_value_error():
-    assert issubclass(ImageError, ValueError)
+def test_a_broken_pgm_is_refused_naming_the_file(level_faces: Path, content: bytes, message: str):
+    broken = level_faces / "training" / "s1" / "3.pgm"
+    broken.write_bytes(content)
+    for load in (load_image, load_pixels):
+        with pytest.raises(ImageError, match=message) as info:
+            load(broken)
+        assert str(broken) in str(info.value)
+    with pytest.raises(ImageError, match="s1/3.pgm"):
+        FaceSet.load(level_faces, ["training/s1/1.pgm", "training/s1/3.pgm"], PLAIN)
 
 
 # ---- prepare_images ---------------------------------------------------------------
@@ -142,6 +92,51 @@ def test_prepare_images_converts_colour_to_grey():
     batch = prepare_images([constant_image((255, 0, 0), (2, 2), mode="RGB")], preprocess)
     assert batch.shape == (1, 1, 2, 2)
     assert torch.allclose(batch, torch.tensor(76 / 255), atol=1e-6)  # red -> grey 76
+
+
+def pillow_reference(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
+    """The preparation facesim used before: Pillow's bilinear resize of each image, then normalise."""
+    resized = np.asarray(image.resize((preprocess.width, preprocess.height), Image.Resampling.BILINEAR),
+                         dtype=np.float32)
+    return (torch.from_numpy(resized)[None] / 255 - preprocess.mean) / preprocess.std
+
+
+@pytest.mark.parametrize("height, width", [(112, 92), (37, 23), (40, 32), (5, 4)])
+def test_prepare_images_stays_within_a_grey_level_of_pillows_resize(height: int, width: int):
+    # down by 2.8x as for ORL, by an odd ratio, not at all, and up
+    preprocess = Preprocess(height=40, width=32)
+    images = [Image.fromarray(grey_pixels(height, width, seed)) for seed in range(3)]
+    batch = prepare_images(images, preprocess)
+    reference = torch.stack([pillow_reference(image, preprocess) for image in images])
+    # one grey level is 1 / 255 / 0.25 = 0.0157 normalised units
+    assert (batch - reference).abs().max() <= 0.02
+
+
+def test_prepare_images_of_mixed_sizes_keeps_the_order():
+    sizes = [(92, 112), (30, 20), (92, 112), (7, 9), (30, 20)]  # (width, height)
+    levels = [10, 60, 110, 160, 210]
+    images = [constant_image(level, size) for level, size in zip(levels, sizes)]
+    preprocess = Preprocess(height=8, width=6, mean=0.0, std=1.0)
+    batch = prepare_images(images, preprocess)
+    assert batch.shape == (5, 1, 8, 6)
+    assert torch.allclose(batch.mean(dim=(1, 2, 3)), torch.tensor(levels) / 255, atol=1e-6)
+    # random pixels too: each row equals the image prepared alone, and Pillow's resize of it
+    images = [Image.fromarray(grey_pixels(height, width, seed)) for seed, (width, height) in enumerate(sizes)]
+    batch = prepare_images(images, preprocess)
+    for row, image in enumerate(images):
+        assert torch.equal(batch[row], prepare_images([image], preprocess)[0])
+        assert (batch[row] - pillow_reference(image, preprocess)).abs().max() <= 1.5 / 255
+
+
+def test_faceset_load_prepares_like_load_image_and_prepare_images(tmp_path: Path):
+    relative = ["training/s1/1.pgm", "training/s1/2.png", "training/s2/1.pgm"]
+    for seed, name in enumerate(relative):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grey_pixels(112 - seed, 92, seed)).save(path)
+    preprocess = Preprocess(height=40, width=32)
+    faces = FaceSet.load(tmp_path, relative, preprocess)
+    assert torch.equal(faces.tensor, prepare_images([load_image(tmp_path / p) for p in relative], preprocess))
 
 
 def test_prepare_images_of_nothing_is_an_empty_batch():

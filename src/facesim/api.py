@@ -7,7 +7,7 @@ service. A model is named by what the pipeline trained ('contrastive',
 model URI (`models:/facesim-contrastive@champion`); `load_model` once and pass
 the `FaceModel` to repeated calls to load it only once.
 
-Every picture goes through `facesim.data.load_image` and `prepare_images`, the
+Every picture goes through `facesim.images.load_image` and `prepare_images`, the
 functions training and evaluation use. Gallery embeddings are cached in
 `<repo>/.facesim-cache/`, keyed by the sha256 of each file's bytes and of the
 checkpoint, so a second search over the same gallery embeds nothing and a
@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facesim.data import ImageError, Preprocess, load_image, prepare_images
+from facesim.data import Preprocess, prepare_images
+from facesim.images import ImageError, load_image
 from facesim.models import MODELS, embed_all, load_checkpoint
 
 CACHE_DIR = ".facesim-cache"

@@ -10,7 +10,6 @@ from typing import Sequence
 
 import numpy as np
 from scipy.spatial.distance import cdist
-from sklearn.metrics import roc_auc_score, roc_curve
 
 
 def _validate_pairs(
@@ -59,6 +58,9 @@ def roc_points(
     The first threshold is -inf: nothing is predicted same there.
     """
     distances, labels = _validate_pairs(distances, labels, need_both_classes=True)
+    # imported here: scikit-learn takes seconds to import, which the render stage need not wait for
+    from sklearn.metrics import roc_curve
+
     # sklearn wants higher = more positive, so score with the negated distance
     fpr, tpr, score_thresholds = roc_curve(labels, -distances, drop_intermediate=False)
     return fpr, tpr, -score_thresholds
@@ -67,6 +69,8 @@ def roc_points(
 def roc_auc(distances: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve; 1.0 when every same pair is closer than every different pair."""
     distances, labels = _validate_pairs(distances, labels, need_both_classes=True)
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(labels, -distances))
 
 
