@@ -1,4 +1,4 @@
-"""Subject-disjoint 5-fold cross-validation of both models (not part of `dvc repro`: it takes minutes).
+"""Subject-disjoint 5-fold cross-validation of both models (not part of `dvc repro`: ~10 minutes on 2 cores).
 
     python stages/cv.py --faces data/raw/faces --out reports/metrics/cv.json
 """
@@ -6,23 +6,21 @@
 import argparse
 import dataclasses
 
-from facesim.cv import CVParams, cross_validate, write_report
+from facesim.cv import cross_validate, load_cv_params, write_report
 from facesim.fetch import content_digest
-from facesim.params import load_section
 from facesim.sample import list_faces
 from facesim.tracking import stage_run
-from facesim.train import TrainParams
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="params file; reads its 'cv' and 'train' sections")
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file; reads its 'cv' section and 'train' with 'cv.train' over it")
     parser.add_argument("--faces", required=True, help="raw faces directory (data/raw/faces)")
     parser.add_argument("--out", required=True, help="output: mean, std and per-fold metrics (JSON)")
     args = parser.parse_args()
 
-    cv = load_section(CVParams, args.params, "cv")
-    train = load_section(TrainParams, args.params, "train")
+    cv, train = load_cv_params(args.params)
     faces = list_faces(args.faces, "training") + list_faces(args.faces, "testing")
     config = {"cv": dataclasses.asdict(cv), "train": train.resolved("contrastive")}
     with stage_run("cv", config, tags={"data_digest": content_digest(args.faces)}) as run:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import write_faces_dir
-from facesim.cv import CVParams, cross_validate, fold_tables, subject_folds, summarise, unseen_metrics, write_report
+from facesim.cv import CVParams, cross_validate, load_cv_params, fold_tables, subject_folds, summarise, unseen_metrics, write_report
 from facesim.metrics import equal_error_rate, retrieval_metrics, roc_auc
 from facesim.params import ParamsError, parse_section
 from facesim.sample import list_faces
@@ -82,6 +84,39 @@ def test_cv_params_refuse_bad_values_naming_the_key():
         parse_section(CVParams, {"models": ["siamese"]}, "cv")
 
 
+def write_params(tmp_path: Path, cv: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({
+        "train": {"epochs": 30, "lr": 0.001, "triplet": {"epochs": 60, "people_per_batch": 16}},
+        "cv": {"folds": 5, **cv},
+    }))
+    return path
+
+
+def test_load_cv_params_puts_cv_train_over_the_train_section_key_by_key(tmp_path: Path):
+    path = write_params(tmp_path, {"train": {"lr_schedule": "cosine", "triplet": {"epochs": 150}}})
+    cv, train = load_cv_params(path)
+    assert cv.folds == 5
+    assert (train.epochs, train.lr, train.lr_schedule) == (30, 0.001, "cosine")
+    # the nested section keeps the keys cv.train does not name
+    assert (train.triplet.epochs, train.triplet.people_per_batch) == (150, 16)
+
+
+def test_load_cv_params_without_cv_train_is_the_train_section(tmp_path: Path):
+    _, train = load_cv_params(write_params(tmp_path, {}))
+    assert (train.epochs, train.triplet.epochs, train.lr_schedule) == (30, 60, "constant")
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ({"epochz": 3}, "cv.train.epochz"),
+    ({"triplet": {"mining": "softest"}}, "cv.train.triplet.mining"),
+    ({"epochs": 0}, "train.epochs"),
+])
+def test_load_cv_params_names_a_bad_cv_train_key(tmp_path: Path, override: dict, named: str):
+    with pytest.raises(ParamsError, match=named.replace(".", r"\.")):
+        load_cv_params(write_params(tmp_path, {"train": override}))
+
+
 class RecordingRun:
     def __init__(self):
         self.metrics, self.artifacts = [], []
@@ -96,9 +131,10 @@ class RecordingRun:
 def test_cross_validate_scores_every_model_on_every_fold_and_writes_the_report(tmp_path: Path):
     faces_dir = write_faces_dir(tmp_path / "faces")
     faces = list_faces(faces_dir, "training") + list_faces(faces_dir, "testing")  # 11 subjects
-    cv = CVParams(folds=3, similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1, epochs=1)
+    cv = CVParams(folds=3, similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1)
+    train = dataclasses.replace(TINY, epochs=1)
     run = RecordingRun()
-    report = cross_validate(cv, TINY, faces, faces_dir, run, log=lambda line: None)
+    report = cross_validate(cv, train, faces, faces_dir, run, log=lambda line: None)
     assert sorted(report["models"]) == ["contrastive", "triplet"]
     assert sorted(s for fold in report["folds"] for s in fold) == sorted({f.subject for f in faces})
     for summary in report["models"].values():
@@ -117,5 +153,5 @@ def test_cross_validate_scores_every_model_on_every_fold_and_writes_the_report(t
     logged = {k for metrics, _ in run.metrics[-2:] for k in metrics}
     assert {"contrastive.mean.eer", "triplet.std.precision_at_1"} <= logged and run.artifacts == ["cv.json"]
     # seeded: the same params give the same numbers
-    again = cross_validate(cv, TINY, faces, faces_dir, log=lambda line: None)
+    again = cross_validate(cv, train, faces, faces_dir, log=lambda line: None)
     assert again["models"]["triplet"]["mean"]["eer"] == report["models"]["triplet"]["mean"]["eer"]

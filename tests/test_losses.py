@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from facesim.losses import (
+    BatchContrastiveLoss,
     BatchTripletLoss,
     ContrastiveLoss,
     TripletLoss,
@@ -136,6 +137,35 @@ def test_triplet_loss_rejects_shape_mismatch():
 
 
 # ---- batch triplet: hand-computed on LINE_EMBEDDINGS ----------------------------
+
+
+def test_batch_contrastive_matches_hand_computation():
+    # same-person pairs d01 = 2, d23 = 4: mean of d^2 = (4 + 16) / 2 = 10
+    # different-person pairs d02 = 3, d03 = 7, d12 = 1, d13 = 5 with margin 4:
+    #   max(0, 4 - d)^2 = 1, 0, 9, 0: mean 2.5
+    # loss = (10 + 2.5) / 2 = 6.25
+    loss = BatchContrastiveLoss(margin=4.0)(LINE_EMBEDDINGS, LINE_LABELS)
+    assert loss.item() == pytest.approx(6.25, abs=1e-4)
+
+
+def test_batch_contrastive_on_a_balanced_batch_equals_the_pair_loss_on_balanced_pairs():
+    torch.manual_seed(0)
+    embeddings, labels = torch.randn(6, 3), torch.tensor([0, 0, 0, 1, 1, 1])
+    pairs = list(itertools.combinations(range(6), 2))
+    same = torch.tensor([float(labels[i] == labels[j]) for i, j in pairs])
+    first, second = embeddings[[i for i, _ in pairs]], embeddings[[j for _, j in pairs]]
+    # weigh each pair so both kinds count half, as the batch loss does
+    weights = torch.where(same == 1, 0.5 / same.sum(), 0.5 / (1 - same).sum())
+    d = euclidean_distance(first, second)
+    expected = (weights * (same * d**2 + (1 - same) * torch.clamp(2.0 - d, min=0) ** 2)).sum()
+    assert BatchContrastiveLoss(margin=2.0)(embeddings, labels).item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_batch_contrastive_needs_both_kinds_of_pair():
+    with pytest.raises(ValueError, match="a pair of the same person and a pair of different people"):
+        BatchContrastiveLoss()(torch.randn(3, 2), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="labels must have shape"):
+        BatchContrastiveLoss()(torch.randn(3, 2), torch.tensor([0, 1]))
 
 
 def test_batch_hard_matches_hand_computation():

@@ -106,8 +106,11 @@ def test_train_params_parse_from_a_section():
         ({"contrastive": {"normalise": True}}, "train.contrastive.normalise"),
         ({"epoch": 3}, "train.epoch"),
         ({"triplet": {"people_per_batch": 1}}, "train.triplet.people_per_batch"),
+        ({"contrastive": {"faces_per_person": 1}}, "train.contrastive.faces_per_person"),
+        ({"contrastive": {"mining": "hard"}}, "train.contrastive.mining"),
         ({"channels": [4, 0]}, "train.channels"),
         ({"input_height": 8}, "train.input_height"),
+        ({"lr_schedule": "step"}, "train.lr_schedule"),
     ],
 )
 def test_train_params_refuse_bad_values_naming_the_key(raw, key):
@@ -216,8 +219,10 @@ def test_embed_all_batches_every_image_in_order_without_grad():
         ("contrastive", TINY),
         ("triplet", with_triplet(TINY, mining="none")),
         ("triplet", with_triplet(TINY, mining="semihard", people_per_batch=4, faces_per_person=4)),
+        ("contrastive", dataclasses.replace(TINY, contrastive=dataclasses.replace(
+            TINY.contrastive, mining="all", people_per_batch=4, faces_per_person=3))),
     ],
-    ids=["contrastive", "triplet-none", "triplet-semihard"],
+    ids=["contrastive", "triplet-none", "triplet-semihard", "contrastive-all"],
 )
 def test_fit_trains_each_model(data, model_name, params):
     _, _, faces = data
@@ -263,6 +268,31 @@ def test_fit_is_deterministic(data):
     # and the seed matters: another seed gives other numbers
     other = run_fit(data, "contrastive", dataclasses.replace(params, seed=params.seed + 1))
     assert not np.allclose(other.history["train_loss"], first.history["train_loss"])
+
+
+@pytest.mark.parametrize(
+    "schedule, rates",
+    [
+        # epoch e (from 0) of 4 trains at lr * (1 + cos(pi * e / 4)) / 2
+        ("cosine", [0.01, 0.01 * (1 + 2 ** -0.5) / 2, 0.005, 0.01 * (1 - 2 ** -0.5) / 2]),
+        ("constant", [0.01] * 4),
+    ],
+)
+def test_fit_follows_the_learning_rate_schedule(data, monkeypatch, schedule, rates):
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    params = dataclasses.replace(TINY, epochs=4, patience=10, lr=0.01, lr_schedule=schedule)
+    history = run_fit(data, "contrastive", params).history
+    steps_per_epoch = len(seen) // len(history)
+    assert len(history) == 4 and len(seen) == 4 * steps_per_epoch
+    assert seen[::steps_per_epoch] == pytest.approx(rates)
+    assert all(len(set(seen[i:i + steps_per_epoch])) == 1 for i in range(0, len(seen), steps_per_epoch))
 
 
 def test_fit_refuses_an_unknown_model(data):

@@ -33,7 +33,7 @@ from facesim.metrics import (
     verification_metrics,
 )
 from facesim.models import MODELS, embed_all
-from facesim.params import require
+from facesim.params import ParamsError, load_params_file, parse_section, require
 from facesim.sample import Face, train_val_tables
 from facesim.tracking import NULL_RUN, Run
 from facesim.train import TrainParams, fit
@@ -50,16 +50,41 @@ class CVParams:
     val_size: float = 0.2
     split_by: Literal["pairs", "subjects"] = "pairs"  # "subjects": validation people unseen in training too
     retrieval_k: tuple[int, ...] = (1, 5)
-    epochs: int = 0  # training epochs per fold; 0 keeps train.epochs
 
     def validate(self) -> None:
         require(self.folds >= 2, f"cv.folds must be >= 2, got {self.folds}")
         require(len(self.models) > 0 and all(m in MODELS for m in self.models),
                 f"cv.models must be a non-empty list of {', '.join(MODELS)}, got {list(self.models)}")
         require(0 < self.val_size < 1, f"cv.val_size must be between 0 and 1 (exclusive), got {self.val_size}")
-        require(self.epochs >= 0, f"cv.epochs must be >= 0, got {self.epochs}")
         require(len(self.retrieval_k) > 0 and all(k >= 1 for k in self.retrieval_k),
                 f"cv.retrieval_k must be a non-empty list of integers >= 1, got {list(self.retrieval_k)}")
+
+
+def load_cv_params(path: str | os.PathLike) -> tuple[CVParams, TrainParams]:
+    """The `cv` section, and the `train` section with the keys of `cv.train` put over it.
+
+    Cross-validation need not fit the pipeline's time budget, so `cv.train` may
+    train the same recipe longer (or change any other train key); nested
+    sections (`triplet`, `contrastive`) are overridden key by key.
+    """
+    data = load_params_file(path)
+    for section in ("cv", "train"):
+        if not isinstance(data.get(section), dict):
+            raise ParamsError(f"{path}: missing section '{section}'")
+    raw_cv = dict(data["cv"])
+    overrides = raw_cv.pop("train", None) or {}
+    cv = parse_section(CVParams, raw_cv, "cv", source=str(path))
+    # parsed alone first, so that a bad key is named as cv.train.<key>
+    parse_section(TrainParams, overrides, "cv.train", source=str(path), validate=False)
+    train = parse_section(TrainParams, _merge(data["train"], overrides), "train", source=str(path))
+    return cv, train
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
 
 
 def subject_folds(subjects: list[str], folds: int, seed: int) -> list[list[str]]:
@@ -113,10 +138,6 @@ def cross_validate(
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict[str, Any]:
     """Train and score every model of `cv.models` on every fold; returns the report dict."""
-    if cv.epochs:
-        train = dataclasses.replace(train, epochs=cv.epochs,
-                                    contrastive=dataclasses.replace(train.contrastive, epochs=0),
-                                    triplet=dataclasses.replace(train.triplet, epochs=0))
     everyone = FaceSet.load(faces_dir, [f.path for f in faces], train.preprocess())
     groups = subject_folds([f.subject for f in faces], cv.folds, cv.seed)
     fold_rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(cv.seed).spawn(cv.folds)]

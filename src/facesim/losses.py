@@ -73,6 +73,46 @@ class ContrastiveLoss(nn.Module):
         return (pull + push).mean()
 
 
+class BatchContrastiveLoss(nn.Module):
+    """Contrastive loss over every pair of a batch of P people x K faces.
+
+    Half the mean over the same-person pairs of d^2 plus half the mean over the
+    different-person pairs of max(0, margin - d)^2: the loss of a balanced pair
+    CSV in expectation, from P*K*(P*K-1)/2 pairs per batch instead of a few.
+    """
+
+    def __init__(self, margin: float = 2.0, distance_matrix: DistanceMatrix = pairwise_euclidean) -> None:
+        super().__init__()
+        if not margin > 0:
+            raise ValueError(f"margin must be > 0, got {margin}")
+        self.margin = float(margin)
+        self.distance_matrix = distance_matrix
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        _check_batch(embeddings, labels)
+        distances = self.distance_matrix(embeddings)
+        same = labels.unsqueeze(0) == labels.unsqueeze(1)
+        upper = torch.ones_like(same).triu(diagonal=1)  # each unordered pair once, no face with itself
+        positive, negative = same & upper, ~same & upper
+        if not bool(positive.any()) or not bool(negative.any()):
+            raise ValueError("batch needs a pair of the same person and a pair of different people")
+        pull = (distances[positive] ** 2).mean()
+        push = (torch.clamp(self.margin - distances[negative], min=0.0) ** 2).mean()
+        return (pull + push) / 2
+
+
+def _check_batch(embeddings: Tensor, labels: Tensor) -> None:
+    if embeddings.dim() != 2 or embeddings.shape[0] == 0:
+        raise ValueError(
+            f"embeddings must be a non-empty 2-D (N, D) tensor, got shape {tuple(embeddings.shape)}"
+        )
+    if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
+        raise ValueError(
+            f"labels must have shape ({embeddings.shape[0]},) to match the embeddings, "
+            f"got {tuple(labels.shape)}"
+        )
+
+
 class TripletLoss(nn.Module):
     """Triplet margin loss on given (anchor, positive, negative) rows."""
 
@@ -115,16 +155,7 @@ class BatchTripletLoss(nn.Module):
         self.distance_matrix = distance_matrix
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        if embeddings.dim() != 2 or embeddings.shape[0] == 0:
-            raise ValueError(
-                f"embeddings must be a non-empty 2-D (N, D) tensor, got shape "
-                f"{tuple(embeddings.shape)}"
-            )
-        if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
-            raise ValueError(
-                f"labels must have shape ({embeddings.shape[0]},) to match the embeddings, "
-                f"got {tuple(labels.shape)}"
-            )
+        _check_batch(embeddings, labels)
         distances = self.distance_matrix(embeddings)
         same = labels.unsqueeze(0) == labels.unsqueeze(1)
         is_self = torch.eye(len(labels), dtype=torch.bool, device=labels.device)

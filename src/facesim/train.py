@@ -23,7 +23,7 @@ import torch
 
 from facesim.atomic import staged_outputs
 from facesim.data import Augment, FaceSet, Preprocess
-from facesim.losses import BatchTripletLoss, ContrastiveLoss, TripletLoss, euclidean_distance
+from facesim.losses import BatchContrastiveLoss, BatchTripletLoss, ContrastiveLoss, TripletLoss, euclidean_distance
 from facesim.metrics import roc_auc
 from facesim.models import MODELS, EmbeddingNet, ModelConfig, build_embedding_net, embed_all
 from facesim.params import ParamsError, require
@@ -37,6 +37,11 @@ class ContrastiveParams:
     margin: float = 2.0  # different people are pushed at least this far apart
     normalize: bool = False  # L2-normalise embeddings (distances then lie in [0, 2])
     epochs: int = 0  # this model's epoch limit; 0 = train.epochs
+    # "none": the sampled pair CSV; "all": batches of people_per_batch x faces_per_person
+    # faces and every pair among them (same-person and different-person terms weighed equally)
+    mining: Literal["none", "all"] = "none"
+    people_per_batch: int = 16
+    faces_per_person: int = 4
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class TrainParams:
     epochs: int = 30  # at most; early stopping may end sooner
     batch_size: int = 256  # pairs or triplets per step (P x K faces when mining)
     lr: float = 1e-3
+    # "cosine": the learning rate falls from lr to 0 along half a cosine over the epoch limit
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.0
     patience: int = 5  # epochs without a better validation loss before stopping
     augment: bool = True  # shifts, small rotations and zoom, mirror, brightness/contrast
@@ -77,6 +84,8 @@ class TrainParams:
         require(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
         require(self.batch_size >= 2, f"train.batch_size must be >= 2, got {self.batch_size}")
         require(self.lr > 0, f"train.lr must be positive, got {self.lr}")
+        require(self.lr_schedule in ("constant", "cosine"),
+                f"train.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         require(self.patience >= 1, f"train.patience must be >= 1, got {self.patience}")
         require(self.threads >= 0, f"train.threads must be >= 0, got {self.threads}")
@@ -85,10 +94,12 @@ class TrainParams:
         require(self.contrastive.epochs >= 0 and self.triplet.epochs >= 0,
                 "train.contrastive.epochs and train.triplet.epochs must be >= 0 (0 = train.epochs)")
         require(self.triplet.margin > 0, f"train.triplet.margin must be positive, got {self.triplet.margin}")
-        require(self.triplet.people_per_batch >= 2,
-                f"train.triplet.people_per_batch must be >= 2, got {self.triplet.people_per_batch}")
-        require(self.triplet.faces_per_person >= 2,
-                f"train.triplet.faces_per_person must be >= 2, got {self.triplet.faces_per_person}")
+        for name in MODELS:
+            loss = self.loss_params(name)
+            require(loss.people_per_batch >= 2,
+                    f"train.{name}.people_per_batch must be >= 2, got {loss.people_per_batch}")
+            require(loss.faces_per_person >= 2,
+                    f"train.{name}.faces_per_person must be >= 2, got {loss.faces_per_person}")
         try:
             self.model_config("contrastive").validate("train")
         except ValueError as exc:
@@ -179,9 +190,13 @@ class Objective:
         self.name = model_name
         self.params = params
         self.pairs_val = _pair_rows(tables["pairs_val"], faces)
+        self.loss = params.loss_params(model_name)
+        self.mined = self.loss.mining != "none"  # P x K batches, pairs or triplets found in each
         if model_name == "contrastive":
             self.train_rows = _pair_rows(tables["pairs_train"], faces)
-            self.loss_fn = ContrastiveLoss(margin=params.contrastive.margin)
+            self.pair_loss_fn = ContrastiveLoss(margin=params.contrastive.margin)
+            self.loss_fn = BatchContrastiveLoss(margin=params.contrastive.margin) if self.mined else self.pair_loss_fn
+            pool_rows = self.train_rows[:, :2]
         else:
             self.train_rows = _triplet_rows(tables["triplets_train"], faces)
             self.val_triplets = _triplet_rows(tables["triplets_val"], faces)
@@ -189,15 +204,18 @@ class Objective:
                 self.loss_fn = TripletLoss(margin=params.triplet.margin)
             else:
                 self.loss_fn = BatchTripletLoss(margin=params.triplet.margin, mining=params.triplet.mining)
-                # The faces each triplet CSV holds, with their person, for P x K batches.
+            pool_rows = self.train_rows
+            if self.mined:
                 subject_ids = faces.subject_ids()
-                self.pool = torch.unique(self.train_rows.flatten())
-                self.pool_labels = subject_ids[self.pool]
                 self.val_pool = torch.unique(self.val_triplets.flatten())
                 self.val_pool_labels = subject_ids[self.val_pool]
+        if self.mined:
+            # The faces of the model's training CSV, with their person, for P x K batches.
+            self.pool = torch.unique(pool_rows.flatten())
+            self.pool_labels = faces.subject_ids()[self.pool]
 
     def batches(self, generator: torch.Generator) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
-        if self.name == "triplet" and self.params.triplet.mining != "none":
+        if self.mined:
             yield from self._pk_batches(generator)
             return
         order = torch.randperm(len(self.train_rows), generator=generator)
@@ -205,7 +223,7 @@ class Objective:
             yield self.train_rows[order[start : start + self.params.batch_size]]
 
     def _pk_batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        p, k = self.params.triplet.people_per_batch, self.params.triplet.faces_per_person
+        p, k = self.loss.people_per_batch, self.loss.faces_per_person
         people = torch.unique(self.pool_labels)
         p = min(p, len(people))
         for _ in range(math.ceil(len(self.pool) / (p * k))):
@@ -228,9 +246,14 @@ class Objective:
         return self.loss_fn(emb[:, 0], emb[:, 1], emb[:, 2])
 
     def examples_in(self, batch) -> int:
-        """Pairs or triplets a batch trains on; a P x K batch holds P*K*(K-1) (anchor, positive) triplets."""
+        """Pairs or triplets a batch trains on.
+
+        A P x K batch holds P*K*(K-1) (anchor, positive) triplets, or N*(N-1)/2 pairs of its N faces.
+        """
         if isinstance(batch, tuple):
             _, labels = batch
+            if self.name == "contrastive":
+                return len(labels) * (len(labels) - 1) // 2
             counts = torch.unique(labels, return_counts=True)[1]
             return int((counts * (counts - 1)).sum())
         return len(batch)
@@ -246,7 +269,7 @@ class Objective:
         labels = self.pairs_val[:, 2]
         distances = euclidean_distance(e1, e2)
         if self.name == "contrastive":
-            loss = self.loss_fn(e1, e2, labels.float())
+            loss = self.pair_loss_fn(e1, e2, labels.float())
         elif self.params.triplet.mining == "none":
             t = self.val_triplets
             loss = self.loss_fn(embeddings[t[:, 0]], embeddings[t[:, 1]], embeddings[t[:, 2]])
@@ -301,6 +324,9 @@ def fit(
     objective = Objective(model_name, params, tables, faces)
     model = build_embedding_net(params.model_config(model_name)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    max_epochs = params.max_epochs(model_name)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
+                 if params.lr_schedule == "cosine" else None)
     augment = Augment() if params.augment else None
     generator = torch.Generator().manual_seed(params.seed)
     images = faces.tensor
@@ -309,7 +335,6 @@ def fit(
     train_seconds: list[float] = []
     best: dict[str, Any] = {"val_loss": math.inf}
     epochs_without_gain = 0
-    max_epochs = params.max_epochs(model_name)
     for epoch in range(1, max_epochs + 1):
         started = time.perf_counter()
         model.train()
@@ -324,6 +349,8 @@ def fit(
             examples += objective.examples_in(batch)
             face_passes += objective.faces_in(batch)
         train_seconds.append(time.perf_counter() - started)
+        if scheduler is not None:
+            scheduler.step()
         if not math.isfinite(total):
             raise FloatingPointError(f"train@{model_name} diverged in epoch {epoch} (loss is {total}); "
                                      f"lower train.lr (now {params.lr})")
