@@ -7,6 +7,7 @@ Pillow. Errors name the file.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -57,13 +58,12 @@ def _read_bytes(path: Path) -> bytes:
         raise ImageError(f"{path}: not a readable image ({exc})") from None
 
 
-def _open_with_pillow(path: Path) -> Image.Image:
+def _decode_with_pillow(path: Path, data: bytes) -> np.ndarray:
+    """Pillow's 8-bit grey pixels of a file's bytes, already read (the file is not opened twice)."""
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             image.load()
-            return image.convert("L")
-    except FileNotFoundError:
-        raise ImageError(f"{path}: image file not found") from None
+            return np.asarray(image.convert("L"))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageError(f"{path}: not a readable image ({exc})") from None
 
@@ -71,12 +71,11 @@ def _open_with_pillow(path: Path) -> Image.Image:
 def load_pixels(path: str | os.PathLike) -> np.ndarray:
     """8-bit grey pixels (height, width) of any image Pillow reads; errors name the file."""
     path = Path(path)
-    pixels = read_binary_pgm(_read_bytes(path))
-    return pixels if pixels is not None else np.asarray(_open_with_pillow(path))
+    data = _read_bytes(path)
+    pixels = read_binary_pgm(data)
+    return pixels if pixels is not None else _decode_with_pillow(path, data)
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open any image Pillow reads, as 8-bit grey; errors name the file."""
-    path = Path(path)
-    pixels = read_binary_pgm(_read_bytes(path))
-    return Image.fromarray(pixels) if pixels is not None else _open_with_pillow(path)
+    return Image.fromarray(load_pixels(path))

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -205,14 +204,14 @@ class Objective:
             else:
                 self.loss_fn = BatchTripletLoss(margin=params.triplet.margin, mining=params.triplet.mining)
             pool_rows = self.train_rows
-            if self.mined:
-                subject_ids = faces.subject_ids()
-                self.val_pool = torch.unique(self.val_triplets.flatten())
-                self.val_pool_labels = subject_ids[self.val_pool]
         if self.mined:
             # The faces of the model's training CSV, with their person, for P x K batches.
+            subject_ids = faces.subject_ids()
             self.pool = torch.unique(pool_rows.flatten())
-            self.pool_labels = faces.subject_ids()[self.pool]
+            self.pool_labels = subject_ids[self.pool]
+            if model_name == "triplet":
+                self.val_pool = torch.unique(self.val_triplets.flatten())
+                self.val_pool_labels = subject_ids[self.val_pool]
 
     def batches(self, generator: torch.Generator) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         if self.mined:
