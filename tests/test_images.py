@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesim.images import ImageError, load_image, load_pixels, read_binary_pgm
+from facesim.images import ImageError, decode_pixels, grey_pixels as image_grey_pixels, load_image, load_pixels, read_binary_pgm
 
 RNG_SEED = 0
 
@@ -143,7 +143,7 @@ def test_read_binary_pgm_stretches_a_smaller_maxval_like_pillow(tmp_path: Path):
     "content",
     [
         b"P5\n4 3\n255\n" + bytes(11),  # truncated: 11 of 12 pixels
-        b"P5\n4 3\n65535\n" + bytes(24),  # 16-bit
+        b"P5\n4 3\n65535\n" + bytes(23),  # 16-bit, truncated
         b"P2\n2 1\n255\n0 255\n",  # plain (ASCII) PGM
         b"P5\n0 3\n255\n",  # no pixels
         b"P5\nxx yy\n255\n" + bytes(12),  # garbage header
@@ -168,3 +168,63 @@ def test_load_pixels_missing_file_names_it(tmp_path: Path):
     with pytest.raises(ImageError, match="not found") as info:
         load_pixels(path)
     assert str(path) in str(info.value)
+
+
+# ---- photos as they come: 16-bit, orientation, transparency, refusals ----------------------
+
+
+def test_16_bit_pgm_is_scaled_to_8_bits_not_clipped(tmp_path: Path):
+    # big-endian samples out of 65535: 0 -> 0, 257 -> 1, 32896 -> 128, 65535 -> 255; out of 1000: 500 -> 128
+    levels = np.array([[0, 257, 32896, 65535]], dtype=">u2")
+    assert read_binary_pgm(b"P5\n4 1\n65535\n" + levels.tobytes()).tolist() == [[0, 1, 128, 255]]
+    path = tmp_path / "deep.pgm"
+    path.write_bytes(b"P5\n2 1\n1000\n" + np.array([[500, 1000]], dtype=">u2").tobytes())
+    assert load_pixels(path).tolist() == [[128, 255]]
+
+
+def test_16_bit_png_is_scaled_to_8_bits_not_white(tmp_path: Path):
+    levels = np.array([[0, 257 * 10, 257 * 200, 65535]], dtype=np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(levels).save(path)  # Pillow writes I;16 as a 16-bit grey PNG
+    assert load_pixels(path).tolist() == [[0, 10, 200, 255]]
+
+
+def test_float_and_32_bit_images_are_scaled(tmp_path: Path):
+    assert image_grey_pixels(Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32))).tolist() == [[0, 128, 255]]
+    assert image_grey_pixels(Image.fromarray(np.array([[0, 100, 255]], dtype=np.int32))).tolist() == [[0, 100, 255]]
+    wide = Image.fromarray(np.array([[0, 65535]], dtype=np.int32))
+    assert image_grey_pixels(wide).tolist() == [[0, 255]]
+
+
+def test_transparent_pixels_are_laid_on_white():
+    rgba = Image.new("RGBA", (2, 1), (0, 0, 0, 0))
+    rgba.putpixel((1, 0), (0, 0, 0, 255))
+    assert image_grey_pixels(rgba).tolist() == [[255, 0]]
+
+
+def test_exif_orientation_is_applied(tmp_path: Path):
+    # a 4 wide x 2 high picture, dark left half, stored with orientation 6 ("rotate 90 degrees clockwise
+    # to view"): upright it is 2 wide and 4 high, dark at the top
+    stored = np.array([[0, 0, 255, 255], [0, 0, 255, 255]], dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.png"
+    Image.fromarray(stored).save(path, exif=exif)
+    upright = load_pixels(path)
+    assert upright.shape == (4, 2)
+    assert upright.tolist() == [[0, 0], [0, 0], [255, 255], [255, 255]]
+
+
+def test_unreadable_bytes_name_the_source_not_a_buffer():
+    with pytest.raises(ImageError) as info:
+        decode_pixels(b"not an image at all", "row 3, image1")
+    message = str(info.value)
+    assert message.startswith("row 3, image1: not a readable image") and "BytesIO" not in message
+
+
+def test_decompression_bombs_are_refused_naming_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "huge.png"
+    Image.new("L", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels > 2 x 1000: Pillow's bomb error
+    with pytest.raises(ImageError, match="huge.png: refused, too many pixels"):
+        load_pixels(path)

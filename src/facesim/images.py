@@ -1,8 +1,11 @@
 """Reading pictures as 8-bit grey pixels, without torch: the render stage and the CLI need only this.
 
-Binary 8-bit PGM files, the format of ORL, are decoded with numpy directly,
-about four times faster than through Pillow; every other file goes through
-Pillow. Errors name the file.
+Binary PGM files, the format of ORL, are decoded with numpy directly, about
+four times faster than through Pillow; every other file goes through Pillow,
+with its EXIF orientation applied (phone photos are stored sideways with a tag
+saying so) and 16-bit or floating-point grey scaled to 8 bits rather than
+clipped. Training, evaluation, the command line and the served model all read
+pictures through `decode_pixels`. Errors name the file.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class ImageError(ValueError):
@@ -28,17 +31,23 @@ _PGM_HEADER = re.compile(rb"P5" + _GAP + rb"(\d{1,10})" + _GAP + rb"(\d{1,10})" 
 
 
 def read_binary_pgm(data: bytes) -> np.ndarray | None:
-    """Pixels (height, width) uint8 of an 8-bit binary PGM file's bytes, exactly as Pillow decodes them.
+    """Pixels (height, width) uint8 of a binary PGM file's bytes; 8-bit exactly as Pillow decodes them.
 
-    None for anything else (other formats, 16-bit or odd headers, truncated
-    files), which then goes to Pillow and its error messages.
+    A 16-bit file (maxval above 255, big-endian samples) is scaled to 0..255 by
+    level / maxval, rounded. None for anything else (other formats, odd headers,
+    truncated files), which then goes to Pillow and its error messages.
     """
     header = _PGM_HEADER.match(data)
     if header is None:
         return None
     width, height, maxval = (int(token) for token in header.groups())
-    if not (width > 0 and height > 0 and 0 < maxval <= 255) or len(data) - header.end() < width * height:
+    wide = maxval > 255
+    if not (width > 0 and height > 0 and 0 < maxval < 65536) or \
+            len(data) - header.end() < width * height * (2 if wide else 1):
         return None
+    if wide:
+        levels = np.frombuffer(data, dtype=">u2", count=width * height, offset=header.end()).reshape(height, width)
+        return np.rint(np.minimum(levels, maxval) * (255.0 / maxval)).astype(np.uint8)
     pixels = np.frombuffer(data, dtype=np.uint8, count=width * height, offset=header.end()).reshape(height, width)
     if maxval < 255:
         # Pillow stretches levels 0..maxval to 0..255 with Python's round (half to even)
@@ -58,22 +67,60 @@ def _read_bytes(path: Path) -> bytes:
         raise ImageError(f"{path}: not a readable image ({exc})") from None
 
 
-def _decode_with_pillow(path: Path, data: bytes) -> np.ndarray:
-    """Pillow's 8-bit grey pixels of a file's bytes, already read (the file is not opened twice)."""
+def grey_pixels(image: Image.Image) -> np.ndarray:
+    """8-bit grey pixels (height, width) of a Pillow image of any mode.
+
+    Pillow's own convert("L") clips 16-bit and 32-bit grey at 255, which turns
+    a 16-bit PNG or TIFF white: those are scaled instead (16-bit by 257, the
+    ratio of the two full scales; floating point from 0..1 when it lies there).
+    Transparent pixels are laid on white, as a viewer shows them.
+    """
+    if image.mode.startswith("I;16"):
+        levels = np.asarray(image.convert("I"), dtype=np.float64)
+        return np.rint(np.clip(levels, 0, 65535) / 257.0).astype(np.uint8)
+    if image.mode in ("I", "F"):
+        levels = np.asarray(image, dtype=np.float64)
+        finite = levels[np.isfinite(levels)]
+        top = float(finite.max()) if finite.size else 0.0
+        if image.mode == "F" and top <= 1.0:
+            scale = 255.0
+        elif top > 255:
+            scale = 255.0 / 65535.0  # 16-bit samples widened to 32 bits, as Pillow opens most 16-bit PNGs
+        else:
+            scale = 1.0
+        return np.rint(np.clip(np.nan_to_num(levels) * scale, 0, 255)).astype(np.uint8)
+    if image.mode in ("LA", "PA", "RGBA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image if image.mode == "L" else image.convert("L"))
+
+
+def _decode_with_pillow(name: str, data: bytes) -> np.ndarray:
+    """Pillow's 8-bit grey pixels of a file's bytes, upright as its EXIF orientation says."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            return np.asarray(image.convert("L"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageError(f"{path}: not a readable image ({exc})") from None
+            return grey_pixels(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name}: refused, too many pixels to decode safely ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        # Pillow names the in-memory buffer (<_io.BytesIO object at 0x...>), which tells a user nothing
+        detail = "not an image format Pillow knows" if isinstance(exc, UnidentifiedImageError) else str(exc)
+        raise ImageError(f"{name}: not a readable image ({detail})") from None
+
+
+def decode_pixels(data: bytes, name: str) -> np.ndarray:
+    """8-bit grey pixels (height, width) of an image file's bytes; `name` (its path, or where it
+    came from) is what errors say."""
+    pixels = read_binary_pgm(data)
+    return pixels if pixels is not None else _decode_with_pillow(name, data)
 
 
 def load_pixels(path: str | os.PathLike) -> np.ndarray:
     """8-bit grey pixels (height, width) of any image Pillow reads; errors name the file."""
     path = Path(path)
-    data = _read_bytes(path)
-    pixels = read_binary_pgm(data)
-    return pixels if pixels is not None else _decode_with_pillow(path, data)
+    return decode_pixels(_read_bytes(path), str(path))
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:

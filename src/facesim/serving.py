@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import os
 import tempfile
@@ -33,7 +32,9 @@ from typing import Any
 import mlflow
 import mlflow.pyfunc
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from facesim.images import ImageError, decode_pixels
 
 REGISTERED_PREFIX = "facesim-"
 CHAMPION = "champion"
@@ -55,16 +56,16 @@ def encode_image(path: str | os.PathLike) -> str:
 
 
 def decode_image(value: Any, where: str) -> Image.Image:
-    """base64 text (or bytes) of an image file -> a Pillow image; errors say which row and column."""
+    """base64 text (or bytes) of an image file -> 8-bit grey pixels as a Pillow image, decoded as
+    everywhere else (`facesim.images.decode_pixels`); errors say which row and column."""
     try:
         data = base64.b64decode(value, validate=True)
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return image.convert("L")
     except (binascii.Error, TypeError, ValueError):
         raise ValueError(f"{where}: not base64-encoded image bytes") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{where}: not a readable image ({exc})") from None
+    try:
+        return Image.fromarray(decode_pixels(data, where))
+    except ImageError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class FaceVerifier(mlflow.pyfunc.PythonModel):
