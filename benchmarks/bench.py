@@ -214,7 +214,7 @@ def run_ablations(args) -> dict:
 
     import numpy as np
 
-    from facesim.data import Augment, FaceSet, _prepare_pixels, prepare_images
+    from facesim.data import Augment, FaceSet, prepare_pixels, prepare_images
     from facesim.images import load_image, load_pixels
     from facesim.models import build_embedding_net, embed_all, fold_batchnorm
     from facesim.params import load_section
@@ -253,7 +253,7 @@ def run_ablations(args) -> dict:
     add("resize all faces in one torch call (was Pillow, face by face)",
         best_rate(lambda: [np.asarray(Image.fromarray(a).resize(size, Image.Resampling.BILINEAR)) for a in pixels],
                   len(pixels), 3),
-        best_rate(lambda: _prepare_pixels(pixels, pre), len(pixels), 5), "faces/s")
+        best_rate(lambda: prepare_pixels(pixels, pre), len(pixels), 5), "faces/s")
 
     # 1. decode once: reading and preparing a batch of faces from files vs indexing the tensor
     batch_paths = all_paths[:128]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from facesim.data import Augment, FaceSet, Preprocess, prepare_images
+from facesim.data import Augment, FaceSet, Preprocess, prepare_images, prepare_pixels, trim_uniform_borders
 from facesim.images import ImageError, load_image, load_pixels
 
 RNG_SEED = 0
@@ -271,3 +271,106 @@ def test_augment_brightness_alone_shifts_each_face_by_a_bounded_constant():
     per_face = shift.mean(dim=(1, 2, 3))
     assert torch.allclose(shift, per_face.view(-1, 1, 1, 1).expand_as(shift), atol=1e-5)
     assert torch.all(per_face.abs() <= 0.3 + 1e-6) and per_face.std() > 0
+
+
+# ---- per-image normalisation and border trimming ------------------------------------------
+
+
+def test_per_image_normalisation_by_hand():
+    # a 2x2 picture of levels 0, 0, 100, 100: mean 50, population std 50 -> -1, -1, +1, +1
+    image = Image.fromarray(np.array([[0, 0], [100, 100]], dtype=np.uint8))
+    batch = prepare_images([image], Preprocess(height=2, width=2, normalization="per_image"))
+    assert batch.flatten().tolist() == [-1.0, -1.0, 1.0, 1.0]
+
+
+def test_per_image_normalisation_ignores_exposure_and_contrast():
+    pixels = np.random.default_rng(0).integers(40, 140, size=(20, 16), dtype=np.uint8)
+    brighter = np.clip(pixels.astype(int) * 1.5, 0, 255).astype(np.uint8)
+    flatter = (pixels // 2 + 60).astype(np.uint8)
+    preprocess = Preprocess(height=20, width=16, normalization="per_image")
+    batch = prepare_pixels([pixels, brighter, flatter], preprocess)
+    # equal up to the rounding of grey levels
+    assert torch.allclose(batch[0], batch[1], atol=0.03) and torch.allclose(batch[0], batch[2], atol=0.06)
+    fixed = prepare_pixels([pixels, brighter], Preprocess(height=20, width=16))
+    assert not torch.allclose(fixed[0], fixed[1], atol=0.5)
+
+
+def test_per_image_normalisation_of_a_uniform_picture_is_zeros():
+    batch = prepare_pixels([np.full((4, 4), 77, dtype=np.uint8)], Preprocess(height=4, width=4,
+                                                                             normalization="per_image"))
+    assert torch.count_nonzero(batch) == 0 and torch.isfinite(batch).all()
+
+
+def test_trim_uniform_borders_cuts_a_frame_and_nothing_else():
+    face = np.random.default_rng(1).integers(0, 256, size=(10, 8), dtype=np.uint8)
+    framed = np.pad(face, ((3, 2), (1, 3)), constant_values=0)
+    assert np.array_equal(trim_uniform_borders(framed), face)
+    assert np.array_equal(trim_uniform_borders(face), face)
+    # a frame with JPEG-like noise of a few grey levels is still a frame
+    noisy = framed.copy()
+    noisy[:3] = np.random.default_rng(2).integers(0, 4, size=noisy[:3].shape)
+    assert np.array_equal(trim_uniform_borders(noisy), face)
+
+
+def test_trim_uniform_borders_keeps_at_least_half_of_each_side():
+    flat = np.zeros((10, 10), dtype=np.uint8)
+    flat[4, 4] = 255  # one bright pixel in a uniform picture
+    assert trim_uniform_borders(flat, keep=0.5).shape == (6, 6)
+    assert trim_uniform_borders(np.zeros((10, 10), dtype=np.uint8)).shape == (10, 10)
+
+
+def test_prepare_with_trimming_sees_a_framed_face_like_the_face():
+    face = np.random.default_rng(3).integers(20, 230, size=(28, 24), dtype=np.uint8)
+    framed = np.pad(face, ((5, 5), (4, 4)), constant_values=0)
+    preprocess = Preprocess(height=28, width=24, trim_borders=True)
+    batch = prepare_pixels([face, framed], preprocess)
+    assert torch.equal(batch[0], batch[1])
+    untrimmed = prepare_pixels([face, framed], Preprocess(height=28, width=24))
+    assert not torch.equal(untrimmed[0], untrimmed[1])
+
+
+def test_a_preprocess_without_the_newer_fields_prepares_as_before():
+    # checkpoints written before normalization and trim_borders existed hold only these four keys
+    old = Preprocess(**{"height": 4, "width": 4, "mean": 0.5, "std": 0.25})
+    assert old.normalization == "fixed" and old.trim_borders is False
+
+
+# ---- blur augmentation --------------------------------------------------------------------
+
+
+def test_gaussian_blur_by_hand():
+    from facesim.data import gaussian_blur
+
+    # one bright pixel blurred by sigma 1: the kernel is exp(-x^2 / 2) normalised, rows times columns
+    image = torch.zeros(1, 1, 9, 9)
+    image[0, 0, 4, 4] = 1.0
+    blurred = gaussian_blur(image, torch.tensor([1.0]))
+    kernel = torch.exp(-torch.arange(-3, 4, dtype=torch.float32) ** 2 / 2)
+    kernel /= kernel.sum()
+    assert torch.allclose(blurred[0, 0, 1:8, 1:8], kernel[:, None] * kernel[None, :], atol=1e-6)
+    assert blurred.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_gaussian_blur_sigma_zero_leaves_an_image_and_each_image_has_its_own():
+    from facesim.data import gaussian_blur
+
+    batch = torch.rand(2, 1, 8, 6, generator=torch.Generator().manual_seed(0))
+    out = gaussian_blur(batch, torch.tensor([0.0, 1.5]))
+    assert torch.allclose(out[0], batch[0], atol=1e-6)
+    assert not torch.allclose(out[1], batch[1], atol=1e-3)
+    assert out[1].std() < batch[1].std()
+
+
+def test_augment_draws_blur_only_when_asked_so_other_settings_keep_their_numbers():
+    batch = torch.rand(4, 1, 16, 12, generator=torch.Generator().manual_seed(1))
+    plain = Augment()(batch, torch.Generator().manual_seed(7))
+    zero_blur = Augment(max_blur=0.0)(batch, torch.Generator().manual_seed(7))
+    assert torch.equal(plain, zero_blur)
+    blurred = Augment(max_blur=1.0)(batch, torch.Generator().manual_seed(7))
+    assert blurred.shape == batch.shape and not torch.allclose(blurred, plain)
+
+
+@pytest.mark.parametrize("field, value", [("max_blur", -1.0), ("max_scale", 1.0), ("max_shift", -0.1)])
+def test_augment_validate_names_the_key(field, value):
+    with pytest.raises(ValueError, match=f"train.augmentation.{field}"):
+        Augment(**{field: value}).validate()

@@ -17,11 +17,12 @@ import torch
 
 from conftest import write_faces_dir
 from facesim.data import FaceSet
-from facesim.models import ModelConfig, build_embedding_net
+from facesim.models import EnsembleNet, ModelConfig, build_embedding_net
 from facesim.params import ParamsError, parse_section
 from facesim.sample import SampleParams, build_samples
 from facesim.tracking import NullRun
 from facesim.train import (
+    member_seed,
     HISTORY_COLUMNS,
     Objective,
     TrainParams,
@@ -94,7 +95,7 @@ def test_train_params_parse_from_a_section():
     [
         ({"epochs": -1}, "train.epochs"),
         ({"epochs": 0}, "train.epochs"),
-        ({"patience": 0}, "train.patience"),
+        ({"patience": -1}, "train.patience"),
         ({"lr": 0}, "train.lr"),
         ({"contrastive": {"margin": 0}}, "train.contrastive.margin"),
         ({"contrastive": {"margin": -1.0}}, "train.contrastive.margin"),
@@ -344,6 +345,27 @@ def test_early_stopping_honours_patience(data, monkeypatch, patience, val_losses
         assert not torch.allclose(seen[best_epoch - 1], seen[-1], atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "patience, val_losses, epochs_run",
+    [
+        # never stops early with patience 0, however long the loss fails to improve
+        (0, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 6),
+        # keep: last still stops early with patience: it then keeps the epoch it stopped at
+        (2, [1.0, 2.0, 3.0, 0.5, 0.4, 0.3], 3),
+    ],
+)
+def test_keep_last_returns_the_last_epoch_run(data, monkeypatch, patience, val_losses, epochs_run):
+    seen = scripted_validation(monkeypatch, val_losses)
+    params = dataclasses.replace(TINY, epochs=6, patience=patience, keep="last")
+    result = run_fit(data, "contrastive", params)
+    assert len(result.history) == epochs_run
+    assert result.best_epoch == epochs_run and result.checkpoint["epoch"] == epochs_run
+    assert result.best_val_loss == val_losses[epochs_run - 1]
+    _, _, faces = data
+    assert torch.allclose(embed_all(result.model, faces.tensor), seen[-1], atol=1e-6)
+    assert not torch.allclose(seen[0], seen[-1], atol=1e-6)
+
+
 # ---- train_and_save and checkpoints -------------------------------------------------
 
 
@@ -381,7 +403,7 @@ def test_train_and_save_writes_checkpoint_and_history(data, tmp_path: Path):
     assert checkpoint_path.is_file() and history_path.is_file()
 
     history = pd.read_csv(history_path)
-    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_roc_auc", "seconds"]
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_roc_auc"]  # no wall-clock seconds
     assert history["epoch"].tolist() == list(range(1, len(result.history) + 1))
     assert np.allclose(history["val_loss"], result.history["val_loss"], rtol=1e-5)
 
@@ -440,3 +462,39 @@ def test_load_checkpoint_names_a_missing_or_foreign_file(tmp_path: Path):
     torch.save({"model_state": {}}, foreign)
     with pytest.raises(ValueError, match="missing epoch, model_config, preprocess"):
         load_checkpoint(foreign)
+
+
+# ---- ensembles ---------------------------------------------------------------------------
+
+
+def test_an_ensemble_is_its_members_trained_apart_side_by_side(data):
+    params = dataclasses.replace(TINY, epochs=2, members=3, patience=0, keep="last")
+    result = run_fit(data, "triplet", params)
+    _, _, faces = data
+    assert isinstance(result.model, EnsembleNet) and len(result.model.members) == 3
+    # each member is exactly the single network its own seed trains
+    for i, member in enumerate(result.model.members):
+        alone = run_fit(data, "triplet", dataclasses.replace(params, members=1, seed=member_seed(params.seed, i)))
+        assert torch.allclose(embed_all(member, faces.tensor), embed_all(alone.model, faces.tensor), atol=1e-6)
+    assert member_seed(params.seed, 0) == params.seed
+    # side by side, scaled so that squared distances are the members' mean
+    whole = embed_all(result.model, faces.tensor)
+    parts = [embed_all(m, faces.tensor) for m in result.model.members]
+    assert whole.shape == (len(faces.tensor), 3 * params.embedding_dim)
+    d_whole = torch.cdist(whole[:5], whole[5:10]) ** 2
+    d_parts = sum(torch.cdist(p[:5], p[5:10]) ** 2 for p in parts) / 3
+    assert torch.allclose(d_whole, d_parts, atol=1e-5)
+    # normalised members make a unit-length whole
+    assert torch.allclose(whole.norm(dim=1), torch.ones(len(whole)), atol=1e-5)
+    assert result.checkpoint["model_config"]["members"] == 3 and result.checkpoint["member_epochs"] == [2, 2, 2]
+    assert list(result.history["epoch"]) == [1, 2]
+
+
+def test_an_ensemble_checkpoint_loads_back(data, tmp_path: Path):
+    params = dataclasses.replace(TINY, epochs=1, members=2)
+    result = train_and_save("contrastive", params, data[0], write_tables(data, tmp_path / "samples"),
+                            tmp_path / "model.pt", tmp_path / "history.csv")
+    model, checkpoint = load_checkpoint(tmp_path / "model.pt")
+    _, _, faces = data
+    assert isinstance(model, EnsembleNet) and checkpoint["epoch"] == 1
+    assert torch.allclose(embed_all(model, faces.tensor), embed_all(result.model, faces.tensor), atol=1e-6)

@@ -23,30 +23,64 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from facesim.images import ImageError, load_pixels
+from facesim.images import ImageError, grey_pixels, load_pixels
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How a picture becomes model input; saved in every checkpoint."""
+    """How a picture becomes model input; saved in every checkpoint.
+
+    The defaults are those of checkpoints written before a field existed, so
+    that an older checkpoint is still prepared the way it was trained.
+    """
 
     height: int = 56  # model input height in pixels (ORL originals are 112)
     width: int = 46  # model input width (ORL originals are 92)
-    mean: float = 0.5  # subtracted after scaling grey levels to [0, 1]
-    std: float = 0.25  # divided by after subtracting the mean
+    mean: float = 0.5  # "fixed" normalisation: subtracted after scaling grey levels to [0, 1]
+    std: float = 0.25  # "fixed" normalisation: divided by after subtracting the mean
+    # "fixed": (x - mean) / std for every face; "per_image": each face to zero mean and unit
+    # variance, so that a darker, brighter or flatter photo of a face gives the same input
+    normalization: str = "fixed"
+    trim_borders: bool = False  # cut away uniform rows and columns at the edges (a frame, a mat)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+# A row or column at the edge counts as border when its grey levels span at most this many
+# levels. A frame or mat added around a picture is one level, or a few after JPEG compression
+# (at quality 30 all but the 4 pixels next to the picture stay within 2); a photo's own edge
+# rows span more, even blurred (ORL's span 14 or more, 6 or more after a radius-2 blur).
+BORDER_SPREAD = 4
+
+
+def trim_uniform_borders(pixels: np.ndarray, spread: int = BORDER_SPREAD, keep: float = 0.5) -> np.ndarray:
+    """`pixels` without the near-uniform rows and columns around them, each side trimmed until its
+    edge row (column) spans more than `spread` grey levels; at least `keep` of each side stays."""
+    height, width = pixels.shape
+    row_spread = pixels.max(axis=1).astype(np.int16) - pixels.min(axis=1)
+    col_spread = pixels.max(axis=0).astype(np.int16) - pixels.min(axis=0)
+
+    def edges(spreads: np.ndarray, limit: int) -> tuple[int, int]:
+        busy = np.flatnonzero(spreads > spread)
+        if busy.size == 0:
+            return 0, len(spreads)
+        return min(int(busy[0]), limit), max(int(busy[-1]) + 1, len(spreads) - limit)
+
+    top, bottom = edges(row_spread, int(height * (1 - keep) / 2))
+    left, right = edges(col_spread, int(width * (1 - keep) / 2))
+    return pixels[top:bottom, left:right]
+
+
 def prepare_images(images: Iterable[Image.Image], preprocess: Preprocess) -> torch.Tensor:
     """Grey, resize (antialiased bilinear) and normalise: (N, 1, height, width) float32."""
-    return _prepare_pixels([np.asarray(image if image.mode == "L" else image.convert("L")) for image in images],
-                           preprocess)
+    return prepare_pixels([grey_pixels(image) for image in images], preprocess)
 
 
-def _prepare_pixels(pixels: Sequence[np.ndarray], preprocess: Preprocess) -> torch.Tensor:
-    """`prepare_images` of (height, width) uint8 grey arrays, in their order."""
+def prepare_pixels(pixels: Sequence[np.ndarray], preprocess: Preprocess) -> torch.Tensor:
+    """`prepare_images` of (height, width) uint8 grey arrays (`facesim.images.load_pixels`), in their order."""
+    if preprocess.trim_borders:
+        pixels = [trim_uniform_borders(array) for array in pixels]
     size = (preprocess.height, preprocess.width)
     rows_by_shape: dict[tuple[int, ...], list[int]] = {}
     for row, array in enumerate(pixels):
@@ -56,6 +90,11 @@ def _prepare_pixels(pixels: Sequence[np.ndarray], preprocess: Preprocess) -> tor
         stack = torch.from_numpy(np.stack([pixels[row] for row in rows])).unsqueeze(1)
         # on uint8 torch resizes in integer arithmetic like Pillow, and 2-3x faster than on floats
         batch[rows] = F.interpolate(stack, size=size, mode="bilinear", antialias=True, align_corners=False).float()
+    if preprocess.normalization == "per_image":
+        flat = batch.view(len(batch), -1)
+        # a uniform picture has no contrast to scale: it stays all zeros rather than dividing by zero
+        std = flat.std(dim=1, unbiased=False, keepdim=True).clamp_min(1.0)
+        return flat.sub_(flat.mean(dim=1, keepdim=True)).div_(std).view_as(batch)
     return batch.div_(255.0).sub_(preprocess.mean).div_(preprocess.std)
 
 
@@ -71,7 +110,7 @@ class FaceSet:
     def load(cls, root: str | os.PathLike, paths: Iterable[str], preprocess: Preprocess) -> "FaceSet":
         unique = sorted(set(paths))
         root = Path(root)
-        tensor = _prepare_pixels([load_pixels(root / p) for p in unique], preprocess)
+        tensor = prepare_pixels([load_pixels(root / p) for p in unique], preprocess)
         return cls(paths=unique, subjects=[Path(p).parent.name for p in unique], tensor=tensor)
 
     def __post_init__(self) -> None:
@@ -84,6 +123,11 @@ class FaceSet:
         except KeyError as exc:
             raise ImageError(f"{exc.args[0]}: not among the loaded faces") from None
 
+    def subset(self, paths: Sequence[str]) -> "FaceSet":
+        """The rows of `paths`, in that order, without decoding anything again."""
+        rows = self.rows(paths)
+        return FaceSet(paths=list(paths), subjects=[self.subjects[i] for i in rows.tolist()], tensor=self.tensor[rows])
+
     def subject_ids(self) -> torch.Tensor:
         """An integer id per row, equal for the same subject."""
         names = {s: i for i, s in enumerate(sorted(set(self.subjects)))}
@@ -92,7 +136,7 @@ class FaceSet:
 
 @dataclass(frozen=True)
 class Augment:
-    """Light, label-preserving changes applied to whole training batches at once."""
+    """Label-preserving changes applied to whole training batches at once (the params' train.augmentation)."""
 
     max_shift: float = 0.06  # translation, as a fraction of the image size
     max_rotation_deg: float = 8.0
@@ -100,6 +144,14 @@ class Augment:
     flip: bool = True  # mirror half of the faces left-right
     max_brightness: float = 0.15  # added, in normalised units
     max_contrast: float = 0.15  # multiplicative, fraction
+    max_blur: float = 0.0  # Gaussian blur of up to this sigma, in model-input pixels (0: none)
+
+    def validate(self) -> None:
+        for name in ("max_shift", "max_rotation_deg", "max_scale", "max_brightness", "max_contrast", "max_blur"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.augmentation.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_scale >= 1:
+            raise ValueError(f"train.augmentation.max_scale must be below 1, got {self.max_scale}")
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n = batch.shape[0]
@@ -122,4 +174,22 @@ class Augment:
         out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
         contrast = (1 + uniform(self.max_contrast)).to(batch).view(n, 1, 1, 1)
         brightness = uniform(self.max_brightness).to(batch).view(n, 1, 1, 1)
-        return out * contrast + brightness
+        out = out * contrast + brightness
+        if self.max_blur > 0:  # drawn only when asked for, so other settings keep their random stream
+            out = gaussian_blur(out, torch.rand(n, generator=generator) * self.max_blur)
+        return out
+
+
+def gaussian_blur(batch: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Each (1, H, W) image of `batch` blurred by a Gaussian of its own sigma (pixels; 0 leaves it)."""
+    n = batch.shape[0]
+    radius = max(1, math.ceil(3 * float(sigmas.max())))
+    offsets = torch.arange(-radius, radius + 1, dtype=batch.dtype)
+    spread = sigmas.to(batch.dtype).clamp_min(1e-3).view(n, 1)
+    weights = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * spread**2))
+    weights = (weights / weights.sum(dim=1, keepdim=True)).to(batch.device)
+    # the batch as channels of one image, each blurred by its own kernel: rows, then columns
+    x = F.pad(batch.reshape(1, n, *batch.shape[2:]), (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, weights.view(n, 1, -1, 1), groups=n)
+    x = F.conv2d(x, weights.view(n, 1, 1, -1), groups=n)
+    return x.reshape(batch.shape)

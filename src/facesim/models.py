@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +32,9 @@ class ModelConfig:
     channels: tuple[int, ...] = (16, 32, 64, 128)  # compact CNN: conv width of each block
     convs_per_block: int = 1  # compact CNN: 3x3 convs in each block (VGG uses 2)
     normalize: bool = False  # L2-normalise embeddings, putting them on the unit sphere
+    # networks of this shape trained apart (each with its own seed); a face's embedding is
+    # theirs side by side (`EnsembleNet`), embedding_dim x members numbers
+    members: int = 1
 
     def validate(self, section: str = "train") -> None:
         """Raise ValueError naming the first bad field as `{section}.{field}`."""
@@ -63,6 +69,8 @@ class ModelConfig:
                 )
         if not isinstance(self.normalize, bool):
             raise ValueError(f"{section}.normalize must be true or false, got {self.normalize!r}")
+        if not _is_positive_int(self.members):
+            raise ValueError(f"{section}.members must be a positive integer, got {self.members!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists, not tuples) for checkpoints, JSON and MLflow."""
@@ -191,9 +199,29 @@ class EmbeddingNet(nn.Module):
         return embeddings
 
 
-def build_embedding_net(config: ModelConfig) -> EmbeddingNet:
+class EnsembleNet(nn.Module):
+    """Several embedding networks of one shape, trained apart: their embeddings side by side.
+
+    Scaled by 1/sqrt(members), so that the squared distance between two faces
+    is the mean of the members' squared distances (and normalised members give
+    a unit-length whole). Averaging members trained from different seeds
+    cancels much of what each learned by chance from 30 people.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.members = nn.ModuleList(EmbeddingNet(dataclasses.replace(config, members=1))
+                                     for _ in range(config.members))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([member(x) for member in self.members], dim=1) / math.sqrt(len(self.members))
+
+
+def build_embedding_net(config: ModelConfig) -> EmbeddingNet | EnsembleNet:
     """Validated config -> freshly initialised network (seed torch before calling)."""
-    return EmbeddingNet(config)
+    return EmbeddingNet(config) if config.members == 1 else EnsembleNet(config)
 
 
 def count_flops(model: nn.Module, input_height: int, input_width: int) -> int:
@@ -278,6 +306,24 @@ def embed_all(model: EmbeddingNet, images: torch.Tensor, batch_size: int = 256) 
     with torch.inference_mode():
         return torch.cat([inference(images[i : i + batch_size].to(device)).cpu()
                           for i in range(0, len(images), batch_size)])
+
+
+class ModelError(ValueError):
+    """A model cannot be found or loaded, or has no threshold where one is needed."""
+
+
+def read_threshold(metrics_path: str | os.PathLike) -> float:
+    """The `threshold` of an evaluate-stage metrics JSON (calibrated on the validation people)."""
+    path = Path(metrics_path)
+    try:
+        threshold = json.loads(path.read_text(encoding="utf-8"))["threshold"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: metrics file not found (run the evaluate stage first)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: not an evaluate metrics file with a 'threshold' ({exc!r})") from None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ModelError(f"{path}: 'threshold' must be a finite number, got {threshold!r}")
+    return float(threshold)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[EmbeddingNet, dict[str, Any]]:

@@ -3,7 +3,8 @@
 Faces are decoded once into a tensor (`FaceSet`); a batch is a tensor of row
 numbers, the images it needs are embedded once each, augmented as a whole
 batch. Validation runs after every epoch; the best epoch's weights are kept
-and training stops after `patience` epochs without a better validation loss.
+(or the last epoch's, `keep: last`) and training stops after `patience`
+epochs without a better validation loss (never, with patience 0).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -24,7 +26,7 @@ from facesim.atomic import staged_outputs
 from facesim.data import Augment, FaceSet, Preprocess
 from facesim.losses import BatchContrastiveLoss, BatchTripletLoss, ContrastiveLoss, TripletLoss, euclidean_distance
 from facesim.metrics import roc_auc
-from facesim.models import MODELS, EmbeddingNet, ModelConfig, build_embedding_net, embed_all
+from facesim.models import MODELS, EmbeddingNet, EnsembleNet, ModelConfig, build_embedding_net, embed_all
 from facesim.params import ParamsError, require
 from facesim.tracking import NULL_RUN, Run
 
@@ -62,20 +64,29 @@ class TrainParams:
     threads: int = 0  # torch CPU threads; 0 keeps torch's default (one per core)
     backbone: Literal["compact", "resnet18"] = "compact"
     embedding_dim: int = 64
+    # an ensemble of this many networks, each trained with its own seed (the first with `seed`)
+    members: int = 1
     channels: tuple[int, ...] = (16, 32, 64, 128)  # compact backbone: width of each conv block
     convs_per_block: int = 1  # compact backbone: 3x3 convs per block
     input_height: int = 40
     input_width: int = 32
-    pixel_mean: float = 0.5
+    pixel_mean: float = 0.5  # normalization "fixed": grey levels in [0, 1] minus this, over pixel_std
     pixel_std: float = 0.25
+    # "per_image": each face to zero mean, unit variance (exposure and contrast of a photo drop out)
+    normalization: Literal["fixed", "per_image"] = "fixed"
+    trim_borders: bool = False  # cut uniform rows and columns at a picture's edges before resizing
     epochs: int = 30  # at most; early stopping may end sooner
     batch_size: int = 256  # pairs or triplets per step (P x K faces when mining)
     lr: float = 1e-3
     # "cosine": the learning rate falls from lr to 0 along half a cosine over the epoch limit
     lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.0
-    patience: int = 5  # epochs without a better validation loss before stopping
-    augment: bool = True  # shifts, small rotations and zoom, mirror, brightness/contrast
+    patience: int = 5  # epochs without a better validation loss before stopping; 0 = never stop early
+    # which weights training ends with: the epoch of the best validation loss, or the last epoch
+    # (with validation people unseen in training, their loss bottoms out long before training does)
+    keep: Literal["best", "last"] = "best"
+    augment: bool = True  # shifts, small rotations and zoom, mirror, brightness/contrast, blur
+    augmentation: Augment = field(default_factory=Augment)  # how strong each change may be
     contrastive: ContrastiveParams = field(default_factory=ContrastiveParams)
     triplet: TripletParams = field(default_factory=TripletParams)
 
@@ -86,8 +97,9 @@ class TrainParams:
         require(self.lr_schedule in ("constant", "cosine"),
                 f"train.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
-        require(self.patience >= 1, f"train.patience must be >= 1, got {self.patience}")
+        require(self.patience >= 0, f"train.patience must be >= 0 (0 = no early stopping), got {self.patience}")
         require(self.threads >= 0, f"train.threads must be >= 0, got {self.threads}")
+        require(self.members >= 1, f"train.members must be >= 1, got {self.members}")
         require(self.pixel_std > 0, f"train.pixel_std must be positive, got {self.pixel_std}")
         require(self.contrastive.margin > 0, f"train.contrastive.margin must be positive, got {self.contrastive.margin}")
         require(self.contrastive.epochs >= 0 and self.triplet.epochs >= 0,
@@ -101,6 +113,7 @@ class TrainParams:
                     f"train.{name}.faces_per_person must be >= 2, got {loss.faces_per_person}")
         try:
             self.model_config("contrastive").validate("train")
+            self.augmentation.validate()
         except ValueError as exc:
             raise ParamsError(str(exc)) from None
 
@@ -116,10 +129,12 @@ class TrainParams:
             channels=tuple(self.channels),
             convs_per_block=self.convs_per_block,
             normalize=self.loss_params(model).normalize,
+            members=self.members,
         )
 
     def preprocess(self) -> Preprocess:
-        return Preprocess(height=self.input_height, width=self.input_width, mean=self.pixel_mean, std=self.pixel_std)
+        return Preprocess(height=self.input_height, width=self.input_width, mean=self.pixel_mean, std=self.pixel_std,
+                          normalization=self.normalization, trim_borders=self.trim_borders)
 
     def loss_params(self, model: str) -> ContrastiveParams | TripletParams:
         if model not in MODELS:
@@ -294,7 +309,7 @@ def _triplet_rows(table: pd.DataFrame, faces: FaceSet) -> torch.Tensor:
 
 @dataclass
 class TrainResult:
-    model: EmbeddingNet
+    model: EmbeddingNet | EnsembleNet
     checkpoint: dict[str, Any]
     history: pd.DataFrame
     best_epoch: int
@@ -307,6 +322,12 @@ class TrainResult:
     face_passes_per_epoch: int = 0
 
 
+def member_seed(seed: int, member: int) -> int:
+    """The training seed of ensemble member `member` (0-based): the first keeps `seed`, the others lie
+    far apart, so that the members of nearby seeds (cv.seeds 1, 2, 3) share none."""
+    return seed + 1_000_003 * member
+
+
 def fit(
     model_name: str,
     params: TrainParams,
@@ -315,24 +336,80 @@ def fit(
     run: Run = NULL_RUN,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> TrainResult:
-    """Train `model_name` ('contrastive' or 'triplet') on faces already in memory."""
+    """Train `model_name` ('contrastive' or 'triplet') on faces already in memory: one network, or
+    `params.members` networks one after the other, each with its own seed, joined into one `EnsembleNet`."""
     params.loss_params(model_name)  # refuses an unknown model name
+    if params.members == 1:
+        return fit_member(model_name, params, tables, faces, run, log)
+    results = [fit_member(model_name, replace(params, seed=member_seed(params.seed, i)), tables, faces, run, log,
+                          member=i + 1)
+               for i in range(params.members)]
+    return join_members(model_name, params, results)
+
+
+def join_members(model_name: str, params: TrainParams, results: list[TrainResult]) -> TrainResult:
+    """One ensemble from its trained members: their weights in one network, their histories averaged
+    epoch by epoch, their training counters added up (an ensemble epoch is every member's epoch)."""
+    ensemble = build_embedding_net(params.model_config(model_name))
+    for member, result in zip(ensemble.members, results):
+        member.load_state_dict(result.model.state_dict())
+    ensemble.to(next(results[0].model.parameters()).device).eval()
+    epochs = [r.best_epoch for r in results]
+    history = pd.concat([r.history for r in results]).groupby("epoch", as_index=False).mean()[HISTORY_COLUMNS]
+    checkpoint = {
+        **results[0].checkpoint,
+        "model_state": ensemble.state_dict(),
+        "optimizer_state": [r.checkpoint["optimizer_state"] for r in results],
+        "epoch": max(epochs),
+        "member_epochs": epochs,
+        "best_val_loss": float(np.mean([r.best_val_loss for r in results])),
+        "model_config": params.model_config(model_name).to_dict(),
+        "params": params.resolved(model_name),
+    }
+    shortest = min(len(r.train_seconds) for r in results)
+    return TrainResult(
+        model=ensemble,
+        checkpoint=checkpoint,
+        history=history,
+        best_epoch=checkpoint["epoch"],
+        best_val_loss=checkpoint["best_val_loss"],
+        stopped_early=any(r.stopped_early for r in results),
+        train_seconds=[sum(r.train_seconds[e] for r in results) for e in range(shortest)],
+        examples_per_epoch=sum(r.examples_per_epoch for r in results),
+        face_passes_per_epoch=sum(r.face_passes_per_epoch for r in results),
+    )
+
+
+def fit_member(
+    model_name: str,
+    params: TrainParams,
+    tables: dict[str, pd.DataFrame],
+    faces: FaceSet,
+    run: Run = NULL_RUN,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+    member: int | None = None,
+) -> TrainResult:
+    """Train one network of `model_name` with `params.seed`; `member` numbers it within an ensemble
+    (its per-epoch MLflow metrics are then `member<k>.train_loss`, ...)."""
     seed_everything(params.seed)
     configure_cpu(params.threads)
     device = resolve_device(params.device)
     objective = Objective(model_name, params, tables, faces)
-    model = build_embedding_net(params.model_config(model_name)).to(device)
+    config = replace(params.model_config(model_name), members=1)
+    model = build_embedding_net(config).to(device)
+    prefix, label = (f"member{member}.", f"train@{model_name} member {member}") if member else ("", f"train@{model_name}")
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     max_epochs = params.max_epochs(model_name)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
                  if params.lr_schedule == "cosine" else None)
-    augment = Augment() if params.augment else None
+    augment = params.augmentation if params.augment else None
     generator = torch.Generator().manual_seed(params.seed)
     images = faces.tensor
 
     history: list[dict[str, float]] = []
     train_seconds: list[float] = []
-    best: dict[str, Any] = {"val_loss": math.inf}
+    best_val_loss = math.inf
+    kept: dict[str, Any] = {}  # the checkpointed epoch: the best one (keep: best) or the last (keep: last)
     epochs_without_gain = 0
     for epoch in range(1, max_epochs + 1):
         started = time.perf_counter()
@@ -356,32 +433,35 @@ def fit(
         scores = objective.validate(embed_all(model, images))
         row = {"epoch": epoch, "train_loss": total / count, **scores, "seconds": time.perf_counter() - started}
         history.append(row)
-        run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-        improved = scores["val_loss"] < best["val_loss"]
-        log(f"train@{model_name} epoch {epoch:3d}/{max_epochs}  train_loss {row['train_loss']:.4f}  "
+        run.log_metrics({f"{prefix}{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
+        improved = scores["val_loss"] < best_val_loss
+        log(f"{label} epoch {epoch:3d}/{max_epochs}  train_loss {row['train_loss']:.4f}  "
             f"val_loss {scores['val_loss']:.4f}  val_auc {scores['val_roc_auc']:.4f}  "
             f"{row['seconds']:.1f}s{'  *' if improved else ''}")
+        stopping = False
         if improved:
-            # Checkpoint only when validation improves: the weights we keep are the best seen.
-            best = {"val_loss": scores["val_loss"], "epoch": epoch,
-                    "model_state": copy.deepcopy(model.state_dict()),
-                    "optimizer_state": copy.deepcopy(optimizer.state_dict())}
-            epochs_without_gain = 0
+            best_val_loss, epochs_without_gain = scores["val_loss"], 0
         else:
             epochs_without_gain += 1
-            if epochs_without_gain >= params.patience:
-                log(f"train@{model_name}: no better validation loss for {params.patience} epochs; stopping")
-                break
+            stopping = params.patience > 0 and epochs_without_gain >= params.patience
+        # Checkpoint only when validation improves (keep: best), or once, at the end (keep: last).
+        if (params.keep == "best" and improved) or (params.keep == "last" and (stopping or epoch == max_epochs)):
+            kept = {"val_loss": scores["val_loss"], "epoch": epoch,
+                    "model_state": copy.deepcopy(model.state_dict()),
+                    "optimizer_state": copy.deepcopy(optimizer.state_dict())}
+        if stopping:
+            log(f"{label}: no better validation loss for {params.patience} epochs; stopping")
+            break
 
-    model.load_state_dict(best["model_state"])
+    model.load_state_dict(kept["model_state"])
     model.eval()
     checkpoint = {
         "model_name": model_name,
-        "model_state": best["model_state"],
-        "optimizer_state": best["optimizer_state"],
-        "epoch": best["epoch"],
-        "best_val_loss": best["val_loss"],
-        "model_config": params.model_config(model_name).to_dict(),
+        "model_state": kept["model_state"],
+        "optimizer_state": kept["optimizer_state"],
+        "epoch": kept["epoch"],
+        "best_val_loss": kept["val_loss"],
+        "model_config": config.to_dict(),
         "preprocess": params.preprocess().to_dict(),
         "params": params.resolved(model_name),
     }
@@ -389,8 +469,8 @@ def fit(
         model=model,
         checkpoint=checkpoint,
         history=pd.DataFrame(history, columns=HISTORY_COLUMNS),
-        best_epoch=best["epoch"],
-        best_val_loss=best["val_loss"],
+        best_epoch=kept["epoch"],
+        best_val_loss=kept["val_loss"],
         stopped_early=len(history) < max_epochs,
         train_seconds=train_seconds,
         examples_per_epoch=examples,
@@ -425,7 +505,9 @@ def train_and_save(
     result = fit(model_name, params, tables, faces, run)
     with staged_outputs(checkpoint_path, history_path) as (staged_ckpt, staged_history):
         torch.save(result.checkpoint, staged_ckpt)
-        result.history.to_csv(staged_history, index=False, lineterminator="\n", float_format="%.6g")
+        # wall-clock seconds go to MLflow only: in a DVC-tracked file they would change dvc.lock on every run
+        result.history.drop(columns="seconds").to_csv(staged_history, index=False, lineterminator="\n",
+                                                      float_format="%.6g")
         run.log_metrics({"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                          "epochs_run": len(result.history),
                          "best_val_roc_auc": float(result.history["val_roc_auc"][result.best_epoch - 1])})
