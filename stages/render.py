@@ -1,4 +1,4 @@
-"""DVC stage `render`: PCA, top-k, ROC, distance and loss figures into reports/figures."""
+"""DVC stage `render`: PCA, top-k, ROC, distance, loss and robustness figures into reports/figures."""
 
 import argparse
 import dataclasses
@@ -15,7 +15,7 @@ def main() -> None:
     parser.add_argument("--faces", required=True, help="raw faces directory (data/raw/faces)")
     parser.add_argument("--models", nargs="+", required=True, help="model names, e.g. contrastive triplet")
     parser.add_argument("--metrics-dir", required=True, help="reports/metrics: <model>.json")
-    parser.add_argument("--plots-dir", required=True, help="reports/plots: <model>/{roc,history}.csv")
+    parser.add_argument("--plots-dir", required=True, help="reports/plots: <model>/{roc,history,robustness}.csv")
     parser.add_argument("--eval-dir", required=True, help="data/eval: <model>/{predictions,embeddings}.csv")
     parser.add_argument("--out", required=True, help="output directory of the figures (reports/figures)")
     args = parser.parse_args()
@@ -29,6 +29,7 @@ def main() -> None:
             history=Path(args.plots_dir) / name / "history.csv",
             predictions=Path(args.eval_dir) / name / "predictions.csv",
             embeddings=Path(args.eval_dir) / name / "embeddings.csv",
+            robustness=Path(args.plots_dir) / name / "robustness.csv",
         )
         for name in args.models
     ]

@@ -37,7 +37,7 @@ def test_verify_same_person(capsys):
     assert code == 0 and err == ""
     lines = dict(line.split(maxsplit=1) for line in out.splitlines() if not line.startswith("image"))
     assert lines["model"] == "contrastive"
-    assert lines["threshold"].startswith(f"{threshold:.4f} (chosen on validation")
+    assert lines["threshold"].startswith(f"{threshold:.4f} (calibrated on people unseen in training")
     assert lines["verdict"].startswith("same person: ") and "below the threshold" in lines["verdict"]
     assert float(lines["distance"]) < threshold
 

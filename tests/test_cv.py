@@ -11,7 +11,18 @@ import pytest
 import yaml
 
 from conftest import write_faces_dir
-from facesim.cv import CVParams, cross_validate, load_cv_params, fold_tables, subject_folds, summarise, unseen_metrics, write_report
+from facesim.cv import (
+    CVParams,
+    fold_tables,
+    load_cv_params,
+    read_fold_results,
+    run_fold,
+    subject_folds,
+    summarise_folds,
+    unseen_metrics,
+    validation_faces,
+    write_summary,
+)
 from facesim.metrics import equal_error_rate, retrieval_metrics, roc_auc
 from facesim.params import ParamsError, parse_section
 from facesim.sample import list_faces
@@ -60,26 +71,49 @@ def test_unseen_metrics_match_the_metric_functions_on_all_pairs():
     subjects = ["a"] * 3 + ["b"] * 3 + ["c"] * 2
     centres = {"a": [0.0, 0.0], "b": [3.0, 0.0], "c": [0.0, 3.0]}
     embeddings = np.array([centres[s] for s in subjects]) + rng.normal(0, 0.8, size=(8, 2))
-    metrics = unseen_metrics(embeddings, subjects, threshold=1.5, retrieval_k=(1, 5))
+    metrics, (pair_d, pair_same) = unseen_metrics(embeddings, subjects, threshold=1.5, retrieval_k=(1, 5))
     first, second = np.triu_indices(8, k=1)
     same = (np.array(subjects)[first] == np.array(subjects)[second]).astype(int)
     distances = np.linalg.norm(embeddings[first] - embeddings[second], axis=1)
     assert metrics["roc_auc"] == pytest.approx(roc_auc(distances, same))
     assert metrics["eer"] == pytest.approx(equal_error_rate(distances, same))
     assert metrics["accuracy"] == pytest.approx(np.mean((distances <= 1.5) == (same == 1)))
+    assert metrics["far"] == pytest.approx(np.mean(distances[same == 0] <= 1.5))
+    assert metrics["frr"] == pytest.approx(np.mean(distances[same == 1] > 1.5))
+    assert metrics["best_accuracy"] >= metrics["accuracy"]
+    assert np.allclose(pair_d, distances) and np.array_equal(pair_same, same)
     retrieval = retrieval_metrics(embeddings, np.array(subjects), ks=(1, 5))
     assert {k: metrics[k] for k in retrieval} == pytest.approx(retrieval)
 
 
-def test_summarise_gives_mean_and_population_std():
-    summary = summarise([{"fold": 1, "eer": 0.1, "map": 1.0}, {"fold": 2, "eer": 0.3, "map": 0.5}])
-    assert summary["mean"] == pytest.approx({"eer": 0.2, "map": 0.75})
-    assert summary["std"] == pytest.approx({"eer": 0.1, "map": 0.25})
+def fold_row(model: str, fold: int, seed: int, eer: float, accuracy: float = 0.9, best: float = 0.92) -> dict:
+    row = {k: 0.5 for k in ("roc_auc", "far", "frr", "precision_at_1", "precision_at_5", "map")}
+    return {"model": model, "fold": fold, "seed": seed, **row, "eer": eer, "accuracy": accuracy,
+            "best_accuracy": best, "threshold": 1.0}
+
+
+def test_summarise_folds_by_hand():
+    # seed 1: folds 0.1, 0.3 (mean 0.2); seed 2: folds 0.2, 0.6 (mean 0.4)
+    rows = [fold_row("triplet", 1, 1, 0.1), fold_row("triplet", 2, 1, 0.3),
+            fold_row("triplet", 1, 2, 0.2, accuracy=0.85), fold_row("triplet", 2, 2, 0.6)]
+    summary = summarise_folds(rows)["triplet"]
+    assert summary["mean"]["eer"] == pytest.approx(0.3)
+    assert summary["std"]["eer"] == pytest.approx(np.std([0.1, 0.3, 0.2, 0.6]))
+    assert summary["seed_std"]["eer"] == pytest.approx(0.1)  # std of 0.2 and 0.4
+    assert summary["fold_eer"] == pytest.approx({"fold1": 0.15, "fold2": 0.45})
+    assert summary["worst_calibration_gap"] == pytest.approx(0.07)
+    assert summary["runs"] == 4
 
 
 def test_cv_params_refuse_bad_values_naming_the_key():
+    with pytest.raises(ParamsError, match="cv.subject_groups"):
+        parse_section(CVParams, {"subject_groups": 1}, "cv")
     with pytest.raises(ParamsError, match="cv.folds"):
-        parse_section(CVParams, {"folds": 1}, "cv")
+        parse_section(CVParams, {"subject_groups": 5, "folds": [1, 6]}, "cv")
+    with pytest.raises(ParamsError, match="cv.folds"):
+        parse_section(CVParams, {"folds": [2, 2]}, "cv")
+    with pytest.raises(ParamsError, match="cv.seeds"):
+        parse_section(CVParams, {"seeds": []}, "cv")
     with pytest.raises(ParamsError, match="cv.models"):
         parse_section(CVParams, {"models": ["siamese"]}, "cv")
 
@@ -88,7 +122,7 @@ def write_params(tmp_path: Path, cv: dict) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({
         "train": {"epochs": 30, "lr": 0.001, "triplet": {"epochs": 60, "people_per_batch": 16}},
-        "cv": {"folds": 5, **cv},
+        "cv": {"subject_groups": 5, **cv},
     }))
     return path
 
@@ -96,7 +130,7 @@ def write_params(tmp_path: Path, cv: dict) -> Path:
 def test_load_cv_params_puts_cv_train_over_the_train_section_key_by_key(tmp_path: Path):
     path = write_params(tmp_path, {"train": {"lr_schedule": "cosine", "triplet": {"epochs": 150}}})
     cv, train = load_cv_params(path)
-    assert cv.folds == 5
+    assert cv.subject_groups == 5
     assert (train.epochs, train.lr, train.lr_schedule) == (30, 0.001, "cosine")
     # the nested section keeps the keys cv.train does not name
     assert (train.triplet.epochs, train.triplet.people_per_batch) == (150, 16)
@@ -128,30 +162,82 @@ class RecordingRun:
         self.artifacts.append(Path(path).name)
 
 
-def test_cross_validate_scores_every_model_on_every_fold_and_writes_the_report(tmp_path: Path):
+def test_run_fold_holds_out_one_group_and_calibrates_on_unseen_validation_people(tmp_path: Path):
     faces_dir = write_faces_dir(tmp_path / "faces")
     faces = list_faces(faces_dir, "training") + list_faces(faces_dir, "testing")  # 11 subjects
-    cv = CVParams(folds=3, similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1)
+    cv = CVParams(subject_groups=3, folds=(1, 2, 3), seeds=(1, 2), similar_per_image=1, dissimilar_per_image=1,
+                  triplets_per_image=1, val_size=0.3)
     train = dataclasses.replace(TINY, epochs=1)
-    run = RecordingRun()
-    report = cross_validate(cv, train, faces, faces_dir, run, log=lambda line: None)
-    assert sorted(report["models"]) == ["contrastive", "triplet"]
-    assert sorted(s for fold in report["folds"] for s in fold) == sorted({f.subject for f in faces})
-    for summary in report["models"].values():
-        assert [row["fold"] for row in summary["per_fold"]] == [1, 2, 3]
-        assert all(row["epochs_run"] == 1 for row in summary["per_fold"])
-        for key in ("roc_auc", "eer", "precision_at_1", "precision_at_5", "map"):
-            values = [row[key] for row in summary["per_fold"]]
-            assert summary["mean"][key] == pytest.approx(np.mean(values))
-            assert summary["std"][key] == pytest.approx(np.std(values))
-            assert 0.0 <= summary["mean"][key] <= 1.0
-    assert [step for _, step in run.metrics] == [1, 1, 2, 2, 3, 3]
+    result = run_fold(cv, train, "triplet", 2, 1, faces, faces_dir, log=lambda line: None)
+    unseen = subject_folds([f.subject for f in faces], 3, cv.seed)[1]
+    n_unseen = 10 * len(unseen)
+    assert result.metrics["model"] == "triplet" and (result.metrics["fold"], result.metrics["seed"]) == (2, 1)
+    assert result.epochs_run == 1
+    for key in ("roc_auc", "eer", "accuracy", "best_accuracy", "far", "frr", "precision_at_1", "map"):
+        assert 0.0 <= result.metrics[key] <= 1.0
+    assert result.metrics["best_accuracy"] >= result.metrics["accuracy"]
+    assert list(result.roc.columns) == ["fpr", "tpr", "threshold"] and result.roc["fpr"].iloc[-1] == 1.0
+    # the same fold and seed give the same numbers; another training seed other ones on the same people
+    again = run_fold(cv, train, "triplet", 2, 1, faces, faces_dir, log=lambda line: None)
+    assert again.metrics == result.metrics
+    other = run_fold(cv, train, "triplet", 2, 2, faces, faces_dir, log=lambda line: None)
+    assert other.metrics["eer"] != result.metrics["eer"] or other.metrics["threshold"] != result.metrics["threshold"]
+    assert n_unseen * (n_unseen - 1) // 2 >= len(result.roc) - 1
 
-    out = tmp_path / "reports" / "cv.json"
-    write_report(report, out, run)
-    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
-    logged = {k for metrics, _ in run.metrics[-2:] for k in metrics}
-    assert {"contrastive.mean.eer", "triplet.std.precision_at_1"} <= logged and run.artifacts == ["cv.json"]
-    # seeded: the same params give the same numbers
-    again = cross_validate(cv, train, faces, faces_dir, log=lambda line: None)
-    assert again["models"]["triplet"]["mean"]["eer"] == report["models"]["triplet"]["mean"]["eer"]
+
+def test_fold_validation_people_are_neither_trained_on_nor_tested(tmp_path: Path):
+    faces_dir = write_faces_dir(tmp_path / "faces")
+    faces = list_faces(faces_dir, "training")
+    cv = CVParams(similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1, val_size=0.3)
+    seen = [f for f in faces if f.subject not in ("s1", "s2")]
+    tables = fold_tables(seen, cv, np.random.default_rng(0))
+    calibration_people = {path.split("/")[1] for path in validation_faces(tables)}
+    trained = set(tables["pairs_train"]["subject1"]) | set(tables["triplets_train"]["anchor_subject"])
+    assert calibration_people and not calibration_people & trained
+    assert not calibration_people & {"s1", "s2"}
+
+
+def test_run_fold_refuses_a_fold_beyond_the_groups(tmp_path: Path):
+    faces_dir = write_faces_dir(tmp_path / "faces")
+    faces = list_faces(faces_dir, "training")
+    with pytest.raises(ParamsError, match="fold 4"):
+        run_fold(CVParams(subject_groups=3, folds=(1, 2, 3)), TINY, "triplet", 4, 1, faces, faces_dir)
+
+
+def write_fold_files(folder: Path, rows: list[dict]) -> None:
+    for row in rows:
+        path = folder / row["model"] / f"fold{row['fold']}-seed{row['seed']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(row))
+
+
+def test_write_summary_reads_exactly_the_runs_asked_for(tmp_path: Path):
+    cv = CVParams(subject_groups=2, folds=(1, 2), seeds=(1,), models=("triplet",))
+    rows = [fold_row("triplet", 1, 1, 0.1), fold_row("triplet", 2, 1, 0.3)]
+    # left behind by an earlier run with another seed: not part of this summary
+    write_fold_files(tmp_path / "folds", rows + [fold_row("triplet", 1, 9, 0.9)])
+    run = RecordingRun()
+    summary = write_summary(cv, tmp_path / "folds", tmp_path / "out" / "metrics.json", run)
+    assert summary["models"]["triplet"]["mean"]["eer"] == pytest.approx(0.2)
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == json.loads(json.dumps(summary))
+    logged, _ = run.metrics[0]  # nested: MLflow's wrapper flattens it to triplet.mean.eer
+    assert logged["triplet.mean"]["eer"] == pytest.approx(0.2) and logged["triplet.runs"] == 2
+    assert run.artifacts == ["metrics.json"]
+
+
+def test_write_summary_names_a_missing_run_and_writes_nothing(tmp_path: Path):
+    cv = CVParams(subject_groups=2, folds=(1, 2), seeds=(1,), models=("triplet",))
+    write_fold_files(tmp_path / "folds", [fold_row("triplet", 1, 1, 0.1)])
+    out = tmp_path / "metrics.json"
+    with pytest.raises(FileNotFoundError, match="triplet fold 2 seed 1.*dvc repro cv/dvc.yaml"):
+        write_summary(cv, tmp_path / "folds", out)
+    assert not out.exists()
+    assert len(read_fold_results(CVParams(subject_groups=2, folds=(1,), seeds=(1,), models=("triplet",)),
+                                 tmp_path / "folds")) == 1
+
+
+def test_write_summary_refuses_a_foreign_json(tmp_path: Path):
+    (tmp_path / "folds").mkdir()
+    (tmp_path / "folds" / "notes.json").write_text('{"hello": 1}')
+    with pytest.raises(ValueError, match="notes.json: not a fold metrics file"):
+        read_fold_results(CVParams(), tmp_path / "folds")

@@ -20,13 +20,11 @@ pytestmark = pytest.mark.usefixtures("torch_global_state")
 
 # ---- evaluate_embeddings by hand ------------------------------------------------------
 
-# Validation: points on the x axis at 0..5; pairs 0-1 = 1 (same), 0-2 = 2 (same), 0-3 = 3 (same),
-# 0-4 = 4 (different), 1-5 = 4 (same), 0-5 = 5 (different).
-# Accepting the k smallest distinct distances as "same", correct pairs: k=0 (none): 2, k=1: 3,
-# k=2: 4, k=3 (<= 3): 5, k=4 (<= 4): 4 + 1 = 5, k=5: 4. Best 5 first at k=3 (a tie with k=4 goes to
-# the smaller threshold): threshold (3 + 4)/2 = 3.5, validation accuracy 5/6.
-VAL_EMBEDDINGS = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0], [5.0, 0.0]])
-VAL_PAIRS = (np.array([0, 0, 0, 0, 1, 0]), np.array([1, 2, 3, 4, 5, 5]), np.array([1, 1, 1, 0, 1, 0]))
+# Calibration: the faces of the validation people, P at x = 0 and 1, Q at x = 5 and 8. All 6 unordered
+# pairs: same P-P = 1, Q-Q = 3; different 0-5 = 5, 0-8 = 8, 1-5 = 4, 1-8 = 7. Accepting the k smallest
+# distances, k = 2 gets all 6 right: threshold (3 + 4) / 2 = 3.5, calibration accuracy 1.
+CAL_EMBEDDINGS = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0], [8.0, 0.0]])
+CAL_SUBJECTS = ["P", "P", "Q", "Q"]
 
 # Test: three people, two faces each.
 #   0 A (0,0)   1 A (2,0)   2 B (5,0)   3 B (5,3)   4 C (0,4)   5 C (0,5)
@@ -52,7 +50,7 @@ TEST_SUBJECTS = ["A", "A", "B", "B", "C", "C"]
 # Sampled test pairs: 0-1 = 2 (same), 2-3 = 3 (same), 0-2 = 5 (diff), 4-5 = 1 (same), 1-2 = 3 (diff).
 # At 3.5: accept 0-1, 2-3, 4-5 (tp 3) and 1-2 (fp 1), reject 0-2 (tn 1): accuracy 4/5,
 #   precision 3/4, recall 1, f1 6/7. (On these pairs alone the best threshold would be 2.5:
-#   the threshold must come from validation.)
+#   the threshold must come from calibration.)
 # AUC: same {1, 2, 3} vs different {5, 3}: 5 wins and one tie -> 5.5/6 = 11/12
 # EER: ROC (0, 1/3), (0, 2/3), (1/2, 1): t/2 = (1 - t)/3, t = 2/5 -> EER 1/5
 TEST_PAIRS = (np.array([0, 2, 0, 4, 1]), np.array([1, 3, 2, 5, 2]), np.array([1, 1, 0, 1, 0]))
@@ -60,16 +58,16 @@ TEST_PAIRS = (np.array([0, 2, 0, 4, 1]), np.array([1, 3, 2, 5, 2]), np.array([1,
 
 @pytest.fixture
 def hand_metrics():
-    return evaluate_embeddings(VAL_EMBEDDINGS, VAL_PAIRS, TEST_EMBEDDINGS, TEST_SUBJECTS, TEST_PAIRS,
+    return evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, TEST_PAIRS,
                                retrieval_k=(1, 5))
 
 
-def test_evaluate_embeddings_threshold_comes_from_validation(hand_metrics):
-    metrics, distances = hand_metrics
+def test_evaluate_embeddings_threshold_is_calibrated_on_all_pairs_of_the_validation_people(hand_metrics):
+    metrics, _ = hand_metrics
     assert metrics["threshold"] == 3.5
-    assert metrics["validation"]["accuracy"] == pytest.approx(5 / 6)
+    assert metrics["validation"]["n_pairs"] == 6
+    assert metrics["validation"]["accuracy"] == 1.0
     assert metrics["test"]["threshold"] == metrics["all_pairs"]["threshold"] == 3.5
-    assert np.allclose(distances["val"], [1, 2, 3, 4, 4, 5])
 
 
 def test_evaluate_embeddings_sampled_test_pairs_by_hand(hand_metrics):
@@ -83,7 +81,8 @@ def test_evaluate_embeddings_sampled_test_pairs_by_hand(hand_metrics):
 def test_evaluate_embeddings_all_pairs_by_hand(hand_metrics):
     metrics, distances = hand_metrics
     expected = {"accuracy": 14 / 15, "precision": 3 / 4, "recall": 1.0, "f1": 6 / 7,
-                "roc_auc": 71 / 72, "eer": 1 / 15, "tp": 3, "fp": 1, "tn": 11, "fn": 0, "n_pairs": 15}
+                "roc_auc": 71 / 72, "eer": 1 / 15, "tp": 3, "fp": 1, "tn": 11, "fn": 0, "n_pairs": 15,
+                "far": 1 / 12, "frr": 0.0}
     assert {k: metrics["all_pairs"][k] for k in expected} == pytest.approx(expected)
     # the pairs themselves: i < j, labels by subject, distances as listed above
     first, second = distances["all_pairs_first"], distances["all_pairs_second"]
@@ -110,13 +109,13 @@ def test_evaluate_embeddings_returns_plain_numbers(hand_metrics):
 
 def test_evaluate_embeddings_refuses_a_k_beyond_the_gallery():
     with pytest.raises(ValueError, match="between 1 and 5"):
-        evaluate_embeddings(VAL_EMBEDDINGS, VAL_PAIRS, TEST_EMBEDDINGS, TEST_SUBJECTS, TEST_PAIRS, retrieval_k=(6,))
+        evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, TEST_PAIRS, retrieval_k=(6,))
 
 
 def test_evaluate_embeddings_refuses_single_class_test_pairs():
     same_only = (np.array([0, 2]), np.array([1, 3]), np.array([1, 1]))
     with pytest.raises(ValueError, match="single class"):
-        evaluate_embeddings(VAL_EMBEDDINGS, VAL_PAIRS, TEST_EMBEDDINGS, TEST_SUBJECTS, same_only)
+        evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, same_only)
 
 
 # ---- params -----------------------------------------------------------------------------
@@ -187,7 +186,9 @@ def test_evaluate_model_counts_every_pair(stage):
     metrics = stage["metrics"]
     assert metrics["all_pairs"]["n_pairs"] == N_TEST_IMAGES * (N_TEST_IMAGES - 1) // 2 == 435
     assert metrics["test"]["n_pairs"] == len(pd.read_csv(stage["pairs"]["pairs_test"]))
-    assert metrics["validation"]["n_pairs"] == len(pd.read_csv(stage["pairs"]["pairs_val"]))
+    val = pd.read_csv(stage["pairs"]["pairs_val"])
+    n_calibration = len(set(val["image1"]) | set(val["image2"]))  # every unordered pair of those faces
+    assert metrics["validation"]["n_pairs"] == n_calibration * (n_calibration - 1) // 2
 
 
 def test_evaluate_model_predictions(stage):

@@ -10,7 +10,10 @@ from sklearn.metrics import (
 
 from facesim.metrics import (
     all_unordered_pairs,
+    best_accuracy,
+    calibration_threshold,
     choose_threshold,
+    pair_distances,
     equal_error_rate,
     pairwise_distance_matrix,
     retrieval_metrics,
@@ -273,3 +276,46 @@ def test_retrieval_rejects_k_larger_than_the_other_items():
 def test_retrieval_rejects_label_length_mismatch():
     with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
         retrieval_metrics(np.zeros((4, 2)), np.array([0, 0, 1]))
+
+
+# ---- calibration -------------------------------------------------------------------------
+
+
+def test_calibration_threshold_uses_every_unordered_pair_by_hand():
+    # Faces on a line: A at 0 and 2, B at 3 and 4, C at 10. The 10 unordered pairs:
+    #   same A-A = 2, B-B = 1; different 0-3 = 3, 0-4 = 4, 2-3 = 1, 2-4 = 2, A/B-C = 10, 8, 7, 6.
+    # Sorted distances 1 (s, d), 2 (s, d), 3, 4, 6, 7, 8, 10 (all d). Accepting distances <= t:
+    #   below 1: 8 right (the 8 different); <= 1: 8 (one same in, one different in); <= 2: 8; <= 3: 7.
+    #   The first best is below the smallest distance, so nothing is accepted: a threshold just under 1.
+    embeddings = np.array([[0.0], [2.0], [3.0], [4.0], [10.0]])
+    people = np.array(["A", "A", "B", "B", "C"])
+    threshold = calibration_threshold(embeddings, people)
+    assert threshold < 1.0 and threshold == pytest.approx(1.0)
+    # with B's faces one apart and far from A, the same-person pairs separate: t = (2 + 3) / 2
+    embeddings = np.array([[0.0], [2.0], [5.0], [6.0], [20.0]])
+    assert calibration_threshold(embeddings, people) == 2.5  # same 2, 1; nearest different 5 - 2 = 3
+
+
+def test_best_accuracy_is_the_accuracy_at_the_chosen_threshold():
+    rng = np.random.default_rng(3)
+    distances = rng.uniform(0, 2, size=60)
+    labels = (rng.uniform(size=60) < 0.3).astype(int)
+    best = best_accuracy(distances, labels)
+    candidates = np.concatenate([[-1.0], np.sort(distances)])
+    by_brute_force = max(np.mean((distances <= t) == (labels == 1)) for t in candidates)
+    assert best == pytest.approx(by_brute_force)
+
+
+def test_far_and_frr_by_hand():
+    # same: 1, 2, 5; different: 3, 4, 6, 7 at threshold 3.5: fn 1 (5) of 3, fp 1 (3) of 4
+    distances = np.array([1, 2, 5, 3, 4, 6, 7], dtype=float)
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    metrics = verification_metrics(distances, labels, 3.5)
+    assert metrics["far"] == pytest.approx(1 / 4) and metrics["frr"] == pytest.approx(1 / 3)
+
+
+def test_pair_distances_match_the_distance_matrix():
+    embeddings = np.random.default_rng(4).normal(size=(6, 3))
+    first, second = np.array([0, 1, 5]), np.array([3, 1, 2])
+    matrix = pairwise_distance_matrix(embeddings)
+    assert np.allclose(pair_distances(embeddings, first, second), matrix[first, second])

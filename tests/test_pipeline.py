@@ -22,7 +22,9 @@ from facesim.fetch import content_digest
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["fetch", "sample", "train@contrastive", "train@triplet", "evaluate@contrastive",
-          "evaluate@triplet", "render"]
+          "evaluate@triplet", "robustness@contrastive", "robustness@triplet", "render"]
+# the cross-validation pipeline of the copy: 2 folds x 1 seed x 2 models, then the summary
+CV_STAGES = [f"fold@{model}-{fold}-1" for model in ("contrastive", "triplet") for fold in (1, 2)] + ["summary"]
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +44,7 @@ def _tiny_params(digest: str) -> dict:
     )
     params["train"]["triplet"].update(people_per_batch=4, faces_per_person=3)
     params["render"]["dpi"] = 40
+    params["cv"].update(folds=[1, 2], seeds=[1], train={"epochs": 1, "triplet": {"epochs": 1}})
     return params
 
 
@@ -57,7 +60,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     repo.mkdir()
     for name in ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
         shutil.copy(REPO / name, repo / name)
-    for name in ("stages", "src"):
+    for name in ("stages", "src", "cv"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (repo / ".dvc").mkdir()
     shutil.copy(REPO / ".dvc" / "config", repo / ".dvc" / "config")
@@ -77,9 +80,10 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     dvc = [sys.executable, "-m", "dvc"]
     first = _run(dvc + ["repro"], repo, env)
     second = _run(dvc + ["repro"], repo, env)
-    status = _run(dvc + ["status"], repo, env)
+    status = _run(dvc + ["status", "dvc.yaml"], repo, env)
+    cv = _run(dvc + ["repro", "cv/dvc.yaml"], repo, env)
     metrics = _run(dvc + ["metrics", "show", "--json"], repo, env)
-    return {"repo": repo, "env": env, "first": first, "second": second, "status": status,
+    return {"repo": repo, "env": env, "first": first, "second": second, "status": status, "cv": cv,
             "metrics": json.loads(metrics.stdout)}
 
 
@@ -99,10 +103,31 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline: dict) -> None:
         metrics = json.loads((repo / f"reports/metrics/{model}.json").read_text())
         assert metrics["all_pairs"]["n_pairs"] == 30 * 29 // 2
         assert 0.0 <= metrics["all_pairs"]["roc_auc"] <= 1.0
+        robustness = json.loads((repo / f"reports/metrics/robustness_{model}.json").read_text())
+        assert 0.0 <= robustness["worst_same_person_acceptance"] <= robustness["same_person_acceptance"]["none"]
     figures = sorted(p.name for p in (repo / "reports/figures").iterdir())
     assert figures == ["distances_contrastive.png", "distances_triplet.png", "loss_curves.png",
-                       "pca_contrastive.png", "pca_triplet.png", "roc.png", "top5_contrastive.png",
-                       "top5_triplet.png"]
+                       "pca_contrastive.png", "pca_triplet.png", "robustness.png", "roc.png",
+                       "top5_contrastive.png", "top5_triplet.png"]
+
+
+
+def test_cross_validation_is_a_pipeline_of_its_own(pipeline: dict) -> None:
+    repo = pipeline["repo"]
+    assert "fold@" not in pipeline["first"].stdout
+    for stage in CV_STAGES:
+        assert f"Running stage 'cv/dvc.yaml:{stage}'" in pipeline["cv"].stdout or \
+            f"Running stage '{stage}'" in pipeline["cv"].stdout, stage
+    assert "Running stage 'train@" not in pipeline["cv"].stdout  # the main pipeline was up to date
+    for model in ("contrastive", "triplet"):
+        for fold in (1, 2):
+            row = json.loads((repo / f"reports/cv/folds/{model}/fold{fold}-seed1.json").read_text())
+            assert (row["model"], row["fold"], row["seed"]) == (model, fold, 1)
+            assert (repo / f"reports/cv/roc/{model}/fold{fold}-seed1.csv").stat().st_size > 0
+    summary = json.loads((repo / "reports/cv/metrics.json").read_text())
+    assert {m: summary["models"][m]["runs"] for m in ("contrastive", "triplet")} == {"contrastive": 2, "triplet": 2}
+    files = next(iter(pipeline["metrics"].values()))["data"]
+    assert "reports/cv/metrics.json" in files  # `dvc metrics show` lists it
 
 
 def test_second_repro_has_nothing_to_do(pipeline: dict) -> None:
@@ -123,8 +148,15 @@ def test_one_mlflow_run_per_stage(pipeline: dict) -> None:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{pipeline['repo'] / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("facesim")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == sorted(STAGES)
+    main = [r for r in runs if r.data.tags.get("facesim_stage") not in ("cv_fold", "cv_summary")]
+    assert sorted(r.info.run_name for r in main) == sorted(STAGES)
     assert all(r.info.status == "FINISHED" for r in runs)
+    # each fold is a child of one parent run, which the summary logged into
+    folds = [r for r in runs if r.data.tags.get("facesim_stage") == "cv_fold"]
+    parents = {r.data.tags["mlflow.parentRunId"] for r in folds}
+    assert len(folds) == 4 and len(parents) == 1
+    parent = client.get_run(parents.pop())
+    assert parent.info.run_name == "cv" and "triplet.mean.eer" in parent.data.metrics
     by_name = {r.info.run_name: r for r in runs}
     assert by_name["fetch"].data.metrics["images"] == 110
     assert by_name["sample"].data.params["seed"] == "42"

@@ -156,7 +156,7 @@ def test_the_api_loads_a_registered_model_by_uri(registry):
     by_uri = api.verify(a, b, f"models:/{NAME}@{CHAMPION}")
     by_path = api.verify(a, b, str(registry["checkpoint"]), threshold=registry["metrics"]["threshold"])
     assert by_uri.model == f"models:/{NAME}@{CHAMPION}"
-    assert by_uri.threshold_source == f"chosen on validation, logged with models:/{NAME}@{CHAMPION}"
+    assert by_uri.threshold_source == f"calibrated on people unseen in training, logged with models:/{NAME}@{CHAMPION}"
     assert (by_uri.distance, by_uri.threshold, by_uri.same_person) == (by_path.distance, by_path.threshold,
                                                                         by_path.same_person)
     # the same checkpoint bytes: the same embedding cache

@@ -18,9 +18,11 @@ import yaml
 from facesim.tracking import (
     EXPERIMENT,
     NULL_RUN,
+    GROUP_TAG,
     TrackingError,
     flatten,
     git_commit,
+    group_key,
     repo_root,
     stage_run,
     tracking_uri,
@@ -117,6 +119,30 @@ def test_stage_run_logs_params_metrics_and_tags(store: str, mlflow_store: Path) 
     experiment = MlflowClient(tracking_uri=store).get_experiment(logged.info.experiment_id)
     assert experiment.name == EXPERIMENT
     assert experiment.artifact_location == (mlflow_store / "mlruns").as_uri()
+
+
+def test_grouped_runs_share_one_parent_and_a_summary_logs_into_it(store: str, mlflow_store: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    key = group_key({"cv": {"seed": 1}, "train": {"lr": 0.001}})
+    assert key == group_key({"train": {"lr": 0.001}, "cv": {"seed": 1}})  # order does not matter
+    assert key != group_key({"cv": {"seed": 2}, "train": {"lr": 0.001}})
+    children = []
+    for fold in (1, 2):
+        with stage_run("cv_fold", {"fold": fold}, root=mlflow_store, group=key, group_name="cv") as run:
+            run.log_metrics({"eer": 0.1 * fold})
+        children.append(run.run_id)
+    with stage_run("cv_summary", {"folds": 2}, root=mlflow_store, group=key, group_name="cv",
+                   into_group=True) as summary:
+        summary.log_metrics({"mean_eer": 0.15})
+
+    client = MlflowClient(tracking_uri=store)
+    parents = {client.get_run(child).data.tags["mlflow.parentRunId"] for child in children}
+    assert parents == {summary.run_id}
+    parent = client.get_run(summary.run_id)
+    assert parent.info.run_name == "cv" and parent.data.tags[GROUP_TAG] == key
+    assert parent.info.status == "FINISHED" and parent.data.metrics == {"mean_eer": 0.15}
+    assert [client.get_run(child).data.metrics for child in children] == [{"eer": 0.1}, {"eer": 0.2}]
 
 
 def test_a_failing_stage_ends_its_run_as_failed(store: str, mlflow_store: Path, monkeypatch) -> None:

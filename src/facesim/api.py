@@ -34,16 +34,12 @@ from PIL import Image
 
 from facesim.data import Preprocess, prepare_images
 from facesim.images import ImageError, load_image
-from facesim.models import MODELS, embed_all, load_checkpoint
+from facesim.models import MODELS, ModelError, embed_all, load_checkpoint, read_threshold
 
 CACHE_DIR = ".facesim-cache"
 DEFAULT_GALLERY = Path("data", "raw", "faces", "testing")  # the held-out test faces, under the repo root
 
 ImageInput = str | os.PathLike | Image.Image
-
-
-class ModelError(ValueError):
-    """A model cannot be found or loaded, or has no threshold where one is needed."""
 
 
 class SkippedFilesWarning(UserWarning):
@@ -55,7 +51,7 @@ class SkippedFilesWarning(UserWarning):
 
 @dataclass
 class FaceModel:
-    """A trained embedding network ready to use, with the distance threshold chosen on validation."""
+    """A trained embedding network ready to use, with the distance threshold calibrated by the evaluate stage."""
 
     name: str  # what was asked for: a model name, a checkpoint path or an MLflow URI
     checkpoint: str  # the checkpoint file it was loaded from
@@ -98,20 +94,6 @@ def find_root(root: str | os.PathLike | None = None) -> Path:
                             "repository or pass --root (root= in Python)")
 
 
-def read_threshold(metrics_path: str | os.PathLike) -> float:
-    """The `threshold` of an evaluate-stage metrics JSON (chosen on the validation pairs)."""
-    path = Path(metrics_path)
-    try:
-        threshold = json.loads(path.read_text(encoding="utf-8"))["threshold"]
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: metrics file not found (run the evaluate stage first)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise ModelError(f"{path}: not an evaluate metrics file with a 'threshold' ({exc!r})") from None
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
-        raise ModelError(f"{path}: 'threshold' must be a finite number, got {threshold!r}")
-    return float(threshold)
-
-
 def file_digest(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -127,7 +109,7 @@ def from_checkpoint(
     if threshold is not None:
         source = "given"
     elif metrics is not None and Path(metrics).is_file():
-        threshold, source = read_threshold(metrics), f"chosen on validation, {show_path(metrics)}"
+        threshold, source = read_threshold(metrics), f"calibrated on people unseen in training, {show_path(metrics)}"
     else:
         source = f"{show_path(metrics)} not found" if metrics is not None else "no metrics file"
     return FaceModel(name=name or str(checkpoint), checkpoint=str(checkpoint), network=network,
@@ -185,7 +167,7 @@ def _from_mlflow(uri: str, root: str | os.PathLike | None, threshold: float | No
         raise ModelError(f"{uri}: cannot load the MLflow model ({exc})") from None
     if not isinstance(loaded, FaceVerifier):
         raise ModelError(f"{uri}: not a facesim model (a {type(loaded).__name__})")
-    source = f"chosen on validation, logged with {uri}"
+    source = f"calibrated on people unseen in training, logged with {uri}"
     return load_model(dataclasses.replace(loaded.model, name=uri, threshold_source=source), threshold=threshold)
 
 
@@ -348,7 +330,7 @@ def verify(
     root: str | os.PathLike | None = None,
     threshold: float | None = None,
 ) -> Verification:
-    """Are two faces the same person? Their distance against the threshold chosen on validation."""
+    """Are two faces the same person? Their distance against the calibrated threshold."""
     first, second = _open(image_a), _open(image_b)
     face_model = load_model(model, root=root, threshold=threshold)
     cut = face_model.require_threshold()

@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         if threshold:
             sub.add_argument("--threshold", type=float, metavar="T",
                              help="distance threshold (same person when distance <= T) instead of the one "
-                                  "chosen on validation, e.g. --threshold 0.9")
+                                  "the evaluate stage calibrated, e.g. --threshold 0.9")
         sub.add_argument("--root", metavar="DIR",
                          help="the facesim repository (default: the first folder from here upward with a "
                               "dvc.yaml), e.g. --root ~/facesim")

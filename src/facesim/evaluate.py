@@ -1,9 +1,12 @@
 """Stage `evaluate`: verification and retrieval on the held-out subjects.
 
-The distance threshold is chosen on the validation pairs (best accuracy there)
-and then applied, unchanged, to the test pairs: the sampled ones and all
-unordered pairs of the held-out faces. Retrieval takes every held-out face as
-a query against all the others.
+The distance threshold is calibrated on the faces of the validation pairs:
+the best accuracy over every unordered pair of them (`calibration_threshold`,
+the one mechanism the cross-validation folds use too). With
+`sample.split_by: subjects` those are people the model never saw in
+training, as the users' people will be. It is then applied, unchanged, to the
+test pairs: the sampled ones and all unordered pairs of the held-out faces.
+Retrieval takes every held-out face as a query against all the others.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from facesim.atomic import staged_outputs
 from facesim.data import FaceSet, Preprocess
 from facesim.metrics import (
     all_unordered_pairs,
-    choose_threshold,
+    calibration_threshold,
+    pair_distances,
     retrieval_metrics,
     roc_points,
     verification_metrics,
@@ -44,36 +48,34 @@ class EvaluateParams:
                 f"evaluate.retrieval_k must be a non-empty list of integers >= 1, got {list(self.retrieval_k)}")
 
 
-def _distances(embeddings: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(embeddings[first] - embeddings[second], axis=1)
-
-
 def evaluate_embeddings(
-    val_embeddings: np.ndarray,
-    val_pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    calibration_embeddings: np.ndarray,
+    calibration_subjects: list[str],
     test_embeddings: np.ndarray,
     test_subjects: list[str],
     test_pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
     retrieval_k: tuple[int, ...] = (1, 5),
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Metrics from embeddings; pairs are (row1, row2, label) arrays into the embedding tables.
+    """Metrics from embeddings; test pairs are (row1, row2, label) arrays into the test embeddings.
 
     Returns the metrics dict and, per pair set, the distances (for predictions and plots).
     """
-    val_d = _distances(val_embeddings, val_pairs[0], val_pairs[1])
-    threshold = choose_threshold(val_d, val_pairs[2])
-    test_d = _distances(test_embeddings, test_pairs[0], test_pairs[1])
+    people = np.asarray(calibration_subjects)
+    threshold = calibration_threshold(calibration_embeddings, people)
+    cal_first, cal_second, cal_same = all_unordered_pairs(people)
+    test_d = pair_distances(test_embeddings, test_pairs[0], test_pairs[1])
     subjects = np.asarray(test_subjects)
     first, second, same = all_unordered_pairs(subjects)
-    all_d = _distances(test_embeddings, first, second)
+    all_d = pair_distances(test_embeddings, first, second)
     metrics = {
         "threshold": threshold,
-        "validation": verification_metrics(val_d, val_pairs[2], threshold),
+        "validation": verification_metrics(pair_distances(calibration_embeddings, cal_first, cal_second),
+                                           cal_same, threshold),
         "test": verification_metrics(test_d, test_pairs[2], threshold),
         "all_pairs": verification_metrics(all_d, same, threshold),
         "retrieval": retrieval_metrics(test_embeddings, subjects, ks=retrieval_k),
     }
-    return metrics, {"val": val_d, "test": test_d, "all_pairs": all_d,
+    return metrics, {"test": test_d, "all_pairs": all_d,
                      "all_pairs_first": first, "all_pairs_second": second, "all_pairs_label": same}
 
 
@@ -96,17 +98,14 @@ def evaluate_model(
     val, test = tables["pairs_val"], tables["pairs_test"]
     test_paths = [f.path for f in list_faces(faces_dir, "testing")]
 
-    val_faces = FaceSet.load(faces_dir, pd.concat([val["image1"], val["image2"]]), preprocess)
+    calibration_faces = FaceSet.load(faces_dir, pd.concat([val["image1"], val["image2"]]), preprocess)
     test_faces = FaceSet.load(faces_dir, test_paths, preprocess)
-    val_embeddings = embed_all(model, val_faces.tensor).numpy()
+    test_rows = (test_faces.rows(test["image1"]).numpy(), test_faces.rows(test["image2"]).numpy(),
+                 test["label"].to_numpy())
     test_embeddings = embed_all(model, test_faces.tensor).numpy()
-
-    def rows(faces: FaceSet, table: pd.DataFrame):
-        return (faces.rows(table["image1"]).numpy(), faces.rows(table["image2"]).numpy(),
-                table["label"].to_numpy())
-
     metrics, distances = evaluate_embeddings(
-        val_embeddings, rows(val_faces, val), test_embeddings, test_faces.subjects, rows(test_faces, test),
+        embed_all(model, calibration_faces.tensor).numpy(), calibration_faces.subjects,
+        test_embeddings, test_faces.subjects, test_rows,
         retrieval_k=params.retrieval_k,
     )
     threshold = metrics["threshold"]

@@ -110,6 +110,30 @@ def choose_threshold(distances: np.ndarray, labels: np.ndarray) -> float:
     return float((unique[best - 1] + unique[best]) / 2.0)
 
 
+def best_accuracy(distances: np.ndarray, labels: np.ndarray) -> float:
+    """The highest accuracy any threshold reaches on these pairs (what a calibrated one is measured against)."""
+    distances, labels = _validate_pairs(distances, labels)
+    return float(np.mean((distances <= choose_threshold(distances, labels)) == (labels == 1)))
+
+
+def calibration_threshold(embeddings: np.ndarray, people: np.ndarray) -> float:
+    """The deployed distance threshold: the best accuracy over every unordered pair of these faces.
+
+    Pass faces of people the model never saw in training (the validation people
+    of a subject split): a network pulls its own training people's faces closer
+    together than anyone else's, so a threshold chosen on them rejects new
+    people's genuine pairs. All pairs, not a balanced sample, so that the
+    threshold weighs same- and different-person pairs as a gallery of new people does.
+    """
+    first, second, same = all_unordered_pairs(np.asarray(people))
+    return choose_threshold(pair_distances(embeddings, first, second), same)
+
+
+def pair_distances(embeddings: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Euclidean distance between rows first[i] and second[i] of `embeddings`."""
+    return np.linalg.norm(embeddings[first] - embeddings[second], axis=1)
+
+
 def verification_metrics(
     distances: np.ndarray, labels: np.ndarray, threshold: float
 ) -> dict[str, float | int]:
@@ -126,6 +150,9 @@ def verification_metrics(
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return {
         "accuracy": (tp + tn) / len(labels),
+        # false accept rate: different people called the same; false reject rate: the reverse
+        "far": fp / (fp + tn) if fp + tn > 0 else 0.0,
+        "frr": fn / (fn + tp) if fn + tp > 0 else 0.0,
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(f1),

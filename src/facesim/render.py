@@ -47,6 +47,7 @@ class ModelOutputs:
     predictions: Path
     embeddings: Path
     history: Path
+    robustness: Path  # the robustness stage's table: family, strength, acceptance rates
 
 
 def _embedding_table(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
@@ -167,7 +168,7 @@ def distances_figure(outputs: ModelOutputs) -> Figure:
             label=f"same person ({int((pairs['label'] == 1).sum())} pairs)")
     ax.hist(pairs.loc[pairs["label"] == 0, "distance"], bins=bins, alpha=0.7, color=DIFFERENT_COLOUR,
             density=True, label=f"different people ({int((pairs['label'] == 0).sum())} pairs)")
-    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f} (chosen on validation)")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f} (calibrated)")
     ax.set_xlabel("embedding distance")
     ax.set_ylabel("density")
     ax.set_title(f"{outputs.name}: distances between held-out faces")
@@ -192,6 +193,33 @@ def loss_figure(models: list[ModelOutputs]) -> Figure:
     return fig
 
 
+def robustness_figure(models: list[ModelOutputs]) -> Figure:
+    """Same-person acceptance of every photo change, per model, with different-person acceptance beneath."""
+    tables = {outputs.name: pd.read_csv(outputs.robustness, keep_default_na=False) for outputs in models}
+    first = next(iter(tables.values()))
+    cases = [s if f in ("none", "mirror") else f"{f} {s}" for f, s in zip(first["family"], first["strength"])]
+    cases = ["unchanged" if c == "-" else c for c in cases]
+    fig = Figure(figsize=(7.5, 0.28 * len(cases) + 1.6), layout="constrained")
+    ax = fig.subplots()
+    height = 0.8 / len(tables)
+    rows = np.arange(len(cases))
+    for i, (name, table) in enumerate(tables.items()):
+        offset = rows + (i - (len(tables) - 1) / 2) * height
+        ax.barh(offset, table["same_person_acceptance"], height=height, color=f"C{i}",
+                label=f"{name}: same person accepted")
+        ax.scatter(table["different_person_acceptance"], offset, marker="x", color="black", zorder=3,
+                   label="different people accepted" if i == 0 else None)
+    ax.axvline(0.95, color="grey", linestyle=":", label="95%")
+    ax.set_yticks(rows, cases)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("share of pairs called the same person, at the deployed threshold")
+    ax.set_title("Held-out faces under ordinary photo changes vs. their other photos")
+    ax.legend(loc="lower left", fontsize="small")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
 def render_figures(
     params: RenderParams,
     models: list[ModelOutputs],
@@ -210,6 +238,7 @@ def render_figures(
         figures[f"distances_{outputs.name}.png"] = distances_figure(outputs)
     figures["roc.png"] = roc_figure(models)
     figures["loss_curves.png"] = loss_figure(models)
+    figures["robustness.png"] = robustness_figure(models)
     with staged_outputs(figures_dir) as (staged,):
         staged.mkdir()
         for name, fig in figures.items():

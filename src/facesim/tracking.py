@@ -13,6 +13,8 @@ pass the `Run` it yields to the `src` function that does the work.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -190,6 +192,26 @@ class MlflowRun:
               f"{'moved to it' if registered.champion else 'kept'} (before: {previous})", file=sys.stderr)
 
 
+GROUP_TAG = "facesim_group"  # the parent run of a group of stage runs carries its key here
+
+
+def group_key(config: Mapping[str, Any]) -> str:
+    """A short key for a group of stage runs that share `config` (e.g. every fold of one cross-validation)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _group_parent(mlflow_module: Any, experiment_id: str, group: str, name: str) -> str:
+    """The run id of the parent run of `group`, created (and left FINISHED) when none exists yet."""
+    found = mlflow_module.search_runs([experiment_id], filter_string=f"tags.{GROUP_TAG} = '{group}'",
+                                      max_results=1, order_by=["attributes.start_time DESC"], output_format="list")
+    if found:
+        return found[0].info.run_id
+    client = mlflow_module.MlflowClient()
+    parent = client.create_run(experiment_id, run_name=name, tags={GROUP_TAG: group})
+    client.set_terminated(parent.info.run_id, status="FINISHED")
+    return parent.info.run_id
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -197,6 +219,9 @@ def stage_run(
     *,
     root: str | os.PathLike | None = None,
     tags: Mapping[str, str] | None = None,
+    group: str | None = None,
+    group_name: str | None = None,
+    into_group: bool = False,
 ) -> Iterator[MlflowRun]:
     """Open the MLflow run of one stage execution, in experiment 'facesim'.
 
@@ -205,6 +230,11 @@ def stage_run(
     opened before the stage does any work, so an unreachable store fails the
     stage before it touches its outputs. A stage that raises ends its run as
     FAILED.
+
+    With `group` (a `group_key`), the run is a child of that group's parent
+    run (named `group_name`, created by whichever member comes first), so that
+    `mlflow ui` shows the members folded under one row; with `into_group` too,
+    the stage logs into the parent run itself (a summary of its members).
     """
     import mlflow  # imported here: importing facesim must stay cheap and side-effect free
 
@@ -220,7 +250,13 @@ def stage_run(
             experiment_id = mlflow.create_experiment(EXPERIMENT, artifact_location=location)
         else:
             experiment_id = experiment.experiment_id
-        active = mlflow.start_run(experiment_id=experiment_id, run_name=name)
+        if group is None:
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=name)
+        else:
+            parent = _group_parent(mlflow, experiment_id, group, group_name or stage)
+            active = (mlflow.start_run(run_id=parent) if into_group else
+                      mlflow.start_run(experiment_id=experiment_id, run_name=name,
+                                       tags={"mlflow.parentRunId": parent}))
     except Exception as exc:  # MLflow raises many types; all mean the same to a stage
         raise TrackingError(f"cannot open an MLflow run in {uri}: {exc}") from exc
     status = "FAILED"

@@ -1,0 +1,43 @@
+"""DVC stage `fold@<model>-<fold>-<seed>` of cv/dvc.yaml: train one model on every group of people but
+one, with one training seed, and score it on the people of the group it never saw."""
+
+import argparse
+import json
+
+from facesim.atomic import staged_outputs
+from facesim.cv import cv_config, load_cv_params, run_fold
+from facesim.fetch import content_digest
+from facesim.models import MODELS
+from facesim.sample import list_faces
+from facesim.tracking import group_key, stage_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file; reads its 'cv' section and 'train' with 'cv.train' over it")
+    parser.add_argument("--model", required=True, choices=MODELS)
+    parser.add_argument("--fold", required=True, type=int, help="which group of people is held out (1-based)")
+    parser.add_argument("--seed", required=True, type=int, help="the training seed (one of cv.seeds)")
+    parser.add_argument("--faces", required=True, help="raw faces directory (data/raw/faces)")
+    parser.add_argument("--metrics", required=True, help="output: this fold's metrics (JSON)")
+    parser.add_argument("--roc", required=True, help="output: ROC points of every unseen pair (CSV, a DVC plot)")
+    args = parser.parse_args()
+
+    cv, train = load_cv_params(args.params)
+    faces = list_faces(args.faces, "training") + list_faces(args.faces, "testing")
+    config = cv_config(cv, train)
+    run_params = {"model": args.model, "fold": args.fold, "seed": args.seed, **train.resolved(args.model)}
+    with stage_run("cv_fold", run_params, tags={"data_digest": content_digest(args.faces)},
+                   group=group_key(config), group_name="cv") as run:
+        result = run_fold(cv, train, args.model, args.fold, args.seed, faces, args.faces)
+        with staged_outputs(args.metrics, args.roc) as (metrics_path, roc_path):
+            metrics_path.write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
+            result.roc.to_csv(roc_path, index=False, lineterminator="\n", float_format="%.6g")
+            run.log_metrics({k: v for k, v in result.metrics.items() if k != "model"})
+            run.log_metrics({"epochs_run": result.epochs_run, "seconds": result.seconds})
+            run.log_artifact(roc_path, "plots")
+
+
+if __name__ == "__main__":
+    main()
