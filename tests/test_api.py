@@ -48,8 +48,13 @@ def write_tiny_model(path: Path, threshold: float | None = TINY_THRESHOLD, seed:
 
 
 @pytest.fixture
-def tiny_repo(tmp_path: Path) -> Path:
-    """A repository root with a dvc.yaml, tiny `models/<name>.pt`, their metrics and synthetic faces."""
+def tiny_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A repository root with a dvc.yaml, tiny `models/<name>.pt`, their metrics and synthetic faces.
+
+    The synthetic faces are patterns no face detector sees as faces: here they are used whole, as
+    `--no-detect` would (the detection path has its own tests below, on real faces).
+    """
+    monkeypatch.setattr("facesim.api.frame_face", lambda pixels: (pixels, None))
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     for seed, name in enumerate(MODELS):
         write_tiny_model(tmp_path / "models" / f"{name}.pt", threshold=None, seed=seed)
@@ -357,3 +362,50 @@ def test_embed_with_no_images_is_an_error(tiny_repo: Path, tmp_path: Path):
         api.embed([tmp_path / "docs"], root=tiny_repo)
     with pytest.raises(ValueError, match="no images given"):
         api.embed([], root=tiny_repo)
+
+
+# ---- photos: the face found and framed like ORL --------------------------------------------------------
+
+ORL_FACE = TESTING / "s5" / "1.pgm"
+needs_orl = pytest.mark.skipif(not ORL_FACE.exists(), reason="needs the ORL faces (dvc repro fetch)")
+
+
+def small_face_photo(path: Path) -> Path:
+    """An ORL face at half size, pasted into a 400 x 300 grey photo away from its centre."""
+    face_image = Image.open(ORL_FACE).resize((46, 56))
+    photo = Image.new("L", (400, 300), 120)
+    photo.paste(face_image, (250, 60))
+    photo.save(path)
+    return path
+
+
+@needs_orl
+def test_load_face_crops_a_small_face_with_orl_framing(tmp_path: Path):
+    framed = api.load_face(small_face_photo(tmp_path / "photo.png"))
+    width, height = framed.size
+    assert abs(width / height - 92 / 112) < 0.02 and 40 <= width <= 70  # about the pasted face, not the photo
+    assert api.load_face(ORL_FACE).size == (92, 112)  # ORL faces are framed already: unchanged
+    assert api.load_face(small_face_photo(tmp_path / "again.png"), detect=False).size == (400, 300)
+
+
+@needs_orl
+def test_a_photo_without_a_face_is_an_error_naming_it(tmp_path: Path):
+    model = write_tiny_model(tmp_path / "tiny.pt")
+    blank = tmp_path / "blank.png"
+    Image.new("L", (300, 200), 90).save(blank)
+    with pytest.raises(ImageError, match="blank.png: no face found"):
+        api.verify(ORL_FACE, blank, model)
+    assert api.verify(ORL_FACE, blank, model, detect=False).distance >= 0  # the whole picture, on request
+
+
+@needs_orl
+def test_a_gallery_photo_without_a_face_is_skipped_with_a_warning(tmp_path: Path):
+    model = write_tiny_model(tmp_path / "tiny.pt")
+    gallery = tmp_path / "gallery" / "s5"
+    gallery.mkdir(parents=True)
+    (gallery / "1.pgm").write_bytes(ORL_FACE.read_bytes())
+    small_face_photo(gallery / "2.png")
+    Image.new("L", (300, 200), 90).save(gallery / "3.png")
+    with pytest.warns(api.SkippedFilesWarning, match="skipped 1 file.*show no face.*3.png"):
+        result = api.embed([tmp_path / "gallery"], model, cache=False)
+    assert [Path(p).name for p in result.to_frame()["path"]] == ["1.pgm", "2.png"]

@@ -7,7 +7,9 @@ service. A model is named by what the pipeline trained ('contrastive',
 model URI (`models:/facesim-contrastive@champion`); `load_model` once and pass
 the `FaceModel` to repeated calls to load it only once.
 
-Every picture goes through `facesim.images.load_image` and `prepare_images`, the
+Every picture is decoded by `facesim.images`, framed like the ORL faces when the
+face is only part of the photo (`facesim.detect`: "no face found" otherwise),
+and prepared by `prepare_images`, the
 functions training and evaluation use. Gallery embeddings are cached in
 `<repo>/.facesim-cache/`, keyed by the sha256 of each file's bytes and of the
 checkpoint, so a second search over the same gallery embeds nothing and a
@@ -33,7 +35,8 @@ import torch
 from PIL import Image
 
 from facesim.data import Preprocess, prepare_images
-from facesim.images import ImageError, load_image
+from facesim.detect import NoFaceError, frame_face
+from facesim.images import ImageError, grey_pixels, load_image, load_pixels
 from facesim.models import MODELS, ModelError, embed_all, load_checkpoint, read_threshold
 
 CACHE_DIR = ".facesim-cache"
@@ -189,8 +192,18 @@ def list_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(p.relative_to(folder)))
 
 
-def _open(image: ImageInput) -> Image.Image:
-    return image if isinstance(image, Image.Image) else load_image(image)
+def load_face(image: ImageInput, detect: bool = True) -> Image.Image:
+    """A picture as the models take faces: 8-bit grey and, where the face is a small part of the
+    photo, cropped around it with ORL's loose framing (`detect=False`: the whole picture, for
+    pictures already framed like ORL that the detector misses). Errors name the file."""
+    pixels = grey_pixels(image) if isinstance(image, Image.Image) else load_pixels(image)
+    if not detect:
+        return Image.fromarray(pixels)
+    try:
+        framed, _ = frame_face(pixels)
+    except NoFaceError as exc:
+        raise ImageError(f"{_label(image)}: {exc}") from None
+    return Image.fromarray(framed)
 
 
 def _label(image: ImageInput) -> str:
@@ -248,6 +261,7 @@ def embed_files(
     paths: Sequence[str | os.PathLike],
     model: FaceModel,
     cache: EmbeddingCache | None,
+    detect: bool = True,
 ) -> EmbeddedFiles:
     """Embed image files (each must be a readable image) and every image in folders (other files skipped)."""
     candidates: list[tuple[Path, bool]] = []  # (file, must be an image)
@@ -262,7 +276,7 @@ def embed_files(
     missing: list[tuple[int, str, Image.Image]] = []
     for path, required in candidates:
         try:
-            key = file_digest(path)
+            key = file_digest(path) + ("" if detect else ":whole")  # the picture the model saw
         except FileNotFoundError:
             raise ImageError(f"{path}: image file not found") from None
         except OSError as exc:
@@ -270,7 +284,7 @@ def embed_files(
         vector = cache.get(key) if cache is not None else None
         if vector is None:
             try:
-                image = load_image(path)
+                image = load_face(path, detect)
             except ImageError:
                 if required:
                     raise
@@ -289,7 +303,7 @@ def embed_files(
     matrix = np.stack(vectors).astype(np.float32) if vectors else np.empty((0, dim), dtype=np.float32)
     if skipped:
         names = ", ".join(show_path(p) for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        warnings.warn(f"skipped {len(skipped)} file(s) that are not readable images: {names}",
+        warnings.warn(f"skipped {len(skipped)} file(s) that are not readable images or show no face: {names}",
                       SkippedFilesWarning, stacklevel=3)
     return EmbeddedFiles(paths=kept, vectors=matrix, skipped=skipped, embedded=len(missing))
 
@@ -329,9 +343,10 @@ def verify(
     *,
     root: str | os.PathLike | None = None,
     threshold: float | None = None,
+    detect: bool = True,
 ) -> Verification:
     """Are two faces the same person? Their distance against the calibrated threshold."""
-    first, second = _open(image_a), _open(image_b)
+    first, second = load_face(image_a, detect), load_face(image_b, detect)
     face_model = load_model(model, root=root, threshold=threshold)
     cut = face_model.require_threshold()
     distance = float(face_model.distances([first], [second])[0])
@@ -378,6 +393,7 @@ def search(
     root: str | os.PathLike | None = None,
     threshold: float | None = None,
     cache: bool = True,
+    detect: bool = True,
 ) -> SearchResult:
     """The k gallery faces closest to `query`; the gallery defaults to the held-out test faces.
 
@@ -387,12 +403,12 @@ def search(
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    query_image = load_image(query)
+    query_image = load_face(query, detect)
     gallery_dir = Path(gallery) if gallery is not None else find_root(root) / DEFAULT_GALLERY
     if not gallery_dir.is_dir():
         raise FileNotFoundError(f"{gallery_dir}: gallery folder not found")
     face_model = load_model(model, root=root, threshold=threshold)
-    found = embed_files([gallery_dir], face_model, _cache_for(face_model, root, cache))
+    found = embed_files([gallery_dir], face_model, _cache_for(face_model, root, cache), detect)
     keep = [i for i, p in enumerate(found.paths) if p.resolve() != Path(query).resolve()]
     paths, vectors = [found.paths[i] for i in keep], found.vectors[keep]
     if not paths:
@@ -460,6 +476,7 @@ def embed(
     *,
     root: str | os.PathLike | None = None,
     cache: bool = True,
+    detect: bool = True,
 ) -> Embeddings:
     """Embeddings of image files and of every image in folders (their other files are skipped)."""
     if isinstance(paths, (str, os.PathLike)):
@@ -470,7 +487,7 @@ def embed(
         if not Path(path).exists():
             raise ImageError(f"{path}: image file or folder not found")
     face_model = load_model(model, root=root)
-    found = embed_files(paths, face_model, _cache_for(face_model, root, cache))
+    found = embed_files(paths, face_model, _cache_for(face_model, root, cache), detect)
     if not found.paths:
         raise ValueError(f"no images found in {', '.join(str(p) for p in paths)}")
     return Embeddings(model=face_model.name, paths=[show_path(p) for p in found.paths],

@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="the facesim repository (default: the first folder from here upward with a "
                               "dvc.yaml), e.g. --root ~/facesim")
         sub.add_argument("--json", action="store_true", help="print the result as JSON instead of text")
+        sub.add_argument("--no-detect", action="store_true",
+                         help="use each whole picture as the face, without looking for it (for pictures already "
+                              "framed like the ORL faces that the face detector misses)")
 
     verify = command("verify", "are two faces the same person?",
                      f"facesim verify {FACE} data/raw/faces/testing/s6/1.pgm --json")
@@ -110,17 +113,18 @@ def _run(args: argparse.Namespace) -> str:
     from facesim import api
 
     if args.command == "verify":
-        result = api.verify(args.image_a, args.image_b, args.model, root=args.root, threshold=args.threshold)
+        result = api.verify(args.image_a, args.image_b, args.model, root=args.root, threshold=args.threshold,
+                            detect=not args.no_detect)
         return json.dumps(result.to_dict(), indent=2) if args.json else _verify_text(result)
     if args.command == "search":
         result = api.search(args.query, args.gallery, args.k, args.model, root=args.root,
-                            threshold=args.threshold, cache=not args.no_cache)
+                            threshold=args.threshold, cache=not args.no_cache, detect=not args.no_detect)
         if args.figure:
             from facesim.render import RenderParams
 
             api.search_figure(result, args.k).savefig(args.figure, dpi=RenderParams().dpi, metadata={"Software": None})
         return json.dumps(result.to_dict(), indent=2) if args.json else _search_text(result)
-    result = api.embed(args.paths, args.model, root=args.root, cache=not args.no_cache)
+    result = api.embed(args.paths, args.model, root=args.root, cache=not args.no_cache, detect=not args.no_detect)
     out = result.save(args.out)
     if args.json:
         return json.dumps({"model": result.model, "out": str(out), "paths": result.paths,

@@ -34,6 +34,7 @@ import mlflow.pyfunc
 import pandas as pd
 from PIL import Image
 
+from facesim.detect import NoFaceError, frame_face
 from facesim.images import ImageError, decode_pixels
 
 REGISTERED_PREFIX = "facesim-"
@@ -56,16 +57,19 @@ def encode_image(path: str | os.PathLike) -> str:
 
 
 def decode_image(value: Any, where: str) -> Image.Image:
-    """base64 text (or bytes) of an image file -> 8-bit grey pixels as a Pillow image, decoded as
-    everywhere else (`facesim.images.decode_pixels`); errors say which row and column."""
+    """base64 text (or bytes) of an image file -> 8-bit grey pixels as a Pillow image, decoded and
+    framed as `facesim verify` does (`facesim.images`, `facesim.detect`); errors say which row and column."""
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, TypeError, ValueError):
         raise ValueError(f"{where}: not base64-encoded image bytes") from None
     try:
-        return Image.fromarray(decode_pixels(data, where))
+        framed, _ = frame_face(decode_pixels(data, where))
+        return Image.fromarray(framed)
     except ImageError as exc:
         raise ValueError(str(exc)) from None
+    except NoFaceError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 class FaceVerifier(mlflow.pyfunc.PythonModel):
