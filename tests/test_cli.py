@@ -78,9 +78,13 @@ def test_embed_csv(capsys, tmp_path: Path):
     out_file = tmp_path / "embeddings.csv"
     code, out, _ = run(capsys, "embed", str(TESTING / "s7"), S5_1, "--out", str(out_file), "--root", str(REPO),
                        "--no-cache")
-    assert code == 0 and out.strip() == f"11 embeddings (64 dimensions, triplet) written to {out_file}"
+    from facesim.models import load_checkpoint
+
+    config = load_checkpoint(REPO / "models" / "triplet.pt")[1]["model_config"]
+    dims = config["embedding_dim"] * config.get("members", 1)  # an ensemble's members side by side
+    assert code == 0 and out.strip() == f"11 embeddings ({dims} dimensions, triplet) written to {out_file}"
     table = pd.read_csv(out_file)
-    assert table["person"].tolist() == ["s7"] * 10 + ["s5"] and table.shape == (11, 2 + 64)
+    assert table["person"].tolist() == ["s7"] * 10 + ["s5"] and table.shape == (11, 2 + dims)
 
 
 @real

@@ -468,13 +468,14 @@ def test_load_checkpoint_names_a_missing_or_foreign_file(tmp_path: Path):
 
 
 def test_an_ensemble_is_its_members_trained_apart_side_by_side(data):
-    params = dataclasses.replace(TINY, epochs=2, members=3, patience=0, keep="last")
+    params = with_triplet(dataclasses.replace(TINY, epochs=2, patience=0, keep="last"), members=3)
     result = run_fit(data, "triplet", params)
     _, _, faces = data
     assert isinstance(result.model, EnsembleNet) and len(result.model.members) == 3
     # each member is exactly the single network its own seed trains
     for i, member in enumerate(result.model.members):
-        alone = run_fit(data, "triplet", dataclasses.replace(params, members=1, seed=member_seed(params.seed, i)))
+        alone = run_fit(data, "triplet", with_triplet(dataclasses.replace(params, seed=member_seed(params.seed, i)),
+                                                      members=1))
         assert torch.allclose(embed_all(member, faces.tensor), embed_all(alone.model, faces.tensor), atol=1e-6)
     assert member_seed(params.seed, 0) == params.seed
     # side by side, scaled so that squared distances are the members' mean
@@ -491,7 +492,7 @@ def test_an_ensemble_is_its_members_trained_apart_side_by_side(data):
 
 
 def test_an_ensemble_checkpoint_loads_back(data, tmp_path: Path):
-    params = dataclasses.replace(TINY, epochs=1, members=2)
+    params = dataclasses.replace(TINY, epochs=1, contrastive=dataclasses.replace(TINY.contrastive, members=2))
     result = train_and_save("contrastive", params, data[0], write_tables(data, tmp_path / "samples"),
                             tmp_path / "model.pt", tmp_path / "history.csv")
     model, checkpoint = load_checkpoint(tmp_path / "model.pt")

@@ -43,6 +43,7 @@ class ContrastiveParams:
     mining: Literal["none", "all"] = "none"
     people_per_batch: int = 16
     faces_per_person: int = 4
+    members: int = 1  # an ensemble of this many networks, each trained with its own seed
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class TripletParams:
     mining: Literal["none", "semihard", "hard", "all"] = "semihard"
     people_per_batch: int = 16
     faces_per_person: int = 4
+    members: int = 1  # an ensemble of this many networks, each trained with its own seed
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,6 @@ class TrainParams:
     threads: int = 0  # torch CPU threads; 0 keeps torch's default (one per core)
     backbone: Literal["compact", "resnet18"] = "compact"
     embedding_dim: int = 64
-    # an ensemble of this many networks, each trained with its own seed (the first with `seed`)
-    members: int = 1
     channels: tuple[int, ...] = (16, 32, 64, 128)  # compact backbone: width of each conv block
     convs_per_block: int = 1  # compact backbone: 3x3 convs per block
     input_height: int = 40
@@ -99,7 +99,6 @@ class TrainParams:
         require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         require(self.patience >= 0, f"train.patience must be >= 0 (0 = no early stopping), got {self.patience}")
         require(self.threads >= 0, f"train.threads must be >= 0, got {self.threads}")
-        require(self.members >= 1, f"train.members must be >= 1, got {self.members}")
         require(self.pixel_std > 0, f"train.pixel_std must be positive, got {self.pixel_std}")
         require(self.contrastive.margin > 0, f"train.contrastive.margin must be positive, got {self.contrastive.margin}")
         require(self.contrastive.epochs >= 0 and self.triplet.epochs >= 0,
@@ -111,6 +110,7 @@ class TrainParams:
                     f"train.{name}.people_per_batch must be >= 2, got {loss.people_per_batch}")
             require(loss.faces_per_person >= 2,
                     f"train.{name}.faces_per_person must be >= 2, got {loss.faces_per_person}")
+            require(loss.members >= 1, f"train.{name}.members must be >= 1, got {loss.members}")
         try:
             self.model_config("contrastive").validate("train")
             self.augmentation.validate()
@@ -129,7 +129,7 @@ class TrainParams:
             channels=tuple(self.channels),
             convs_per_block=self.convs_per_block,
             normalize=self.loss_params(model).normalize,
-            members=self.members,
+            members=self.loss_params(model).members,
         )
 
     def preprocess(self) -> Preprocess:
@@ -337,13 +337,13 @@ def fit(
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> TrainResult:
     """Train `model_name` ('contrastive' or 'triplet') on faces already in memory: one network, or
-    `params.members` networks one after the other, each with its own seed, joined into one `EnsembleNet`."""
-    params.loss_params(model_name)  # refuses an unknown model name
-    if params.members == 1:
+    `params.<model>.members` networks one after the other, each with its own seed, joined into one `EnsembleNet`."""
+    members = params.loss_params(model_name).members  # refuses an unknown model name
+    if members == 1:
         return fit_member(model_name, params, tables, faces, run, log)
     results = [fit_member(model_name, replace(params, seed=member_seed(params.seed, i)), tables, faces, run, log,
                           member=i + 1)
-               for i in range(params.members)]
+               for i in range(members)]
     return join_members(model_name, params, results)
 
 
