@@ -42,7 +42,8 @@ def _tiny_params(digest: str) -> dict:
         input_height=16, input_width=16, channels=[4, 8], embedding_dim=8, epochs=2, batch_size=32,
         device="cpu", threads=1,
     )
-    params["train"]["triplet"].update(people_per_batch=4, faces_per_person=3)
+    params["train"]["triplet"].update(people_per_batch=4, faces_per_person=3, epochs=0, members=2)
+    params["train"]["contrastive"].update(people_per_batch=4, faces_per_person=3, epochs=0, members=1)
     params["render"]["dpi"] = 40
     params["cv"].update(folds=[1, 2], seeds=[1], train={"epochs": 1, "triplet": {"epochs": 1}})
     return params

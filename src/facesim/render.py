@@ -197,9 +197,8 @@ def robustness_figure(models: list[ModelOutputs]) -> Figure:
     """Same-person acceptance of every photo change, per model, with different-person acceptance beneath."""
     tables = {outputs.name: pd.read_csv(outputs.robustness, keep_default_na=False) for outputs in models}
     first = next(iter(tables.values()))
-    cases = [s if f in ("none", "mirror") else f"{f} {s}" for f, s in zip(first["family"], first["strength"])]
-    cases = ["unchanged" if c == "-" else c for c in cases]
-    fig = Figure(figsize=(7.5, 0.28 * len(cases) + 1.6), layout="constrained")
+    cases = ["unchanged" if f == "none" else f"{f} {s}" for f, s in zip(first["family"], first["strength"])]
+    fig = Figure(figsize=(7.5, 0.28 * len(cases) + 2.2), layout="constrained")
     ax = fig.subplots()
     height = 0.8 / len(tables)
     rows = np.arange(len(cases))
@@ -215,7 +214,7 @@ def robustness_figure(models: list[ModelOutputs]) -> Figure:
     ax.set_xlim(0, 1.02)
     ax.set_xlabel("share of pairs called the same person, at the deployed threshold")
     ax.set_title("Held-out faces under ordinary photo changes vs. their other photos")
-    ax.legend(loc="lower left", fontsize="small")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=2, fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     return fig
 
