@@ -65,10 +65,12 @@ def seconds_to_auc(history: list[dict]) -> float | None:
     return None
 
 
-def test_metrics(val_emb, val_rows, test_emb, test_subjects, test_rows) -> dict:
+def test_metrics(calibration_emb, calibration_subjects, test_emb, test_subjects, test_rows) -> dict:
+    """Held-out metrics at the threshold calibrated on the validation faces, as the evaluate stage does."""
     from facesim.evaluate import evaluate_embeddings
 
-    metrics, _ = evaluate_embeddings(val_emb, val_rows, test_emb, test_subjects, test_rows, retrieval_k=(1, 5))
+    metrics, _ = evaluate_embeddings(calibration_emb, calibration_subjects, test_emb, test_subjects, test_rows,
+                                     retrieval_k=(1, 5))
     return {"test_auc": metrics["all_pairs"]["roc_auc"], "test_accuracy": metrics["all_pairs"]["accuracy"],
             "test_eer": metrics["all_pairs"]["eer"], "precision_at_1": metrics["retrieval"]["precision_at_1"],
             "precision_at_5": metrics["retrieval"]["precision_at_5"]}
@@ -131,8 +133,8 @@ def run_baseline(args) -> dict:
     test_index = {p: i for i, p in enumerate(test_paths)}
     val_emb = B.embed(net, [faces / p for p in val_paths]).numpy()
     test_emb = B.embed(net, [faces / p for p in test_paths]).numpy()
-    quality = test_metrics(val_emb, (v1, v2, vl), test_emb, [Path(p).parent.name for p in test_paths],
-                           pair_rows(test_index, tables["pairs_test"]))
+    quality = test_metrics(val_emb, [Path(p).parent.name for p in val_paths], test_emb,
+                           [Path(p).parent.name for p in test_paths], pair_rows(test_index, tables["pairs_test"]))
 
     files = [faces / p for p in all_paths]
     embed_files = best_rate(lambda: B.embed(net, files), len(files), reps=2)
@@ -180,9 +182,10 @@ def run_ours(args, model_name: str) -> dict:
 
     val, test = tables["pairs_val"], tables["pairs_test"]
     test_faces = FaceSet.load(args.faces, test_paths, params.preprocess())
-    quality = test_metrics(embed_all(model, faces.tensor).numpy(),
-                           pair_rows(faces.index, val), embed_all(model, test_faces.tensor).numpy(),
-                           test_faces.subjects, pair_rows(test_faces.index, test))
+    calibration = faces.subset(sorted(set(val["image1"]) | set(val["image2"])))
+    quality = test_metrics(embed_all(model, calibration.tensor).numpy(), calibration.subjects,
+                           embed_all(model, test_faces.tensor).numpy(), test_faces.subjects,
+                           pair_rows(test_faces.index, test))
 
     embed_files = best_rate(lambda: embed_all(model, FaceSet.load(args.faces, all_paths, params.preprocess()).tensor),
                             len(all_paths), reps=3)
@@ -274,7 +277,7 @@ def run_ablations(args) -> dict:
 
         torch.manual_seed(0)
         imgs = FaceSet.load(args.faces, all_paths, p.preprocess()).tensor
-        model = build_embedding_net(p.model_config("contrastive"))
+        model = build_embedding_net(dataclasses.replace(p.model_config("contrastive"), members=1))  # one network
         if not channels_last:
             model.channels_last = False
             model.to(memory_format=torch.contiguous_format)
@@ -317,7 +320,7 @@ def run_ablations(args) -> dict:
 
     # 7. embedding: autograd on / no_grad / inference_mode, BatchNorm folded, max-pool before ReLU,
     #    channels-last, threads
-    model = build_embedding_net(params.model_config("contrastive")).eval()
+    model = build_embedding_net(dataclasses.replace(params.model_config("contrastive"), members=1)).eval()  # one network
     images = faces.tensor
     folded = fold_batchnorm(model)
 
