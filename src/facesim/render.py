@@ -181,10 +181,11 @@ def loss_figure(models: list[ModelOutputs]) -> Figure:
     axes = fig.subplots(1, len(models), squeeze=False)[0]
     for ax, outputs in zip(axes, models):
         history = pd.read_csv(outputs.history)
-        best = int(json.loads(outputs.metrics.read_text())["best_epoch"])
+        # the checkpointed epoch: the best validation loss (train.keep: best) or the last (keep: last)
+        kept = int(json.loads(outputs.metrics.read_text())["best_epoch"])
         ax.plot(history["epoch"], history["train_loss"], marker="o", markersize=3, label="train")
         ax.plot(history["epoch"], history["val_loss"], marker="o", markersize=3, label="validation")
-        ax.axvline(best, color="grey", linestyle=":", label=f"best epoch ({best})")
+        ax.axvline(kept, color="grey", linestyle=":", label=f"epoch kept ({kept})")
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{outputs.name} loss")
         ax.set_title(f"{outputs.name}: loss per epoch")
