@@ -185,3 +185,23 @@ def test_bad_arguments_exit_with_usage(capsys):
     with pytest.raises(SystemExit) as done:
         main(["verify", "only-one.pgm"])
     assert done.value.code == 2 and "IMAGE_B" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+def test_a_threshold_must_be_a_finite_positive_distance(capsys, tiny_repo, value):
+    face_a, face_b = face(tiny_repo, 5, 1), face(tiny_repo, 5, 2)
+    code, out, err = run(capsys, "verify", str(face_a), str(face_b), "--root", str(tiny_repo),
+                         f"--threshold={value}")
+    assert code == 1 and out == ""
+    assert err.strip().startswith("facesim verify: error: --threshold (threshold=) must be a finite distance above 0")
+
+
+def test_a_closed_pipe_ends_quietly_without_a_traceback(tiny_repo):
+    # the reader closes its end before facesim writes (as `| head` does once it has enough)
+    command = [sys.executable, "-m", "facesim.cli", "embed", str(tiny_repo / "data" / "raw" / "faces"),
+               "--out", str(tiny_repo / "e.csv"), "--json", "--no-detect", "--no-cache", "--root", str(tiny_repo)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err

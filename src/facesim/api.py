@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import uuid
@@ -136,6 +137,9 @@ def load_model(
     a path reads the threshold from a `.json` of the same stem beside it; an MLflow URI loads the
     pyfunc that the evaluate stage registered. `threshold` overrides the saved one.
     """
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold) or threshold <= 0):
+        raise ModelError(f"--threshold (threshold=) must be a finite distance above 0, got {threshold!r}")
     if isinstance(model, FaceModel):
         if threshold is None:
             return model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -151,7 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if error is not None:
         print(f"facesim {args.command}: error: {error}", file=sys.stderr)
         return 1
-    print(output)
+    try:
+        print(output, flush=True)
+    except BrokenPipeError:
+        # the reader went away (`facesim search --json | head`): stop quietly, as command-line tools do;
+        # stdout goes to /dev/null so that Python's final flush does not complain either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # the status of a process ended by SIGPIPE
     return 0
 
 
