@@ -54,7 +54,7 @@ def tiny_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     The synthetic faces are patterns no face detector sees as faces: here they are used whole, as
     `--no-detect` would (the detection path has its own tests below, on real faces).
     """
-    monkeypatch.setattr("facesim.api.frame_face", lambda pixels: (pixels, None))
+    monkeypatch.setattr("facesim.api.framed_face", lambda pixels, name: pixels)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     for seed, name in enumerate(MODELS):
         write_tiny_model(tmp_path / "models" / f"{name}.pt", threshold=None, seed=seed)

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from facesim.data import Preprocess, prepare_images
-from facesim.detect import NoFaceError, frame_face
+from facesim.detect import framed_face
 from facesim.images import ImageError, grey_pixels, load_image, load_pixels
 from facesim.models import MODELS, ModelError, embed_all, load_checkpoint, read_threshold
 
@@ -200,13 +200,7 @@ def load_face(image: ImageInput, detect: bool = True) -> Image.Image:
     photo, cropped around it with ORL's loose framing (`detect=False`: the whole picture, for
     pictures already framed like ORL that the detector misses). Errors name the file."""
     pixels = grey_pixels(image) if isinstance(image, Image.Image) else load_pixels(image)
-    if not detect:
-        return Image.fromarray(pixels)
-    try:
-        framed, _ = frame_face(pixels)
-    except NoFaceError as exc:
-        raise ImageError(f"{_label(image)}: {exc}") from None
-    return Image.fromarray(framed)
+    return Image.fromarray(framed_face(pixels, _label(image)) if detect else pixels)
 
 
 def _label(image: ImageInput) -> str:

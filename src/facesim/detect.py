@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from facesim.images import ImageError
+
 # ORL's picture shape, width:height = 92:112.
 ORL_WIDTH = 92
 ORL_HEIGHT = 112
@@ -183,3 +185,12 @@ def frame_face(pixels: np.ndarray, *, min_fill: float = 0.6) -> tuple[np.ndarray
     if largest.width >= min_fill * ORL_BOX_WIDTH * pixels.shape[1]:
         return pixels, largest
     return orl_crop(pixels, largest), largest
+
+
+def framed_face(pixels: np.ndarray, name: str) -> np.ndarray:
+    """`frame_face`'s picture, for the places that take photos (the API and the served model): no face
+    is an ImageError that names the picture (`name`: its path, or the served row and column)."""
+    try:
+        return frame_face(pixels)[0]
+    except NoFaceError as exc:
+        raise ImageError(f"{name}: {exc}") from None

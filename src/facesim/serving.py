@@ -34,7 +34,7 @@ import mlflow.pyfunc
 import pandas as pd
 from PIL import Image
 
-from facesim.detect import NoFaceError, frame_face
+from facesim.detect import framed_face
 from facesim.images import ImageError, decode_pixels
 
 REGISTERED_PREFIX = "facesim-"
@@ -64,12 +64,9 @@ def decode_image(value: Any, where: str) -> Image.Image:
     except (binascii.Error, TypeError, ValueError):
         raise ValueError(f"{where}: not base64-encoded image bytes") from None
     try:
-        framed, _ = frame_face(decode_pixels(data, where))
-        return Image.fromarray(framed)
+        return Image.fromarray(framed_face(decode_pixels(data, where), where))
     except ImageError as exc:
         raise ValueError(str(exc)) from None
-    except NoFaceError as exc:
-        raise ValueError(f"{where}: {exc}") from None
 
 
 class FaceVerifier(mlflow.pyfunc.PythonModel):
