@@ -1,14 +1,19 @@
 """facesim.tracking: one MLflow run per stage execution, in the repository's store.
 
 Creating an MLflow store takes seconds, so every test that logs shares one sqlite store
-(`mlflow_store`, module scope) and only one test starts a stage script in a subprocess.
+(`mlflow_store`, module scope); only two tests start a subprocess (a stage script, and a stage
+stopped by SIGTERM). `test_mlflow_server.py` logs to a real `mlflow server`.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -17,8 +22,13 @@ import yaml
 
 from facesim.tracking import (
     EXPERIMENT,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    HOST_TAG,
     NULL_RUN,
     GROUP_TAG,
+    PID_TAG,
+    StageKilled,
     TrackingError,
     flatten,
     git_commit,
@@ -166,6 +176,138 @@ def test_a_failing_stage_ends_its_run_as_failed(store: str, mlflow_store: Path, 
     assert mlflow.active_run() is None  # a later stage in this process can open its own run
 
 
+def test_sigterm_in_the_stage_ends_its_run_as_killed_and_restores_the_handler(store: str, mlflow_store: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(StageKilled) as caught:
+        with stage_run("train", {"lr": 0.001}, root=mlflow_store) as run:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises in this thread long before this ends
+            pytest.fail("SIGTERM did not stop the stage")
+    assert (caught.value.signum, caught.value.exit_status) == (signal.SIGTERM, 143)
+    assert str(caught.value) == "stage 'train' stopped by SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before
+    logged = MlflowClient(tracking_uri=store).get_run(run.run_id)
+    assert logged.info.status == "KILLED" and logged.info.end_time is not None
+
+
+def test_ctrl_c_ends_the_run_as_killed(store: str, mlflow_store: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    with pytest.raises(KeyboardInterrupt):
+        with stage_run("evaluate", {"a": 1}, root=mlflow_store) as run:
+            raise KeyboardInterrupt
+    assert MlflowClient(tracking_uri=store).get_run(run.run_id).info.status == "KILLED"
+
+
+def test_a_stage_run_outside_the_main_thread_installs_no_handler(store: str, mlflow_store: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    before = signal.getsignal(signal.SIGTERM)
+    outcome: dict = {}
+
+    def stage() -> None:
+        try:
+            with stage_run("render", {"a": 1}, root=mlflow_store) as run:
+                outcome["handler"] = signal.getsignal(signal.SIGTERM)
+            outcome["run_id"] = run.run_id
+        except BaseException as exc:  # reported to the test thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=stage)
+    thread.start()
+    thread.join(timeout=60)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["handler"] is before
+    assert MlflowClient(tracking_uri=store).get_run(outcome["run_id"]).info.status == "FINISHED"
+
+
+def test_a_stage_process_stopped_by_sigterm_ends_its_run_as_killed(store: str, mlflow_store: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    script = textwrap.dedent(f"""
+        import sys, time
+        from facesim.tracking import stage_run
+        with stage_run("train", {{"lr": 0.001}}, root={str(mlflow_store)!r}) as run:
+            print(run.run_id, flush=True)
+            time.sleep(60)
+    """)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        run_id = process.stdout.readline().strip()  # the run is open once its id is printed
+        assert run_id, process.communicate(timeout=60)[1]
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()  # a no-op once it has ended
+
+    assert process.returncode != 0
+    assert "StageKilled: stage 'train' stopped by SIGTERM" in stderr
+    logged = MlflowClient(tracking_uri=store).get_run(run_id)
+    assert logged.info.status == "KILLED"
+    assert logged.info.end_time is not None
+    assert logged.data.tags[PID_TAG] == str(process.pid)
+    assert logged.data.tags[HOST_TAG] == socket.gethostname()
+
+
+def test_runs_left_running_by_a_gone_process_of_this_host_are_closed_as_killed(store: str, mlflow_store: Path,
+                                                                                  capsys) -> None:
+    from mlflow.tracking import MlflowClient
+
+    with stage_run("fetch", {}, root=mlflow_store) as run:
+        pass
+    client = MlflowClient(tracking_uri=store)
+    experiment_id = client.get_run(run.run_id).info.experiment_id
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its pid names no process now
+    host = socket.gethostname()
+    owners = {"orphan": (host, gone.pid), "alive": (host, os.getpid()),
+              "elsewhere": ("elsewhere.example.org", gone.pid)}
+    runs = {name: client.create_run(experiment_id, run_name=name, tags={HOST_TAG: h, PID_TAG: str(pid)}).info.run_id
+            for name, (h, pid) in owners.items()}
+    runs["untagged"] = client.create_run(experiment_id, run_name="untagged").info.run_id  # from before the tags
+    capsys.readouterr()
+
+    with stage_run("sample", {}, root=mlflow_store):
+        pass
+
+    try:
+        status = {name: client.get_run(run_id).info for name, run_id in runs.items()}
+        assert {name: info.status for name, info in status.items()} == {
+            "orphan": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING", "untagged": "RUNNING"}
+        assert status["orphan"].end_time is not None
+        assert capsys.readouterr().err.splitlines() == [
+            f"mlflow: closed run orphan ({runs['orphan']}) left RUNNING by process {gone.pid}, "
+            "which is gone, as KILLED"]
+    finally:
+        for run_id in runs.values():
+            client.set_terminated(run_id, status="FINISHED")  # leave nothing running for the next tests
+
+
+def test_the_experiment_opens_on_its_runs(store: str, mlflow_store: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    with stage_run("fetch", {}, root=mlflow_store):
+        pass
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    # an experiment created before the tag gets it once
+    client.delete_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG)
+    with stage_run("fetch", {}, root=mlflow_store):
+        pass
+    assert client.get_experiment(experiment.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    # a kind chosen in the UI stays
+    client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, "finetuning")
+    with stage_run("fetch", {}, root=mlflow_store):
+        pass
+    assert client.get_experiment(experiment.experiment_id).tags[EXPERIMENT_KIND_TAG] == "finetuning"
+    client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
 # ---- an unreachable tracking server -------------------------------------------------------------------
 
 
@@ -202,7 +344,6 @@ def test_sample_stage_with_an_unreachable_server_leaves_its_outputs(tmp_path: Pa
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
     assert done.returncode != 0
-    assert "TrackingError" in done.stderr
     assert f"MLflow tracking server {unreachable_url} (MLFLOW_TRACKING_URI) is unreachable" in done.stderr
     assert {p.name: p.read_bytes() for p in processed.iterdir()} == before  # and no temporaries beside them
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()

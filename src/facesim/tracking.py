@@ -6,6 +6,10 @@ there shows every run, including those of `dvc exp run --temp` and queued
 experiments (which DVC runs in `<repo>/.dvc/tmp/exps/<tmp>/`).
 `MLFLOW_TRACKING_URI` overrides it for a team server.
 
+A run ends FINISHED, FAILED (the stage raised) or KILLED (SIGTERM or Ctrl-C
+stopped it). A process that dies without a word (SIGKILL, power loss) leaves
+its run RUNNING; the next `stage_run` on the same host closes it as KILLED.
+
 Nothing here runs at import time; stages open a run with `stage_run(...)` and
 pass the `Run` it yields to the `src` function that does the work.
 """
@@ -16,8 +20,11 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -25,11 +32,28 @@ from pathlib import Path
 from typing import Any, Protocol
 
 EXPERIMENT = "facesim"
+# MLflow 3's UI opens an experiment of this kind on its runs, not on the GenAI traces page.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+HOST_TAG, PID_TAG = "facesim.host", "facesim.pid"  # which process owns a run, to close it once that is gone
 _TEMP_EXPERIMENT_DIR = (".dvc", "tmp", "exps")
 
 
 class TrackingError(RuntimeError):
     """The MLflow tracking store cannot be reached or written."""
+
+
+class StageKilled(BaseException):
+    """A signal (SIGTERM) stopped the stage; its run ended KILLED.
+
+    A BaseException, like KeyboardInterrupt, so that `except Exception` in the
+    stage does not swallow it. A script's top-level handler should exit with
+    `exit_status` (128 + the signal number, 143 for SIGTERM, as a shell reports
+    a process killed by it); left uncaught, Python prints it and exits 1.
+    """
+
+    def __init__(self, stage: str, signum: int):
+        self.stage, self.signum, self.exit_status = stage, signum, 128 + signum
+        super().__init__(f"stage {stage!r} stopped by {signal.Signals(signum).name}")
 
 
 class Run(Protocol):
@@ -212,6 +236,61 @@ def _group_parent(mlflow_module: Any, experiment_id: str, group: str, name: str)
     return parent.info.run_id
 
 
+class _SigtermRaises:
+    """While entered in the main thread, the first SIGTERM raises StageKilled; later ones are
+    ignored once `stopping` is set, so that a repeated signal does not cut short the ending of the
+    run. The previous handler comes back on exit. Elsewhere it does nothing: only the main thread
+    may install signal handlers."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+        self.stopping = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _raise(self, signum: int, frame: Any) -> None:
+        if not self.stopping:
+            self.stopping = True
+            raise StageKilled(self.stage, signum)
+
+    def __enter__(self) -> _SigtermRaises:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._raise)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._installed:
+            # None: the previous handler was not set from Python; the default is the nearest to it.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
+
+
+def _process_gone(pid: int) -> bool:
+    """True only when no process `pid` exists on this host (signal 0 probes without signalling)."""
+    if os.name != "posix" or pid <= 0:  # on Windows os.kill would terminate the process
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return False
+
+
+def _close_orphaned_runs(client: Any, experiment_id: str) -> None:
+    """End as KILLED the runs left RUNNING by processes of this host that no longer exist."""
+    host = socket.gethostname()
+    running = client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'")
+    for found in running:
+        pid = found.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and _process_gone(int(pid)):
+            client.set_terminated(found.info.run_id, status="KILLED")
+            print(f"mlflow: closed run {found.info.run_name} ({found.info.run_id}) left RUNNING by "
+                  f"process {pid}, which is gone, as KILLED", file=sys.stderr)
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -229,7 +308,15 @@ def stage_run(
     logs `params` and is tagged with the git commit and the stage. It is
     opened before the stage does any work, so an unreachable store fails the
     stage before it touches its outputs. A stage that raises ends its run as
-    FAILED.
+    FAILED. SIGTERM (which DVC sends its stage to stop it) raises `StageKilled`
+    in the main thread while the run is open; that and KeyboardInterrupt (Ctrl-C,
+    SIGINT) end the run as KILLED and propagate, so the process still exits
+    non-zero.
+
+    Each run is tagged with its host and process id (`facesim.host`,
+    `facesim.pid`). Before opening its own, a stage closes as KILLED the runs
+    of this host left RUNNING by processes that no longer exist; runs of other
+    hosts, and of live processes, are left alone.
 
     With `group` (a `group_key`), the run is a child of that group's parent
     run (named `group_name`, created by whichever member comes first), so that
@@ -244,30 +331,43 @@ def stage_run(
     mlflow.set_tracking_uri(uri)
     name = os.environ.get("DVC_STAGE") or stage
     try:
-        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+        client = mlflow.MlflowClient()
+        experiment = client.get_experiment_by_name(EXPERIMENT)
         if experiment is None:
             location = None if uri.startswith(("http://", "https://", "databricks")) else (root / "mlruns").as_uri()
-            experiment_id = mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+            experiment_id = client.create_experiment(EXPERIMENT, artifact_location=location,
+                                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             experiment_id = experiment.experiment_id
+            if EXPERIMENT_KIND_TAG not in experiment.tags:  # a kind chosen in the UI stays
+                client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        _close_orphaned_runs(client, experiment_id)
+        # Set with the run itself, so that even a run killed at once names its process.
+        owner = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
         if group is None:
-            active = mlflow.start_run(experiment_id=experiment_id, run_name=name)
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=owner)
         else:
             parent = _group_parent(mlflow, experiment_id, group, group_name or stage)
-            active = (mlflow.start_run(run_id=parent) if into_group else
+            active = (mlflow.start_run(run_id=parent, tags=owner) if into_group else
                       mlflow.start_run(experiment_id=experiment_id, run_name=name,
-                                       tags={"mlflow.parentRunId": parent}))
+                                       tags={"mlflow.parentRunId": parent, **owner}))
     except Exception as exc:  # MLflow raises many types; all mean the same to a stage
         raise TrackingError(f"cannot open an MLflow run in {uri}: {exc}") from exc
     status = "FAILED"
-    try:
-        run = MlflowRun(mlflow, active.info.run_id)
-        # DVC names each `dvc exp run` (DVC_EXP_NAME): the tag finds its runs beside `dvc exp show`.
-        experiment_tag = {"dvc_experiment": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {}
-        run.set_tags({"git_commit": git_commit(root), "dvc_stage": name, "facesim_stage": stage,
-                      **experiment_tag, **(tags or {})})
-        run.log_params(params)
-        yield run
-        status = "FINISHED"
-    finally:
-        mlflow.end_run(status=status)
+    sigterm = _SigtermRaises(name)
+    with sigterm:
+        try:
+            run = MlflowRun(mlflow, active.info.run_id)
+            # DVC names each `dvc exp run` (DVC_EXP_NAME): the tag finds its runs beside `dvc exp show`.
+            experiment_tag = {"dvc_experiment": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {}
+            run.set_tags({"git_commit": git_commit(root), "dvc_stage": name, "facesim_stage": stage,
+                          **experiment_tag, **(tags or {})})
+            run.log_params(params)
+            yield run
+            status = "FINISHED"
+        except (StageKilled, KeyboardInterrupt):
+            status = "KILLED"
+            raise
+        finally:
+            sigterm.stopping = True  # the run is ending: a SIGTERM now must not interrupt that
+            mlflow.end_run(status=status)
