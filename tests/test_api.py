@@ -8,12 +8,14 @@ network and synthetic faces (conftest), which is enough for loading, caching and
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from conftest import face_image_bytes, write_faces_dir
@@ -206,8 +208,53 @@ def test_a_model_without_its_metrics_file_says_so_when_verifying(tiny_repo: Path
     (tiny_repo / "reports" / "metrics" / "contrastive.json").unlink()
     model = api.load_model("contrastive", root=tiny_repo)
     assert model.threshold is None
-    with pytest.raises(api.ModelError, match=r"contrastive\.json not found"):
+    with pytest.raises(api.ModelError, match=r"contrastive\.json: metrics file not found, so contrastive has no "
+                                             r"distance threshold; run `dvc repro` .*to evaluate it, or pass one "
+                                             r"with --threshold"):
         api.verify(face(tiny_repo, 5, 1), face(tiny_repo, 5, 2), model)
+    assert api.verify(face(tiny_repo, 5, 1), face(tiny_repo, 5, 2), model, threshold=0.5).threshold == 0.5
+
+
+def write_dvc_lock(root: Path, outs: dict[str, list[str]]) -> Path:
+    """A dvc.lock (schema 2.0, as `dvc repro` writes it) whose stages record these outputs."""
+    stages = {stage: {"cmd": f"python stages/{stage.split('@')[0]}.py",
+                      "outs": [{"path": path, "hash": "md5", "md5": "0" * 32, "size": 1} for path in paths]}
+              for stage, paths in outs.items()}
+    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}, sort_keys=False))
+    return root / "dvc.lock"
+
+
+def test_a_missing_pipeline_output_says_what_dvc_lock_records(tiny_repo: Path, monkeypatch):
+    monkeypatch.chdir(tiny_repo)
+    (tiny_repo / "models" / "triplet.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"^models/triplet\.pt: checkpoint not found; run `dvc repro` to "
+                                                r"train it$"):
+        api.load_model("triplet")
+    write_dvc_lock(tiny_repo, {"fetch": ["data/raw/faces"], "train@triplet": ["models/triplet.pt"],
+                               "evaluate@contrastive": ["reports/metrics/contrastive.json"]})
+    with pytest.raises(FileNotFoundError) as missing:
+        api.load_model("triplet")
+    assert str(missing.value) == (
+        "models/triplet.pt: missing, though dvc.lock records it (stage train@triplet); `dvc checkout "
+        "models/triplet.pt` brings it back from the DVC cache (or `dvc pull` from a remote, `dvc repro` rebuilds it)")
+    (tiny_repo / "reports" / "metrics" / "contrastive.json").unlink()
+    with pytest.raises(api.ModelError, match=r"^reports/metrics/contrastive\.json: missing, though dvc\.lock records "
+                                             r"it \(stage evaluate@contrastive\), so contrastive has no distance "
+                                             r"threshold; `dvc checkout reports/metrics/contrastive\.json` brings it "
+                                             r"back .*, or pass one with --threshold"):
+        api.verify(face(tiny_repo, 5, 1), face(tiny_repo, 5, 2), "contrastive")
+    # a folder output holds the default gallery: check out the folder dvc.lock names
+    shutil.rmtree(tiny_repo / "data" / "raw" / "faces" / "testing")
+    with pytest.raises(FileNotFoundError, match=r"^data/raw/faces/testing: missing, though dvc\.lock records it "
+                                                r"\(stage fetch\); `dvc checkout data/raw/faces` brings it back"):
+        api.search(tiny_repo / "data" / "raw" / "faces" / "training" / "s1" / "1.pgm", k=1, model="contrastive")
+
+
+@pytest.mark.parametrize("lock", ["", "stages: [a list]\n", "{not: yaml: at all", "stages:\n  train:\n    outs: 3\n"])
+def test_an_empty_or_odd_dvc_lock_records_nothing(tmp_path: Path, lock: str):
+    (tmp_path / "dvc.lock").write_text(lock)
+    assert api.dvc_lock_output(tmp_path, "models/triplet.pt") is None
+    assert api.dvc_lock_output(tmp_path / "absent", "models/triplet.pt") is None
 
 
 # ---- images and their errors -----------------------------------------------------------------------------
@@ -254,10 +301,10 @@ def test_search_errors(tiny_repo: Path, tmp_path: Path):
     query = face(tiny_repo, 5, 1)
     with pytest.raises(FileNotFoundError, match=r"elsewhere: gallery folder not found"):
         api.search(query, tmp_path / "elsewhere", root=tiny_repo)
-    with pytest.raises(ValueError, match=r"k=30 but the gallery .* holds only 29 faces"):
+    with pytest.raises(ValueError, match=r"k=30: more than the 29 faces of the gallery .*; pass -k 29 or less"):
         api.search(query, root=tiny_repo, k=30)
     for k in (0, -1, 2.5):
-        with pytest.raises(ValueError, match="k must be an integer >= 1"):
+        with pytest.raises(ValueError, match="not an integer >= 1; pass e.g. -k 5"):
             api.search(query, root=tiny_repo, k=k)
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -6,6 +6,7 @@ Most tests call `facesim.cli.main` in this process; one runs the installed conso
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,17 @@ import pytest
 from PIL import Image
 
 from facesim.cli import main
-from test_api import PIPELINE_RAN, REPO, TESTING, TINY_THRESHOLD, face, real, tiny_repo, write_tiny_model  # noqa: F401
+from test_api import (  # noqa: F401
+    PIPELINE_RAN,
+    REPO,
+    TESTING,
+    TINY_THRESHOLD,
+    face,
+    real,
+    tiny_repo,
+    write_dvc_lock,
+    write_tiny_model,
+)
 
 S5_1, S5_2, S6_1 = (str(TESTING / p) for p in ("s5/1.pgm", "s5/2.pgm", "s6/1.pgm"))
 
@@ -25,6 +36,17 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# `facesim <command>: <what>: <problem>; <what to do>`, one line (a <what> may hold a colon: models:/...)
+FAILURE = re.compile(r"facesim (verify|search|embed): [^;\n]+: [^;\n]+; [^\n]+\n")
+
+
+def one_line_failure(err: str, command: str) -> str:
+    """The failure line of stderr, checked to be the only line and of the agreed form."""
+    assert FAILURE.fullmatch(err) and err.startswith(f"facesim {command}: "), err
+    assert "Traceback" not in err
+    return err.rstrip("\n")
 
 
 # ---- the real models on real test faces ------------------------------------------------------------
@@ -136,7 +158,7 @@ def test_missing_and_unreadable_files_are_errors_naming_them(capsys, tiny_repo: 
     code, out, err = run(capsys, *argv, "--root", str(tiny_repo))
     assert code == 1 and out == ""
     named = "absent.pgm" if any("absent" in a for a in argv) else "letter.png"
-    assert err.startswith(f"facesim {command[0]}: error: ") and named in err
+    assert err.startswith(f"facesim {command[0]}: ") and err.count("\n") == 1 and named in err
     assert ("image file not found" if named == "absent.pgm" else "not a readable image") in err
 
 
@@ -151,7 +173,8 @@ def test_gallery_non_images_are_skipped_with_a_warning(capsys, tiny_repo: Path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["search", "{query}", "-k", "40"], "k=40 but the gallery"),
+    (["search", "{query}", "-k", "40"], "k=40: more than the 29 faces of the gallery"),
+    (["search", "{query}", "-k", "0"], "k=0: not an integer >= 1; pass e.g. -k 5"),
     (["search", "{query}", "--gallery", "{tmp}/nowhere"], "nowhere: gallery folder not found"),
     (["search", "{query}", "--model", "vgg"], "vgg: not a model name"),
     (["embed", "{query}", "--out", "{tmp}/e.txt"], "e.txt: the output must end in .csv or .npy"),
@@ -161,6 +184,7 @@ def test_usage_errors(capsys, tiny_repo: Path, tmp_path: Path, argv, message):
     names = {"query": str(face(tiny_repo, 5, 1)), "tmp": str(tmp_path)}
     code, out, err = run(capsys, *[a.format(**names) for a in argv], "--root", str(tiny_repo))
     assert code == 1 and out == "" and message.format(**names) in err
+    one_line_failure(err, argv[0])
 
 
 def test_outside_the_repository_without_root(capsys, tmp_path_factory, monkeypatch, tiny_repo: Path):
@@ -193,7 +217,9 @@ def test_a_threshold_must_be_a_finite_positive_distance(capsys, tiny_repo, value
     code, out, err = run(capsys, "verify", str(face_a), str(face_b), "--root", str(tiny_repo),
                          f"--threshold={value}")
     assert code == 1 and out == ""
-    assert err.strip().startswith("facesim verify: error: --threshold (threshold=) must be a finite distance above 0")
+    line = one_line_failure(err, "verify")
+    assert line.startswith("facesim verify: --threshold (threshold=): must be a finite distance above 0")
+    assert line.endswith("; pass e.g. --threshold 0.9, or leave it out for the calibrated one")
 
 
 def test_a_closed_pipe_ends_quietly_without_a_traceback(tiny_repo):
@@ -205,3 +231,101 @@ def test_a_closed_pipe_ends_quietly_without_a_traceback(tiny_repo):
     err = process.stderr.read().decode()
     assert process.wait(timeout=120) == 141
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+# ---- failures that explain themselves ------------------------------------------------------------------------
+
+
+def test_a_missing_image_is_one_line_saying_what_to_do(capsys, tiny_repo: Path, tmp_path: Path):
+    missing = tmp_path / "absent.pgm"
+    code, out, err = run(capsys, "verify", str(face(tiny_repo, 5, 1)), str(missing), "--root", str(tiny_repo))
+    assert code == 1 and out == ""
+    assert one_line_failure(err, "verify") == f"facesim verify: {missing}: image file not found; check the path"
+
+
+@pytest.mark.parametrize("recorded", [False, True], ids=["not-in-dvc-lock", "in-dvc-lock"])
+def test_a_missing_model_says_what_dvc_lock_records(capsys, tiny_repo: Path, monkeypatch, recorded: bool):
+    monkeypatch.chdir(tiny_repo)  # the repository found from the working directory, as a user runs it
+    (tiny_repo / "models" / "triplet.pt").unlink()
+    if recorded:
+        write_dvc_lock(tiny_repo, {"fetch": ["data/raw/faces"], "train@contrastive": ["models/contrastive.pt"],
+                                   "train@triplet": ["models/triplet.pt"]})
+    a, b = (str(face(tiny_repo, 5, i)) for i in (1, 2))
+    code, out, err = run(capsys, "verify", a, b, "--model", "triplet")
+    assert code == 1 and out == ""
+    if recorded:
+        assert one_line_failure(err, "verify") == (
+            "facesim verify: models/triplet.pt: missing, though dvc.lock records it (stage train@triplet); "
+            "`dvc checkout models/triplet.pt` brings it back from the DVC cache (or `dvc pull` from a remote, "
+            "`dvc repro` rebuilds it)")
+    else:
+        assert one_line_failure(err, "verify") == (
+            "facesim verify: models/triplet.pt: checkpoint not found; run `dvc repro` to train it")
+
+
+def test_missing_metrics_say_what_dvc_lock_records(capsys, tiny_repo: Path, monkeypatch):
+    (tiny_repo / "reports" / "metrics" / "contrastive.json").unlink()
+    write_dvc_lock(tiny_repo, {"evaluate@contrastive": ["reports/metrics/contrastive.json"]})
+    elsewhere = tiny_repo / "data"
+    monkeypatch.chdir(elsewhere)  # below the repository: paths shown from here, dvc told where to run
+    code, _, err = run(capsys, "verify", "raw/faces/testing/s5/1.pgm", "raw/faces/testing/s5/2.pgm")
+    line = one_line_failure(err, "verify")
+    assert code == 1 and line.startswith(
+        f"facesim verify: {tiny_repo / 'reports' / 'metrics' / 'contrastive.json'}: missing, though dvc.lock "
+        f"records it (stage evaluate@contrastive), so contrastive has no distance threshold; `dvc checkout "
+        f"reports/metrics/contrastive.json` (in {tiny_repo}) brings it back from the DVC cache")
+    assert line.endswith(", or pass one with --threshold (threshold= in Python)")
+    # search needs no threshold: it still runs
+    code, out, _ = run(capsys, "search", "raw/faces/testing/s5/1.pgm", "-k", "1", "--model", "contrastive")
+    assert code == 0 and "model      contrastive, threshold none" in out
+
+
+@pytest.mark.parametrize("debug", [[], ["--debug"], ["env"], ["after"]], ids=["plain", "--debug", "FACESIM_DEBUG",
+                                                                             "--debug-after-the-command"])
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys, tiny_repo: Path, monkeypatch, debug):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: device-side assert triggered\nCompile with TORCH_USE_CUDA_DSA")
+
+    monkeypatch.setattr("facesim.api.verify", broken)
+    monkeypatch.delenv("FACESIM_DEBUG", raising=False)
+    if debug == ["env"]:
+        monkeypatch.setenv("FACESIM_DEBUG", "1")
+    argv = ["verify", str(face(tiny_repo, 5, 1)), str(face(tiny_repo, 5, 2)), "--root", str(tiny_repo)]
+    argv = [*debug, *argv] if debug == ["--debug"] else [*argv, "--debug"] if debug == ["after"] else argv
+    code, out, err = run(capsys, *argv)
+    expected = ("facesim verify: unexpected error: RuntimeError: CUDA error: device-side assert triggered "
+                "Compile with TORCH_USE_CUDA_DSA; rerun with --debug (or FACESIM_DEBUG=1) for the traceback, "
+                "and report it")
+    assert code == 1 and out == ""
+    if not debug:
+        assert one_line_failure(err, "verify") == expected
+    else:
+        assert err.startswith("Traceback (most recent call last):") and "in broken" in err
+        assert err.rstrip("\n").splitlines()[-1] == expected
+
+
+@pytest.mark.parametrize("raised, line", [
+    (PermissionError(13, "Permission denied", "out/e.csv"),
+     "out/e.csv: permission denied; check the path and its permissions"),
+    (MemoryError(), "unexpected error: MemoryError; rerun with --debug (or FACESIM_DEBUG=1) for the traceback, "
+                    "and report it"),
+    (ImportError("libcudnn.so.9: cannot open shared object file"),
+     "unexpected error: ImportError: libcudnn.so.9: cannot open shared object file; rerun with --debug"),
+])
+def test_other_failures_are_one_line_too(capsys, tiny_repo: Path, tmp_path: Path, monkeypatch, raised, line):
+    def broken(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr("facesim.api.embed", broken)
+    code, out, err = run(capsys, "embed", str(face(tiny_repo, 5, 1)), "--out", str(tmp_path / "e.csv"))
+    assert code == 1 and out == "" and err.startswith(f"facesim embed: {line}") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_ends_with_status_130_and_one_line(capsys, tiny_repo: Path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("facesim.api.search", interrupted)
+    code, out, err = run(capsys, "search", str(face(tiny_repo, 5, 1)), "--root", str(tiny_repo))
+    assert code == 130 and out == "" and err == "facesim search: interrupted\n"

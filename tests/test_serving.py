@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory):
     write_samples(SampleParams(similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1), faces, samples)
     checkpoint = write_tiny_model(root / "models" / "contrastive.pt", threshold=None)
     outputs = {name: root / "eval" / f"{name}.{ext}" for name, ext in
-               [("metrics", "json"), ("roc", "csv"), ("predictions", "csv"), ("embeddings", "csv")]}
+               [("metrics", "json"), ("details", "json"), ("roc", "csv"), ("predictions", "csv"), ("embeddings", "csv")]}
     with stage_run("evaluate", {"model": "contrastive"}, root=root) as run:
         metrics = evaluate_model("contrastive", EvaluateParams(), checkpoint, faces,
                                  {f"pairs_{s}": samples["pairs"][s] for s in ("val", "test")}, outputs, run)
@@ -193,24 +194,28 @@ def post(url: str, body: dict, timeout: float = 30) -> tuple[int, dict]:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        body = error.read()
+        try:
+            return error.code, json.loads(body)
+        except ValueError:  # e.g. the server's 504 on a request over its time limit is plain text
+            return error.code, {"body": body.decode(errors="replace")}
 
 
-@needs_orl
-def test_mlflow_serves_the_champion_over_http(registry, tmp_path: Path):
-    same, other = ORL / "s5" / "1.pgm", ORL / "s6" / "1.pgm"
-    expected = api.verify(same, other, str(registry["checkpoint"]), threshold=registry["metrics"]["threshold"])
+@pytest.fixture(scope="module")
+def served(registry, tmp_path_factory: pytest.TempPathFactory):
+    """`mlflow models serve` of the champion on a free loopback port, for the module: its URL."""
+    folder = tmp_path_factory.mktemp("served")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry["uri"], "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
            # The server starts `uvicorn` by name: the one beside this interpreter, venv active or not.
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     mlflow_cli = [sys.executable, "-m", "mlflow"]
-    log = (tmp_path / "server.log").open("w")
+    log = (folder / "server.log").open("w")
     server = subprocess.Popen(
         [*mlflow_cli, "models", "serve", "-m", f"models:/{NAME}@{CHAMPION}", "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, never a proxy
     urllib.request.install_opener(opener)
     try:
@@ -223,29 +228,9 @@ def test_mlflow_serves_the_champion_over_http(registry, tmp_path: Path):
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+                pytest.fail(f"the server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
             time.sleep(0.5)
-
-        status, answer = post(f"{url}/invocations", {"dataframe_split": {
-            "columns": ["image1", "image2"],
-            "data": [[api_b64(same), api_b64(same)], [api_b64(same), api_b64(other)]]}})
-        assert status == 200, answer
-        rows = answer["predictions"]
-        assert [sorted(row) for row in rows] == [["distance", "same_person"]] * 2
-        assert rows[0]["distance"] == pytest.approx(0.0, abs=1e-6) and rows[0]["same_person"] is True
-        assert rows[1]["distance"] == pytest.approx(expected.distance, rel=1e-5)
-        assert rows[1]["same_person"] is expected.same_person
-
-        status, answer = post(f"{url}/invocations", {"dataframe_split": {
-            "columns": ["image1", "image2"], "data": [[base64.b64encode(b"not an image").decode(), api_b64(same)]]}})
-        assert status == 400 and "row 0, image1: not a readable image" in json.dumps(answer)
-
-        blank = io.BytesIO()
-        Image.new("L", (300, 200), 90).save(blank, format="PNG")
-        status, answer = post(f"{url}/invocations", {"dataframe_split": {
-            "columns": ["image1", "image2"],
-            "data": [[api_b64(same), base64.b64encode(blank.getvalue()).decode()]]}})
-        assert status == 400 and "row 0, image2: no face found" in json.dumps(answer)
+        yield url
     finally:
         urllib.request.install_opener(None)
         try:
@@ -257,6 +242,87 @@ def test_mlflow_serves_the_champion_over_http(registry, tmp_path: Path):
         except ProcessLookupError:
             pass
         log.close()
+
+
+def pairs_request(pairs) -> dict:
+    return {"dataframe_split": {"columns": ["image1", "image2"], "data": [[api_b64(a), api_b64(b)] for a, b in pairs]}}
+
+
+@pytest.mark.integration
+@needs_orl
+def test_mlflow_serves_the_champion_over_http(registry, served):
+    same, other = ORL / "s5" / "1.pgm", ORL / "s6" / "1.pgm"
+    expected = api.verify(same, other, str(registry["checkpoint"]), threshold=registry["metrics"]["threshold"])
+    url = served
+
+    status, answer = post(f"{url}/invocations", pairs_request([(same, same), (same, other)]))
+    assert status == 200, answer
+    rows = answer["predictions"]
+    assert [sorted(row) for row in rows] == [["distance", "same_person"]] * 2
+    assert rows[0]["distance"] == pytest.approx(0.0, abs=1e-6) and rows[0]["same_person"] is True
+    assert rows[1]["distance"] == pytest.approx(expected.distance, rel=1e-5)
+    assert rows[1]["same_person"] is expected.same_person
+
+    status, answer = post(f"{url}/invocations", {"dataframe_split": {
+        "columns": ["image1", "image2"], "data": [[base64.b64encode(b"not an image").decode(), api_b64(same)]]}})
+    assert status == 400 and "row 0, image1: not a readable image" in json.dumps(answer)
+
+    # one bad row among good ones: the whole request is refused, and the message names that row
+    good = pairs_request([(same, other)] * 3)["dataframe_split"]["data"]
+    good[2][1] = "***"
+    status, answer = post(f"{url}/invocations", {"dataframe_split": {"columns": ["image1", "image2"], "data": good}})
+    assert status == 400 and "row 2, image2: not base64-encoded image bytes" in json.dumps(answer)
+
+    blank = io.BytesIO()
+    Image.new("L", (300, 200), 90).save(blank, format="PNG")
+    status, answer = post(f"{url}/invocations", {"dataframe_split": {
+        "columns": ["image1", "image2"],
+        "data": [[api_b64(same), base64.b64encode(blank.getvalue()).decode()]]}})
+    assert status == 400 and "row 0, image2: no face found" in json.dumps(answer)
+
+
+LOAD_CLIENTS = 32
+LOAD_SINGLES = 3  # single-pair requests per client, besides its one batched request
+LOAD_BUDGET_S = 30
+
+
+@pytest.mark.integration
+@needs_orl
+def test_the_served_model_answers_32_concurrent_clients_as_it_answers_one(served):
+    url = f"{served}/invocations"
+    faces = [ORL / f"s{person}" / f"{image}.pgm" for person in (5, 6, 7) for image in (1, 2)]
+    pairs = [(faces[i], faces[j]) for i in range(len(faces)) for j in range(i + 1, len(faces))][:8]
+    # the answers to one client at a time: each pair alone, and all of them in one batch
+    singles = []
+    for pair in pairs:
+        status, answer = post(url, pairs_request([pair]))
+        assert status == 200, answer
+        singles.extend(answer["predictions"])
+    status, answer = post(url, pairs_request(pairs))
+    assert status == 200, answer
+    batched = answer["predictions"]
+    assert [row["same_person"] for row in batched] == [row["same_person"] for row in singles]
+    assert [row["distance"] for row in batched] == pytest.approx([row["distance"] for row in singles], rel=1e-5)
+
+    def client(number: int) -> list[tuple[list[int], int, list[dict]]]:
+        """A few single pairs, then every pair in one batch, each starting at a pair of its own."""
+        shift = number % len(pairs)
+        asked = [[(shift + k) % len(pairs)] for k in range(LOAD_SINGLES)]
+        asked.append([(shift + k) % len(pairs) for k in range(len(pairs))])
+        return [(rows, *post(url, pairs_request([pairs[i] for i in rows]), timeout=LOAD_BUDGET_S)) for rows in asked]
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=LOAD_CLIENTS) as pool:
+        answers = [answer for done in pool.map(client, range(LOAD_CLIENTS)) for answer in done]
+    took = time.monotonic() - started
+
+    assert len(answers) == LOAD_CLIENTS * (LOAD_SINGLES + 1)
+    for rows, status, answer in answers:
+        assert status == 200, answer
+        got = answer["predictions"]
+        assert [row["same_person"] for row in got] == [singles[i]["same_person"] for i in rows]
+        assert [row["distance"] for row in got] == pytest.approx([singles[i]["distance"] for i in rows], rel=1e-5)
+    assert took < LOAD_BUDGET_S, f"{len(answers)} requests from {LOAD_CLIENTS} clients took {took:.1f} s"
 
 
 def api_b64(path: Path) -> str:

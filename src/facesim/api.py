@@ -27,7 +27,7 @@ import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,9 @@ class FaceModel:
     digest: str  # sha256 of the checkpoint's bytes: the cache key of its embeddings
     threshold: float | None  # same person when distance <= threshold; None when unknown
     threshold_source: str  # where the threshold came from, or why there is none
+    # the error when a threshold is needed and there is none, where more is known than threshold_source
+    # says (the pipeline's metrics file is missing: how to get it back); None: the generic one
+    missing_threshold: str | None = None
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(N, D) float32 embeddings of pictures, prepared exactly as in training."""
@@ -71,12 +74,15 @@ class FaceModel:
     def distances(self, first: Sequence[Image.Image], second: Sequence[Image.Image]) -> np.ndarray:
         """Euclidean distance between the embeddings of first[i] and second[i]."""
         if len(first) != len(second):
-            raise ValueError(f"need pairs: {len(first)} first images but {len(second)} second images")
+            raise ValueError(f"need pairs: {len(first)} first images but {len(second)} second images; "
+                             "pass as many of each")
         embeddings = self.embed([*first, *second])
         return np.linalg.norm(embeddings[: len(first)] - embeddings[len(first) :], axis=1)
 
     def require_threshold(self) -> float:
         if self.threshold is None:
+            if self.missing_threshold is not None:
+                raise ModelError(self.missing_threshold)
             raise ModelError(f"{self.name}: no distance threshold ({self.threshold_source}); "
                              "pass one with --threshold (threshold= in Python)")
         return self.threshold
@@ -87,14 +93,48 @@ def find_root(root: str | os.PathLike | None = None) -> Path:
     if root is not None:
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"{root}: repository root not found")
+            raise FileNotFoundError(f"{root}: repository root not found; pass --root (root= in Python) the "
+                                    "facesim repository, the folder that holds dvc.yaml")
         return root
     here = Path.cwd().resolve()
     for folder in (here, *here.parents):
         if (folder / "dvc.yaml").is_file():
             return folder
-    raise FileNotFoundError(f"no dvc.yaml in {here} or any folder above it: run facesim inside the facesim "
+    raise FileNotFoundError(f"{here}: no dvc.yaml here or in any folder above it; run facesim inside the facesim "
                             "repository or pass --root (root= in Python)")
+
+
+def dvc_lock_output(root: str | os.PathLike, path: str) -> tuple[str, str] | None:
+    """(stage, output) of `<root>/dvc.lock` whose output is `path` (relative to root, POSIX) or a folder
+    holding it; None when none is, or there is no readable dvc.lock."""
+    import yaml  # imported here: needed only to explain a missing file
+
+    try:
+        lock = yaml.safe_load((Path(root) / "dvc.lock").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    target = PurePosixPath(path)
+    for stage, entry in (stages.items() if isinstance(stages, dict) else ()):
+        outs = entry.get("outs") if isinstance(entry, dict) else None
+        for out in outs if isinstance(outs, list) else ():
+            listed = out.get("path") if isinstance(out, dict) else None
+            if isinstance(listed, str) and (PurePosixPath(listed) == target or PurePosixPath(listed) in target.parents):
+                return str(stage), listed
+    return None
+
+
+def missing_output(root: Path, path: str, kind: str, make: str) -> tuple[str, str, str]:
+    """(what, problem, what to do) for a missing pipeline output `path` (relative to root), as dvc.lock
+    explains it: restore it from DVC's cache when a stage records it, else run the pipeline to `make` it."""
+    where = "" if Path.cwd().resolve() == root.resolve() else f" (in {show_path(root)})"
+    recorded = dvc_lock_output(root, path)
+    if recorded is None:
+        return show_path(root / path), f"{kind} not found", f"run `dvc repro`{where} to {make} it"
+    stage, output = recorded
+    return (show_path(root / path), f"missing, though dvc.lock records it (stage {stage})",
+            f"`dvc checkout {output}`{where} brings it back from the DVC cache "
+            "(or `dvc pull` from a remote, `dvc repro` rebuilds it)")
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -138,22 +178,41 @@ def load_model(
     """
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                   or not math.isfinite(threshold) or threshold <= 0):
-        raise ModelError(f"--threshold (threshold=) must be a finite distance above 0, got {threshold!r}")
+        raise ModelError(f"--threshold (threshold=): must be a finite distance above 0, got {threshold!r}; "
+                         "pass e.g. --threshold 0.9, or leave it out for the calibrated one")
     if isinstance(model, FaceModel):
         if threshold is None:
             return model
         return dataclasses.replace(model, threshold=float(threshold), threshold_source="given")
     spec = os.fspath(model)
     if spec in MODELS:
-        base = find_root(root)
-        return from_checkpoint(base / "models" / f"{spec}.pt", base / "reports" / "metrics" / f"{spec}.json",
-                               threshold, name=spec)
+        return _pipeline_model(spec, find_root(root), threshold)
     if is_mlflow_uri(spec):
         return _from_mlflow(spec, root, threshold)
     path = Path(spec)
     if not path.exists() and path.suffix != ".pt":
-        raise ModelError(f"{spec}: not a model name ({', '.join(MODELS)}), checkpoint file or MLflow model URI")
+        raise ModelError(f"{spec}: not a model name ({', '.join(MODELS)}), checkpoint file or MLflow model URI; "
+                         "pass one of those, e.g. --model triplet, --model my.pt or "
+                         "--model models:/facesim-triplet@champion")
+    if not path.is_file():
+        raise FileNotFoundError(f"{spec}: checkpoint not found; check the path, or name a model the pipeline "
+                                f"trained ({', '.join(MODELS)})")
     return from_checkpoint(path, path.with_suffix(".json"), threshold, name=spec)
+
+
+def _pipeline_model(name: str, base: Path, threshold: float | None) -> FaceModel:
+    """The model the pipeline trained: models/<name>.pt, threshold from reports/metrics/<name>.json; a
+    missing file is explained by what dvc.lock records of it."""
+    checkpoint, metrics = f"models/{name}.pt", f"reports/metrics/{name}.json"
+    if not (base / checkpoint).is_file():
+        what, problem, todo = missing_output(base, checkpoint, "checkpoint", "train")
+        raise FileNotFoundError(f"{what}: {problem}; {todo}")
+    model = from_checkpoint(base / checkpoint, base / metrics, threshold, name=name)
+    if model.threshold is None and not (base / metrics).is_file():
+        what, problem, todo = missing_output(base, metrics, "metrics file", "evaluate")
+        model.missing_threshold = (f"{what}: {problem}, so {name} has no distance threshold; {todo}, "
+                                   "or pass one with --threshold (threshold= in Python)")
+    return model
 
 
 def _from_mlflow(uri: str, root: str | os.PathLike | None, threshold: float | None) -> FaceModel:
@@ -170,9 +229,12 @@ def _from_mlflow(uri: str, root: str | os.PathLike | None, threshold: float | No
     try:
         loaded = mlflow.pyfunc.load_model(uri).unwrap_python_model()
     except Exception as exc:  # MLflow raises many types; all mean the model is not there
-        raise ModelError(f"{uri}: cannot load the MLflow model ({exc})") from None
+        raise ModelError(f"{uri}: cannot load the MLflow model ({exc}); check the registered name and its alias "
+                         "or version, and the store it is in (MLFLOW_TRACKING_URI, else the repository's "
+                         "mlflow.db)") from None
     if not isinstance(loaded, FaceVerifier):
-        raise ModelError(f"{uri}: not a facesim model (a {type(loaded).__name__})")
+        raise ModelError(f"{uri}: not a facesim model (a {type(loaded).__name__}); pass one the evaluate stage "
+                         "registered, e.g. models:/facesim-contrastive@champion")
     source = f"calibrated on people unseen in training, logged with {uri}"
     return load_model(dataclasses.replace(loaded.model, name=uri, threshold_source=source), threshold=threshold)
 
@@ -189,7 +251,7 @@ def list_files(folder: str | os.PathLike) -> list[Path]:
     """Every file under `folder` (recursively, hidden ones left out), in natural order."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: folder not found")
+        raise FileNotFoundError(f"{folder}: folder not found; check the path")
     files = [p for p in folder.rglob("*")
              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
     return sorted(files, key=lambda p: _natural_key(p.relative_to(folder)))
@@ -199,6 +261,8 @@ def load_face(image: ImageInput, detect: bool = True) -> Image.Image:
     """A picture as the models take faces: 8-bit grey and, where the face is a small part of the
     photo, cropped around it with ORL's loose framing (`detect=False`: the whole picture, for
     pictures already framed like ORL that the detector misses). Errors name the file."""
+    if not isinstance(image, Image.Image) and not Path(image).exists():
+        raise ImageError(f"{image}: image file not found; check the path")
     pixels = grey_pixels(image) if isinstance(image, Image.Image) else load_pixels(image)
     return Image.fromarray(framed_face(pixels, _label(image)) if detect else pixels)
 
@@ -275,9 +339,9 @@ def embed_files(
         try:
             key = file_digest(path) + ("" if detect else ":whole")  # the picture the model saw
         except FileNotFoundError:
-            raise ImageError(f"{path}: image file not found") from None
+            raise ImageError(f"{path}: image file not found; check the path") from None
         except OSError as exc:
-            raise ImageError(f"{path}: cannot read it ({exc})") from None
+            raise ImageError(f"{path}: cannot read it ({exc}); check that you may read it") from None
         vector = cache.get(key) if cache is not None else None
         if vector is None:
             try:
@@ -399,19 +463,28 @@ def search(
     from facesim.metrics import top_k_neighbours  # imported here: scipy and scikit-learn are slow to import
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        raise ValueError(f"k={k!r}: not an integer >= 1; pass e.g. -k 5 (k=5 in Python)")
     query_image = load_face(query, detect)
-    gallery_dir = Path(gallery) if gallery is not None else find_root(root) / DEFAULT_GALLERY
-    if not gallery_dir.is_dir():
-        raise FileNotFoundError(f"{gallery_dir}: gallery folder not found")
+    if gallery is not None:
+        gallery_dir = Path(gallery)
+        if not gallery_dir.is_dir():
+            raise FileNotFoundError(f"{gallery_dir}: gallery folder not found; pass a folder of faces, one "
+                                    "sub-folder per person, with --gallery (gallery= in Python)")
+    else:
+        base = find_root(root)
+        gallery_dir = base / DEFAULT_GALLERY
+        if not gallery_dir.is_dir():  # the fetch stage's faces are not in the workspace
+            what, problem, todo = missing_output(base, DEFAULT_GALLERY.as_posix(), "gallery folder", "fetch")
+            raise FileNotFoundError(f"{what}: {problem}; {todo}, or pass a folder of faces with --gallery")
     face_model = load_model(model, root=root, threshold=threshold)
     found = embed_files([gallery_dir], face_model, _cache_for(face_model, root, cache), detect)
     keep = [i for i, p in enumerate(found.paths) if p.resolve() != Path(query).resolve()]
     paths, vectors = [found.paths[i] for i in keep], found.vectors[keep]
     if not paths:
-        raise ValueError(f"{gallery_dir}: no images to search in")
+        raise ValueError(f"{gallery_dir}: no images to search in; pass a folder of face images with --gallery")
     if k > len(paths):
-        raise ValueError(f"k={k} but the gallery {show_path(gallery_dir)} holds only {len(paths)} faces")
+        raise ValueError(f"k={k}: more than the {len(paths)} faces of the gallery {show_path(gallery_dir)}; "
+                         f"pass -k {len(paths)} or less")
     persons = [p.parent.name for p in paths]
     order, distances = top_k_neighbours(face_model.embed([query_image]), vectors, k, exclude_self=False)
     cut = face_model.threshold
@@ -458,7 +531,7 @@ class Embeddings:
         """Write `.csv` (the table of `to_frame`) or `.npy` (the (N, D) matrix only, in `paths` order)."""
         out = Path(out)
         if out.suffix.lower() not in (".csv", ".npy"):
-            raise ValueError(f"{out}: the output must end in .csv or .npy")
+            raise ValueError(f"{out}: the output must end in .csv or .npy; e.g. --out embeddings.csv")
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix.lower() == ".npy":
             np.save(out, self.vectors)
@@ -479,14 +552,15 @@ def embed(
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
-        raise ValueError("no images given: pass image files or folders")
+        raise ValueError("no images given; pass image files or folders")
     for path in paths:
         if not Path(path).exists():
-            raise ImageError(f"{path}: image file or folder not found")
+            raise ImageError(f"{path}: image file or folder not found; check the path")
     face_model = load_model(model, root=root)
     found = embed_files(paths, face_model, _cache_for(face_model, root, cache), detect)
     if not found.paths:
-        raise ValueError(f"no images found in {', '.join(str(p) for p in paths)}")
+        raise ValueError(f"{', '.join(str(p) for p in paths)}: no images found; pass image files, or folders "
+                         "that hold some (any format Pillow opens)")
     return Embeddings(model=face_model.name, paths=[show_path(p) for p in found.paths],
                       persons=[p.parent.name for p in found.paths], vectors=found.vectors,
                       skipped=[show_path(p) for p in found.skipped])

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 
@@ -13,6 +14,10 @@ MODEL_HELP = ("'contrastive' or 'triplet' (models/<name>.pt, threshold from repo
               "a checkpoint PATH (.pt; threshold from a .json of the same name beside it, or --threshold) "
               "or an MLflow model URI, e.g. models:/facesim-contrastive@champion (default: %(default)s)")
 FACE = "data/raw/faces/testing/s5/1.pgm"
+DEBUG_ENV = "FACESIM_DEBUG"  # the stage scripts' switch too
+DEBUG_HELP = "on failure, also print the Python traceback (as FACESIM_DEBUG=1 does)"
+RERUN = "rerun with --debug (or FACESIM_DEBUG=1) for the traceback, and report it"
+UNEXPECTED_CHARS = 500  # of an unexpected error's message; --debug shows all of it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,14 +28,18 @@ def _parser() -> argparse.ArgumentParser:
         epilog=f"examples:\n  facesim verify {FACE} data/raw/faces/testing/s5/2.pgm\n"
                f"  facesim search {FACE} -k 5 --figure top5.png\n"
                "  facesim embed data/raw/faces/testing --out embeddings.csv\n\n"
-               "'facesim COMMAND --help' explains each argument.",
+               "'facesim COMMAND --help' explains each argument. A failure is one line on stderr saying what\n"
+               "to do; --debug (or FACESIM_DEBUG=1) adds the Python traceback.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, example: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+        # also after the command, where a user adds it to rerun; SUPPRESS keeps a `facesim --debug` before it
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         return sub
 
     def common(sub: argparse.ArgumentParser, default_model: str, threshold: bool = True) -> None:
@@ -123,7 +132,12 @@ def _run(args: argparse.Namespace) -> str:
         if args.figure:
             from facesim.render import RenderParams
 
-            api.search_figure(result, args.k).savefig(args.figure, dpi=RenderParams().dpi, metadata={"Software": None})
+            figure = api.search_figure(result, args.k)
+            try:
+                figure.savefig(args.figure, dpi=RenderParams().dpi, metadata={"Software": None})
+            except ValueError as exc:  # matplotlib's unknown format: its message does not name the file
+                raise ValueError(f"{args.figure}: cannot draw the figure ({exc}); end the name in .png, "
+                                 "e.g. --figure top5.png") from exc
         return json.dumps(result.to_dict(), indent=2) if args.json else _search_text(result)
     result = api.embed(args.paths, args.model, root=args.root, cache=not args.no_cache, detect=not args.no_detect)
     out = result.save(args.out)
@@ -133,24 +147,58 @@ def _run(args: argparse.Namespace) -> str:
     return f"{len(result.paths)} embeddings ({result.vectors.shape[1]} dimensions, {result.model}) written to {out}"
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _failure(exc: BaseException) -> str:
+    """What went wrong, as `<what>: <problem>; <what to do>` on one line.
+
+    Our own errors (OSError, ValueError: missing or unreadable files, unknown models, bad arguments) say all
+    of that; an OSError straight from the system (no room on the disk, no permission to write --out) is
+    put in that form; anything else is a bug or a failure below facesim, to be reported.
+    """
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror[:1].lower()}{exc.strerror[1:]}; check the path and its permissions"
+    if isinstance(exc, (OSError, ValueError)):
+        return _one_line(str(exc)) or type(exc).__name__
+    message = _one_line(str(exc))
+    if len(message) > UNEXPECTED_CHARS:
+        message = message[:UNEXPECTED_CHARS] + " ..."
+    return f"unexpected error: {type(exc).__name__}{': ' if message else ''}{message}; {RERUN}"
+
+
+def _debug_requested(args: argparse.Namespace) -> bool:
+    return getattr(args, "debug", False) or os.environ.get(DEBUG_ENV) == "1"  # "1", as the stage scripts read it
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from facesim.api import SkippedFilesWarning  # imported after parsing: `facesim --help` stays instant
+    debug = _debug_requested(args)
 
-    error = None
+    error: BaseException | None = None
+    skipped_files = None
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SkippedFilesWarning)
         try:
+            # imported after parsing: `facesim --help` stays instant
+            from facesim.api import SkippedFilesWarning as skipped_files
+
+            warnings.simplefilter("always", skipped_files)
             output = _run(args)
-        except (OSError, ValueError) as exc:  # missing or unreadable files, unknown models: the message says which
+        except (Exception, KeyboardInterrupt) as exc:  # every failure, Ctrl-C too, ends as one line (see _failure)
             error = exc
     for warning in caught:
-        if issubclass(warning.category, SkippedFilesWarning):
+        if skipped_files is not None and issubclass(warning.category, skipped_files):
             print(f"facesim {args.command}: warning: {warning.message}", file=sys.stderr)
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     if error is not None:
-        print(f"facesim {args.command}: error: {error}", file=sys.stderr)
+        if debug:
+            traceback.print_exception(error, file=sys.stderr)
+        if isinstance(error, KeyboardInterrupt):
+            print(f"facesim {args.command}: interrupted", file=sys.stderr)
+            return 128 + 2  # the status of a process ended by SIGINT
+        print(f"facesim {args.command}: {_failure(error)}", file=sys.stderr)
         return 1
     try:
         print(output, flush=True)

@@ -62,7 +62,7 @@ def decode_image(value: Any, where: str) -> Image.Image:
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, TypeError, ValueError):
-        raise ValueError(f"{where}: not base64-encoded image bytes") from None
+        raise ValueError(f"{where}: not base64-encoded image bytes; send each image file's bytes in base64") from None
     try:
         return Image.fromarray(framed_face(decode_pixels(data, where), where))
     except ImageError as exc:
