@@ -225,8 +225,6 @@ def run_ablations(args) -> dict:
 
     tables, all_paths, _ = load_data(args)
     params = load_section(TrainParams, args.params, "train")
-    if params.threads:
-        torch.set_num_threads(params.threads)
     seed_everything(params.seed)
     pre = params.preprocess()
     faces = FaceSet.load(args.faces, all_paths, pre)
@@ -388,18 +386,38 @@ def gemm_gflops(n: int = 2048) -> float:
     return 2 * n**3 / 1e9 * best_rate(lambda: a @ b, 1, 5)
 
 
-def child(name: str, args) -> dict:
-    """Run one system in a fresh process; its JSON result comes back through a file."""
+def child(name: str, args, native_kernels: bool = False) -> dict:
+    """Run one system in a fresh process; its JSON result comes back through a file.
+
+    Each child pins its arithmetic as the pipeline's stages do (facesim.runtime); with
+    `native_kernels` it lets torch, oneDNN and MKL pick the fastest kernels for this CPU instead.
+    """
+    env = {**os.environ, "FACESIM_NATIVE_KERNELS": "1" if native_kernels else "0"}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--child", name, "--out-json", str(out), "--faces", args.faces,
                "--samples", args.samples, "--params", args.params, "--baseline-epochs", str(args.baseline_epochs),
                "--seed", str(args.seed)]
         started = time.perf_counter()
-        subprocess.run(cmd, check=True, cwd=REPO)
+        subprocess.run(cmd, check=True, cwd=REPO, env=env)
         result = json.loads(out.read_text())
         result["process_seconds"] = time.perf_counter() - started
         return result
+
+
+def pinning_table(pinned: dict, native: dict) -> str:
+    """What the same numbers on every machine cost: the triplet model pinned vs the CPU's own kernels."""
+    return "\n".join([
+        "Pinned arithmetic (AVX2 kernels, MKL's COMPATIBLE branch, fixed threads; facesim.runtime) "
+        "against the fastest kernels for this CPU (FACESIM_NATIVE_KERNELS=1), triplet model, pinned / native:",
+        "",
+        "| train faces/s | embed faces/s (model) | embed faces/s (files) | test AUC pinned | test AUC native |",
+        "|---|---|---|---|---|",
+        f"| {pinned['train_faces_per_s'] / native['train_faces_per_s']:.2f}x | "
+        f"{pinned['embed_model_per_s'] / native['embed_model_per_s']:.2f}x | "
+        f"{pinned['embed_files_per_s'] / native['embed_files_per_s']:.2f}x | "
+        f"{pinned['test_auc']:.4f} | {native['test_auc']:.4f} |",
+    ])
 
 
 def fmt(value, spec: str = ".0f", missing: str = "-") -> str:
@@ -472,6 +490,10 @@ def main() -> None:
         args.baseline_epochs = 5 if args.quick else 100
 
     if args.child:
+        from facesim.params import load_section
+        from facesim.runtime import RuntimeParams, pin_arithmetic
+
+        pin_arithmetic(load_section(RuntimeParams, args.params, "runtime"))  # as every stage does
         if args.child == "baseline":
             result = run_baseline(args)
         elif args.child == "ablations":
@@ -489,7 +511,9 @@ def main() -> None:
     for name in SYSTEMS:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results.append(child(name, args))
-    report = table(results, info, gflops, args.baseline_epochs)
+    print("running triplet with native kernels ...", file=sys.stderr, flush=True)
+    native = child("triplet", args, native_kernels=True)
+    report = table(results, info, gflops, args.baseline_epochs) + "\n\n" + pinning_table(results[-1], native)
     ablations = None
     if args.ablations:
         print("running ablations ...", file=sys.stderr, flush=True)
@@ -502,7 +526,8 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(report + "\n")
         out.with_suffix(".json").write_text(json.dumps(
-            {"machine": info, "gemm_gflops": gflops, "results": results, "ablations": ablations}, indent=2) + "\n")
+            {"machine": info, "gemm_gflops": gflops, "results": results, "native_kernels": native,
+             "ablations": ablations}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

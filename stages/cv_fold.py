@@ -10,12 +10,14 @@ from facesim.fetch import content_digest
 from facesim.models import MODELS
 from facesim.sample import list_faces
 from facesim.tracking import group_key, stage_run
+from facesim.params import load_section
+from facesim.runtime import RuntimeParams, pin_arithmetic, run_stage
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml",
-                        help="params file; reads its 'cv' section and 'train' with 'cv.train' over it")
+                        help="params file; reads 'cv', 'train' with 'cv.train' over it, and 'runtime'")
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--fold", required=True, type=int, help="which group of people is held out (1-based)")
     parser.add_argument("--seed", required=True, type=int, help="the training seed (one of cv.seeds)")
@@ -23,6 +25,7 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="output: this fold's metrics (JSON)")
     parser.add_argument("--roc", required=True, help="output: ROC points of every unseen pair (CSV, a DVC plot)")
     args = parser.parse_args()
+    pin_arithmetic(load_section(RuntimeParams, args.params, "runtime"))  # before any tensor
 
     cv, train = load_cv_params(args.params)
     faces = list_faces(args.faces, "training") + list_faces(args.faces, "testing")
@@ -40,4 +43,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("cv_fold", main)

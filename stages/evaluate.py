@@ -8,24 +8,27 @@ from facesim.fetch import content_digest
 from facesim.params import load_section
 from facesim.tracking import stage_run
 from facesim.models import MODELS
+from facesim.runtime import RuntimeParams, pin_arithmetic, run_stage
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="params file; this stage reads 'evaluate'")
+    parser.add_argument("--params", default="params.yaml", help="params file; this stage reads 'evaluate' and 'runtime'")
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--checkpoint", required=True, help="the train stage's checkpoint (.pt)")
     parser.add_argument("--faces", required=True, help="raw faces directory (data/raw/faces)")
     parser.add_argument("--samples", required=True, help="directory of the sample stage's CSVs")
-    parser.add_argument("--metrics", required=True, help="output: metrics JSON (a DVC metric)")
+    parser.add_argument("--metrics", required=True, help="output: headline metrics JSON (a DVC metric)")
+    parser.add_argument("--details", required=True, help="output: every metric of every pair set (JSON)")
     parser.add_argument("--roc", required=True, help="output: ROC curve CSV of all held-out pairs (a DVC plot)")
     parser.add_argument("--predictions", required=True, help="output: per-pair distances and verdicts (CSV)")
     parser.add_argument("--embeddings", required=True, help="output: held-out face embeddings (CSV)")
     args = parser.parse_args()
+    pin_arithmetic(load_section(RuntimeParams, args.params, "runtime"))  # before any tensor
 
     params = load_section(EvaluateParams, args.params, "evaluate")
     pairs = {name: f"{args.samples}/{name}.csv" for name in ("pairs_val", "pairs_test")}
-    outputs = {k: getattr(args, k) for k in ("metrics", "roc", "predictions", "embeddings")}
+    outputs = {k: getattr(args, k) for k in ("metrics", "details", "roc", "predictions", "embeddings")}
     config = {"model": args.model, **dataclasses.asdict(params)}
     with stage_run("evaluate", config, tags={"data_digest": content_digest(args.faces)}) as run:
         metrics = evaluate_model(args.model, params, args.checkpoint, args.faces, pairs, outputs, run)
@@ -35,4 +38,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("evaluate", main)

@@ -6,6 +6,7 @@ import dataclasses
 from facesim.fetch import FetchParams, fetch_faces
 from facesim.params import load_section
 from facesim.tracking import stage_run
+from facesim.runtime import run_stage
 
 
 def main() -> None:
@@ -22,4 +23,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("fetch", main)

@@ -7,6 +7,7 @@ from pathlib import Path
 from facesim.params import load_section
 from facesim.render import ModelOutputs, RenderParams, render_figures
 from facesim.tracking import stage_run
+from facesim.runtime import run_stage
 
 
 def main() -> None:
@@ -14,7 +15,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml", help="params file; this stage reads 'render'")
     parser.add_argument("--faces", required=True, help="raw faces directory (data/raw/faces)")
     parser.add_argument("--models", nargs="+", required=True, help="model names, e.g. contrastive triplet")
-    parser.add_argument("--metrics-dir", required=True, help="reports/metrics: <model>.json")
+    parser.add_argument("--metrics-dir", required=True, help="reports/metrics: <model>_details.json")
     parser.add_argument("--plots-dir", required=True, help="reports/plots: <model>/{roc,history,robustness}.csv")
     parser.add_argument("--eval-dir", required=True, help="data/eval: <model>/{predictions,embeddings}.csv")
     parser.add_argument("--out", required=True, help="output directory of the figures (reports/figures)")
@@ -24,7 +25,7 @@ def main() -> None:
     models = [
         ModelOutputs(
             name=name,
-            metrics=Path(args.metrics_dir) / f"{name}.json",
+            metrics=Path(args.metrics_dir) / f"{name}_details.json",
             roc=Path(args.plots_dir) / name / "roc.csv",
             history=Path(args.plots_dir) / name / "history.csv",
             predictions=Path(args.eval_dir) / name / "predictions.csv",
@@ -39,4 +40,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("render", main)

@@ -5,11 +5,14 @@ import argparse
 from facesim.fetch import content_digest
 from facesim.models import MODELS
 from facesim.robustness import evaluate_robustness
+from facesim.params import load_section
 from facesim.tracking import stage_run
+from facesim.runtime import RuntimeParams, pin_arithmetic, run_stage
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file; this stage reads 'runtime'")
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--checkpoint", required=True, help="the train stage's checkpoint (.pt)")
     parser.add_argument("--threshold-from", required=True, dest="threshold_from",
@@ -18,13 +21,14 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="output: acceptance rates (JSON, a DVC metric)")
     parser.add_argument("--table", required=True, help="output: acceptance rates per change (CSV)")
     args = parser.parse_args()
+    pin_arithmetic(load_section(RuntimeParams, args.params, "runtime"))  # before any tensor
 
     outputs = {"metrics": args.metrics, "table": args.table}
     with stage_run("robustness", {"model": args.model}, tags={"data_digest": content_digest(args.faces)}) as run:
         metrics = evaluate_robustness(args.model, args.checkpoint, args.threshold_from, args.faces, outputs, run)
-    print(f"robustness@{args.model}: worst same-person acceptance {metrics['worst_same_person_acceptance']:.3f}, "
-          f"worst different-person acceptance {metrics['worst_different_person_acceptance']:.3f}")
+    print(f"robustness@{args.model}: worst same-person acceptance {metrics['worst_same']:.3f}, "
+          f"worst different-person acceptance {metrics['worst_diff']:.3f}")
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("robustness", main)

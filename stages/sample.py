@@ -7,6 +7,7 @@ from facesim.fetch import content_digest
 from facesim.params import load_section
 from facesim.sample import SPLITS, SampleParams, write_samples
 from facesim.tracking import stage_run
+from facesim.runtime import run_stage
 
 
 def main() -> None:
@@ -26,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("sample", main)

@@ -7,17 +7,19 @@ from facesim.params import load_section
 from facesim.models import MODELS
 from facesim.train import TrainParams, train_and_save
 from facesim.tracking import stage_run
+from facesim.runtime import RuntimeParams, pin_arithmetic, run_stage
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="params file; this stage reads its 'train' section")
+    parser.add_argument("--params", default="params.yaml", help="params file; this stage reads 'train' and 'runtime'")
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--faces", required=True, help="raw faces directory (data/raw/faces)")
     parser.add_argument("--samples", required=True, help="directory of the sample stage's CSVs")
     parser.add_argument("--checkpoint", required=True, help="output: model checkpoint (.pt)")
     parser.add_argument("--history", required=True, help="output: per-epoch losses (CSV, a DVC plot)")
     args = parser.parse_args()
+    pin_arithmetic(load_section(RuntimeParams, args.params, "runtime"))  # before any tensor
 
     params = load_section(TrainParams, args.params, "train")
     names = ["pairs_train", "pairs_val"] + (["triplets_train", "triplets_val"] if args.model == "triplet" else [])
@@ -29,4 +31,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("train", main)

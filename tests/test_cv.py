@@ -30,7 +30,7 @@ from facesim.train import TrainParams
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 
-TINY = TrainParams(seed=3, device="cpu", threads=1, input_height=16, input_width=16, channels=(4, 8),
+TINY = TrainParams(seed=3, device="cpu", input_height=16, input_width=16, channels=(4, 8),
                    embedding_dim=8, epochs=2, batch_size=16, augment=False)
 
 
@@ -217,27 +217,33 @@ def test_write_summary_reads_exactly_the_runs_asked_for(tmp_path: Path):
     # left behind by an earlier run with another seed: not part of this summary
     write_fold_files(tmp_path / "folds", rows + [fold_row("triplet", 1, 9, 0.9)])
     run = RecordingRun()
-    summary = write_summary(cv, tmp_path / "folds", tmp_path / "out" / "metrics.json", run)
-    assert summary["models"]["triplet"]["mean"]["eer"] == pytest.approx(0.2)
-    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == json.loads(json.dumps(summary))
+    details = write_summary(cv, "triplet", tmp_path / "folds", tmp_path / "out" / "triplet.json",
+                            tmp_path / "out" / "triplet_details.json", run)
+    assert details["mean"]["eer"] == pytest.approx(0.2) and details["runs"] == 2
+    assert json.loads((tmp_path / "out" / "triplet_details.json").read_text()) == json.loads(json.dumps(details))
+    # the DVC metric: the evaluate stage's headline keys, and the spread of the EER
+    headline = json.loads((tmp_path / "out" / "triplet.json").read_text())
+    assert set(headline) == {"accuracy", "auc", "eer", "p_at_1", "map", "eer_std"}
+    assert headline["eer"] == pytest.approx(0.2) and headline["eer_std"] == pytest.approx(0.1)
+    assert headline["auc"] == details["mean"]["roc_auc"] and headline["p_at_1"] == details["mean"]["precision_at_1"]
     logged, _ = run.metrics[0]  # nested: MLflow's wrapper flattens it to triplet.mean.eer
     assert logged["triplet.mean"]["eer"] == pytest.approx(0.2) and logged["triplet.runs"] == 2
-    assert run.artifacts == ["metrics.json"]
+    assert run.artifacts == ["triplet_details.json"]
 
 
 def test_write_summary_names_a_missing_run_and_writes_nothing(tmp_path: Path):
     cv = CVParams(subject_groups=2, folds=(1, 2), seeds=(1,), models=("triplet",))
     write_fold_files(tmp_path / "folds", [fold_row("triplet", 1, 1, 0.1)])
-    out = tmp_path / "metrics.json"
+    out, details = tmp_path / "triplet.json", tmp_path / "triplet_details.json"
     with pytest.raises(FileNotFoundError, match="triplet fold 2 seed 1.*dvc repro cv/dvc.yaml"):
-        write_summary(cv, tmp_path / "folds", out)
-    assert not out.exists()
+        write_summary(cv, "triplet", tmp_path / "folds", out, details)
+    assert not out.exists() and not details.exists()
     assert len(read_fold_results(CVParams(subject_groups=2, folds=(1,), seeds=(1,), models=("triplet",)),
-                                 tmp_path / "folds")) == 1
+                                 tmp_path / "folds", "triplet")) == 1
 
 
 def test_write_summary_refuses_a_foreign_json(tmp_path: Path):
     (tmp_path / "folds").mkdir()
     (tmp_path / "folds" / "notes.json").write_text('{"hello": 1}')
     with pytest.raises(ValueError, match="notes.json: not a fold metrics file"):
-        read_fold_results(CVParams(), tmp_path / "folds")
+        read_fold_results(CVParams(), tmp_path / "folds", "triplet")

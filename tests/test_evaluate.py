@@ -135,7 +135,7 @@ def test_evaluate_params_refuse_bad_retrieval_k(raw):
 
 # ---- evaluate_model end to end ----------------------------------------------------------
 
-TINY = TrainParams(seed=5, device="cpu", threads=1, input_height=16, input_width=16, channels=(4, 8),
+TINY = TrainParams(seed=5, device="cpu", input_height=16, input_width=16, channels=(4, 8),
                    embedding_dim=8, epochs=2, batch_size=32, augment=False)
 N_TEST_IMAGES = 30  # conftest: 3 testing subjects x 10 images
 METRIC_KEYS = ["threshold", "test.accuracy", "test.precision", "test.recall", "test.f1", "test.roc_auc",
@@ -158,7 +158,8 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> dict:
     train_and_save("contrastive", TINY, faces_dir, {k: pair_paths[k] for k in ("pairs_train", "pairs_val")},
                    checkpoint, root / "history.csv")
     paths = {name: root / "eval" / f"{name}.{ext}" for name, ext in
-             [("metrics", "json"), ("roc", "csv"), ("predictions", "csv"), ("embeddings", "csv")]}
+             [("metrics", "json"), ("details", "json"), ("roc", "csv"), ("predictions", "csv"),
+              ("embeddings", "csv")]}
     metrics = evaluate_model("contrastive", EvaluateParams(), checkpoint, faces_dir,
                              {k: pair_paths[k] for k in ("pairs_val", "pairs_test")}, paths)
     return {"root": root, "faces_dir": faces_dir, "pairs": pair_paths, "checkpoint": checkpoint,
@@ -171,9 +172,15 @@ def nested(metrics: dict, dotted: str):
     return metrics
 
 
-def test_evaluate_model_writes_metrics_json(stage):
-    written = json.loads(stage["outputs"]["metrics"].read_text())
-    assert written == stage["metrics"]
+def test_evaluate_model_writes_headline_metrics_and_details(stage):
+    headline = json.loads(stage["outputs"]["metrics"].read_text())
+    metrics, all_pairs = stage["metrics"], stage["metrics"]["all_pairs"]
+    # the DVC metric: the threshold and the held-out headline, under the keys the CV summary uses too
+    assert headline == {"threshold": metrics["threshold"], "accuracy": all_pairs["accuracy"],
+                        "auc": all_pairs["roc_auc"], "eer": all_pairs["eer"],
+                        "p_at_1": metrics["retrieval"]["precision_at_1"], "map": metrics["retrieval"]["map"]}
+    written = json.loads(stage["outputs"]["details"].read_text())
+    assert written == metrics
     assert written["model"] == "contrastive" and written["best_epoch"] in (1, 2)
     for key in METRIC_KEYS:
         value = nested(written, key)
@@ -244,7 +251,7 @@ def test_evaluate_model_writes_the_roc_curve(stage):
 
 
 def test_evaluate_model_names_a_missing_checkpoint(stage, tmp_path: Path):
-    outputs = {name: tmp_path / f"{name}.out" for name in ("metrics", "roc", "predictions", "embeddings")}
+    outputs = {name: tmp_path / f"{name}.out" for name in ("metrics", "details", "roc", "predictions", "embeddings")}
     missing = tmp_path / "models" / "never_trained.pt"
     with pytest.raises(FileNotFoundError, match="never_trained.pt") as info:
         evaluate_model("contrastive", EvaluateParams(), missing, stage["faces_dir"],
@@ -254,7 +261,7 @@ def test_evaluate_model_names_a_missing_checkpoint(stage, tmp_path: Path):
 
 
 def test_evaluate_model_names_a_missing_pairs_file(stage, tmp_path: Path):
-    outputs = {name: tmp_path / f"{name}.out" for name in ("metrics", "roc", "predictions", "embeddings")}
+    outputs = {name: tmp_path / f"{name}.out" for name in ("metrics", "details", "roc", "predictions", "embeddings")}
     pairs = {"pairs_val": stage["pairs"]["pairs_val"], "pairs_test": tmp_path / "no_test_pairs.csv"}
     with pytest.raises(FileNotFoundError, match="no_test_pairs.csv"):
         evaluate_model("contrastive", EvaluateParams(), stage["checkpoint"], stage["faces_dir"], pairs, outputs)

@@ -35,9 +35,8 @@ from facesim.models import embed_all, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 
-# threads=1: the CI machines have 2 cores and run other jobs; more threads only contend
 TINY = TrainParams(
-    seed=3, device="cpu", threads=1, input_height=16, input_width=16, channels=(4, 8), embedding_dim=8,
+    seed=3, device="cpu", input_height=16, input_width=16, channels=(4, 8), embedding_dim=8,
     epochs=3, batch_size=16, augment=False,
 )
 # 1 same + 1 different pair and 1 triplet per training image: 128 + 32 pairs, 64 + 16 triplets

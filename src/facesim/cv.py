@@ -26,6 +26,7 @@ import pandas as pd
 
 from facesim.atomic import staged_outputs
 from facesim.data import FaceSet
+from facesim.evaluate import headline
 from facesim.metrics import (
     all_unordered_pairs,
     best_accuracy,
@@ -219,10 +220,11 @@ def summarise_folds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return report
 
 
-def read_fold_results(cv: CVParams, folder: str | os.PathLike) -> list[dict[str, Any]]:
-    """The fold metrics JSON files under `folder` of exactly the runs `cv` asks for (files of runs no
-    longer asked for, left behind by DVC, are ignored); a missing one is an error naming it."""
-    wanted = {(m, f, s) for m in cv.models for f in cv.folds for s in cv.seeds}
+def read_fold_results(cv: CVParams, folder: str | os.PathLike, model: str) -> list[dict[str, Any]]:
+    """The fold metrics JSON files under `folder` of exactly the runs of `model` that `cv` asks for
+    (files of runs no longer asked for, left behind by DVC, are ignored); a missing one is an error
+    naming it."""
+    wanted = {(model, f, s) for f in cv.folds for s in cv.seeds}
     found: dict[tuple[str, int, int], dict[str, Any]] = {}
     for path in sorted(Path(folder).rglob("*.json")):
         try:
@@ -240,18 +242,23 @@ def read_fold_results(cv: CVParams, folder: str | os.PathLike) -> list[dict[str,
     return [found[key] for key in sorted(found)]
 
 
-def write_summary(cv: CVParams, folds_folder: str | os.PathLike, out: str | os.PathLike,
-                  run: Run = NULL_RUN) -> dict[str, Any]:
-    """The summary stage: headline figures of every model as a DVC metrics file, logged to MLflow."""
-    rows = read_fold_results(cv, folds_folder)
-    summary = {
+def write_summary(cv: CVParams, model: str, folds_folder: str | os.PathLike, metrics_out: str | os.PathLike,
+                  details_out: str | os.PathLike, run: Run = NULL_RUN) -> dict[str, Any]:
+    """The summary stage of one model: its headline (the evaluate stage's keys, means over every run,
+    and `eer_std`) as a DVC metrics file, every figure of `summarise_folds` as details beside it, both
+    logged to MLflow. Returns the details."""
+    figures = summarise_folds(read_fold_results(cv, folds_folder, model))[model]
+    details = {
         "protocol": f"{cv.subject_groups}-fold subject-disjoint cross-validation, folds {list(cv.folds)} x "
                     f"training seeds {list(cv.seeds)}; threshold calibrated on each fold's validation people",
-        "models": summarise_folds(rows),
+        "model": model,
+        **figures,
     }
-    with staged_outputs(out) as (path,):
-        path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        for model, figures in summary["models"].items():
-            run.log_metrics({f"{model}.{k}": v for k, v in figures.items()})
-        run.log_artifact(path, "metrics")
-    return summary
+    mean = figures["mean"]
+    metrics = {**headline(mean, mean), "eer_std": figures["std"]["eer"]}
+    with staged_outputs(metrics_out, details_out) as (metrics_path, details_path):
+        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        details_path.write_text(json.dumps(details, indent=2) + "\n", encoding="utf-8")
+        run.log_metrics({f"{model}.{k}": v for k, v in figures.items()})
+        run.log_artifact(details_path, "metrics")
+    return details

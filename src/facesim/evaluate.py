@@ -48,6 +48,14 @@ class EvaluateParams:
                 f"evaluate.retrieval_k must be a non-empty list of integers >= 1, got {list(self.retrieval_k)}")
 
 
+def headline(verification: dict[str, Any], retrieval: dict[str, Any]) -> dict[str, float]:
+    """The few numbers `dvc metrics show` puts side by side for every model and protocol, under the
+    same short keys: accuracy at the calibrated threshold, ROC AUC, EER, precision@1 and mAP. The rest
+    (confusion counts, FAR/FRR, each pair set) goes to a details file beside it."""
+    return {"accuracy": verification["accuracy"], "auc": verification["roc_auc"], "eer": verification["eer"],
+            "p_at_1": retrieval["precision_at_1"], "map": retrieval["map"]}
+
+
 def evaluate_embeddings(
     calibration_embeddings: np.ndarray,
     calibration_subjects: list[str],
@@ -90,7 +98,9 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """The evaluate stage: embed, score, write metrics, ROC, predictions and embeddings (all or none).
 
-    outputs: "metrics" (JSON), "roc" (CSV fpr,tpr,threshold), "predictions" (CSV), "embeddings" (CSV).
+    outputs: "metrics" (JSON, a DVC metric: the threshold and the `headline` of all held-out pairs),
+    "details" (JSON: everything, per pair set), "roc" (CSV fpr,tpr,threshold), "predictions" (CSV),
+    "embeddings" (CSV). Returns the details.
     """
     model, checkpoint = load_checkpoint(checkpoint_path)
     preprocess = Preprocess(**checkpoint["preprocess"])
@@ -127,10 +137,12 @@ def evaluate_model(
     embeddings.insert(0, "subject", test_faces.subjects)
     embeddings.insert(0, "path", test_faces.paths)
 
-    with staged_outputs(outputs["metrics"], outputs["roc"], outputs["predictions"], outputs["embeddings"]) as (
-        metrics_path, roc_path, predictions_path, embeddings_path
-    ):
-        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    summary = {"threshold": threshold, **headline(metrics["all_pairs"], metrics["retrieval"])}
+    with staged_outputs(outputs["metrics"], outputs["details"], outputs["roc"], outputs["predictions"],
+                        outputs["embeddings"]) as (metrics_path, details_path, roc_path, predictions_path,
+                                                   embeddings_path):
+        metrics_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        details_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": roc_thresholds}).to_csv(
             roc_path, index=False, lineterminator="\n", float_format="%.6g")
         # Enough digits that `predicted` agrees with `distance <= threshold` when read back.
@@ -138,7 +150,7 @@ def evaluate_model(
                                                float_format="%.9g")
         embeddings.to_csv(embeddings_path, index=False, lineterminator="\n", float_format="%.7g")
         run.log_metrics({k: v for k, v in metrics.items() if k != "model"})
-        run.log_artifact(metrics_path, "metrics")
+        run.log_artifact(details_path, "metrics")
         run.log_artifact(roc_path, "plots")
         # Into the registry only with its metrics published alongside (and as tags).
         run.register_model(model_name, checkpoint_path, metrics,

@@ -198,7 +198,8 @@ def fetch_faces(params: FetchParams, out_dir: str | os.PathLike, run: Run = NULL
         if digest != params.digest:
             raise FetchError(
                 f"{source}: content digest mismatch: expected {params.digest} (fetch.digest), "
-                f"got {digest}. The archive is not the pinned ORL faces; {out_dir} was left as it was."
+                f"got {digest}; the archive is not the pinned ORL faces: point fetch.url or FACESIM_DATA_URL at them "
+                f"(nothing was written to {out_dir})"
             )
         images = sorted(staged.rglob("*.pgm"))
         result = FetchResult(

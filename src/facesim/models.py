@@ -318,9 +318,9 @@ def read_threshold(metrics_path: str | os.PathLike) -> float:
     try:
         threshold = json.loads(path.read_text(encoding="utf-8"))["threshold"]
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: metrics file not found (run the evaluate stage first)") from None
+        raise FileNotFoundError(f"{path}: metrics file not found; run the evaluate stage (`dvc repro`) first") from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise ModelError(f"{path}: not an evaluate metrics file with a 'threshold' ({exc!r})") from None
+        raise ModelError(f"{path}: not an evaluate metrics file with a 'threshold' ({exc!r}); rerun the evaluate stage") from None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise ModelError(f"{path}: 'threshold' must be a finite number, got {threshold!r}")
     return float(threshold)
@@ -331,12 +331,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: checkpoint not found (run the train stage first)") from None
+        raise FileNotFoundError(f"{path}: checkpoint not found; run the train stage (`dvc repro`) first") from None
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable facesim checkpoint ({exc})") from None
+        raise ValueError(f"{path}: not a readable facesim checkpoint ({exc}); give a .pt file the train stage wrote") from None
     missing = {"model_state", "model_config", "preprocess", "epoch"} - set(checkpoint)
     if missing:
-        raise ValueError(f"{path}: not a facesim checkpoint (missing {', '.join(sorted(missing))})")
+        raise ValueError(f"{path}: not a facesim checkpoint (missing {', '.join(sorted(missing))}); give a .pt file the train stage wrote")
     model = build_embedding_net(ModelConfig.from_dict(checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model_state"])
     model.to(device).eval()

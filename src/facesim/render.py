@@ -42,7 +42,7 @@ class ModelOutputs:
     """What render reads for one model (the paths dvc.yaml gives it)."""
 
     name: str
-    metrics: Path
+    metrics: Path  # the evaluate stage's details: threshold, best_epoch, each pair set's metrics
     roc: Path
     predictions: Path
     embeddings: Path
@@ -70,6 +70,10 @@ def pca_2d(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     centred = np.asarray(embeddings, dtype=np.float64) - np.mean(embeddings, axis=0)
     _, singular, components = np.linalg.svd(centred, full_matrices=False)
+    # a component's sign is arbitrary: make its largest loading positive, so that the figure does not
+    # mirror between LAPACK builds or CPUs
+    largest = components[np.arange(len(components)), np.argmax(np.abs(components), axis=1)]
+    components = components * np.where(largest < 0, -1.0, 1.0)[:, None]
     variance = singular**2
     return centred @ components[:2].T, variance[:2] / variance.sum()
 

@@ -63,7 +63,6 @@ class TripletParams:
 class TrainParams:
     seed: int = 42  # model initialisation, batch order and augmentation
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default (one per core)
     backbone: Literal["compact", "resnet18"] = "compact"
     embedding_dim: int = 64
     channels: tuple[int, ...] = (16, 32, 64, 128)  # compact backbone: width of each conv block
@@ -98,7 +97,6 @@ class TrainParams:
                 f"train.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         require(self.patience >= 0, f"train.patience must be >= 0 (0 = no early stopping), got {self.patience}")
-        require(self.threads >= 0, f"train.threads must be >= 0, got {self.threads}")
         require(self.pixel_std > 0, f"train.pixel_std must be positive, got {self.pixel_std}")
         require(self.contrastive.margin > 0, f"train.contrastive.margin must be positive, got {self.contrastive.margin}")
         require(self.contrastive.epochs >= 0 and self.triplet.epochs >= 0,
@@ -162,19 +160,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
-
-
-def configure_cpu(threads: int) -> None:
-    """Thread count, and a small oneDNN primitive cache.
-
-    Every batch of distinct faces has its own size, and oneDNN keeps compiled
-    kernels for up to 1024 shapes: memory then grows by ~10 MB a step. Sixteen
-    keep the few fixed shapes of embedding. The cache size is read when oneDNN
-    first runs in a process, so this bounds it for stage and benchmark processes.
-    """
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
-    if threads:
-        torch.set_num_threads(threads)
 
 
 def embed_rows(
@@ -392,13 +377,13 @@ def fit_member(
     """Train one network of `model_name` with `params.seed`; `member` numbers it within an ensemble
     (its per-epoch MLflow metrics are then `member<k>.train_loss`, ...)."""
     seed_everything(params.seed)
-    configure_cpu(params.threads)
     device = resolve_device(params.device)
     objective = Objective(model_name, params, tables, faces)
     config = replace(params.model_config(model_name), members=1)
     model = build_embedding_net(config).to(device)
     prefix, label = (f"member{member}.", f"train@{model_name} member {member}") if member else ("", f"train@{model_name}")
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    # fused: one kernel whose square root is exact; the default (foreach) one differs by CPU model
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=True)
     max_epochs = params.max_epochs(model_name)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
                  if params.lr_schedule == "cosine" else None)
