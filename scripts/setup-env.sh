@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install facesim with its test extra into it (if pyproject.toml
-# changed since the last install). Sourced by scripts/repro.sh and scripts/test.sh; idempotent.
+# or scripts/constraints.txt changed since the last install). Sourced by scripts/repro.sh and scripts/test.sh; idempotent.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -11,11 +11,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.facesim-installed
-wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
+wanted=$(cat pyproject.toml scripts/constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "facesim: installing facesim and its dependencies into .venv (torch alone is large; first time takes minutes)"
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e '.[test]'
+    # the versions the committed results were computed with (see the file's header)
+    .venv/bin/python -m pip install --quiet -c scripts/constraints.txt -e '.[test]'
     echo "$wanted" > "$stamp"
 else
     echo "facesim: .venv is up to date with pyproject.toml"

@@ -119,3 +119,17 @@ def test_every_torch_stage_pins_before_its_work_and_every_stage_runs_through_run
         if script.stem in ("train", "evaluate", "robustness", "cv_fold"):
             pin = text.index("pin_arithmetic(")
             assert pin < text.index("with stage_run("), f"{script.name} pins after it starts working"
+
+
+def test_every_stage_that_pins_declares_the_runtime_params_it_reads():
+    """A change of runtime.threads must rerun exactly the stages whose numbers depend on it."""
+    import yaml
+
+    for dvcfile in ("dvc.yaml", "cv/dvc.yaml"):
+        for name, stage in yaml.safe_load((REPO / dvcfile).read_text())["stages"].items():
+            stage = stage.get("do", stage)
+            script = next(d for d in stage["deps"] if isinstance(d, str) and d.startswith("stages/"))
+            assert "src/facesim/runtime.py" in stage["deps"], f"{dvcfile}:{name} does not list runtime.py"
+            pins = "pin_arithmetic(" in (REPO / script).read_text()
+            declared = any(p in ("runtime", "runtime.threads") for p in stage.get("params", []) if isinstance(p, str))
+            assert pins == declared, f"{dvcfile}:{name}: pins {pins}, declares runtime params {declared}"
