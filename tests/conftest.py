@@ -48,6 +48,18 @@ def _groups(subjects_training: Sequence[int], subjects_testing: Sequence[int]):
     return (("training", tuple(subjects_training)), ("testing", tuple(subjects_testing)))
 
 
+def write_tiny_samples(faces_dir: Path, samples_dir: Path) -> dict[str, dict[str, Path]]:
+    """The sample stage's CSVs for `faces_dir`, one similar, one dissimilar pair and one triplet per
+    image, under `samples_dir`: {"pairs" | "triplets": {"train" | "val" | "test": path}}."""
+    from facesim.sample import SampleParams, write_samples
+
+    outputs = {kind: {split: samples_dir / f"{kind}_{split}.csv" for split in ("train", "val", "test")}
+               for kind in ("pairs", "triplets")}
+    write_samples(SampleParams(similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1), faces_dir,
+                  outputs)
+    return outputs
+
+
 def write_faces_dir(
     root: str | Path,
     subjects_training: Sequence[int] = DEFAULT_TRAINING,

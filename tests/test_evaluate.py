@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from conftest import write_faces_dir
+from conftest import write_faces_dir, write_tiny_samples
 from facesim.evaluate import PREDICTION_COLUMNS, EvaluateParams, evaluate_embeddings, evaluate_model
 from facesim.params import ParamsError, parse_section
-from facesim.sample import SampleParams, write_samples
 from facesim.train import TrainParams, train_and_save
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
@@ -148,11 +147,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Faces, samples and a 2-epoch contrastive checkpoint, evaluated once for the whole module."""
     root = tmp_path_factory.mktemp("evaluate")
     faces_dir = write_faces_dir(root / "faces")
-    samples = root / "samples"
-    outputs = {kind: {split: samples / f"{kind}_{split}.csv" for split in ("train", "val", "test")}
-               for kind in ("pairs", "triplets")}
-    write_samples(SampleParams(similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1), faces_dir,
-                  outputs)
+    outputs = write_tiny_samples(faces_dir, root / "samples")
     pair_paths = {f"pairs_{split}": outputs["pairs"][split] for split in ("train", "val", "test")}
     checkpoint = root / "models" / "contrastive.pt"
     train_and_save("contrastive", TINY, faces_dir, {k: pair_paths[k] for k in ("pairs_train", "pairs_val")},

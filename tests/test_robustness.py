@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import write_faces_dir
+from conftest import write_faces_dir, write_tiny_samples
 from facesim.robustness import (
     CHANGES,
     acceptance_rates,
@@ -28,7 +28,6 @@ from facesim.robustness import (
     tighter,
 )
 from facesim.train import TrainParams, train_and_save
-from facesim.sample import SampleParams, write_samples
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 
@@ -106,11 +105,7 @@ def test_case_names_are_flat_keys():
 
 def test_evaluate_robustness_end_to_end(tmp_path: Path):
     faces_dir = write_faces_dir(tmp_path / "faces")
-    samples = tmp_path / "samples"
-    outputs = {kind: {split: samples / f"{kind}_{split}.csv" for split in ("train", "val", "test")}
-               for kind in ("pairs", "triplets")}
-    write_samples(SampleParams(similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1), faces_dir,
-                  outputs)
+    outputs = write_tiny_samples(faces_dir, tmp_path / "samples")
     params = TrainParams(seed=5, device="cpu", input_height=16, input_width=16, channels=(4, 8),
                          embedding_dim=8, epochs=1, batch_size=32, augment=False, normalization="per_image",
                          trim_borders=True)

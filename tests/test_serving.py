@@ -25,10 +25,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import write_faces_dir
+from conftest import write_faces_dir, write_tiny_samples
 from facesim import api
 from facesim.evaluate import EvaluateParams, evaluate_model
-from facesim.sample import SampleParams, write_samples
 from facesim.serving import (
     CHAMPION,
     CHAMPION_METRICS,
@@ -56,9 +55,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory):
     uri = f"sqlite:///{root}/mlflow.db"
     patch.setenv("MLFLOW_TRACKING_URI", uri)
     faces = write_faces_dir(root / "faces")
-    samples = {kind: {split: root / "samples" / f"{kind}_{split}.csv" for split in ("train", "val", "test")}
-               for kind in ("pairs", "triplets")}
-    write_samples(SampleParams(similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1), faces, samples)
+    samples = write_tiny_samples(faces, root / "samples")
     checkpoint = write_tiny_model(root / "models" / "contrastive.pt", threshold=None)
     outputs = {name: root / "eval" / f"{name}.{ext}" for name, ext in
                [("metrics", "json"), ("details", "json"), ("roc", "csv"), ("predictions", "csv"), ("embeddings", "csv")]}
