@@ -4,7 +4,7 @@
     .venv/bin/python scripts/cross_cpu_check.py --cpus Haswell-v4  # QEMU CPU models (qemu-x86_64 -cpu help)
     FACESIM_NATIVE_KERNELS=1 .venv/bin/python scripts/cross_cpu_check.py   # unpinned: expect differences
 
-Each run pins the arithmetic as the stages do (facesim.runtime), trains one network of each model
+Each run pins the arithmetic as the stages do (facesim.pipeline.runtime), trains one network of each model
 for two epochs with augmentation on the pipeline's faces and sample CSVs (run `dvc repro` first),
 and prints a hash of the weights and of the embeddings of every face. The emulated runs need
 `qemu-x86_64` (Debian's qemu-user; 7.2 crashes in grid_sample's AVX2 kernel, 10.0 from
@@ -27,11 +27,13 @@ def fingerprint(model_name: str, epochs: int) -> str:
     """Weights and embeddings hashes after `epochs` of one network of `model_name`, pinned as a stage."""
     import pandas as pd
 
-    from facesim.data import FaceSet
-    from facesim.models import embed_all
-    from facesim.params import load_section
-    from facesim.runtime import RuntimeParams, pin_arithmetic
-    from facesim.train import TrainParams, fit_member, load_tables
+    from facesim.core.data import FaceSet
+    from facesim.core.models import embed_all
+    from facesim.core.params import load_section
+    from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic
+    from facesim.pipeline.fit import fit
+    from facesim.pipeline.sample import load_tables
+    from facesim.pipeline.train_params import TrainParams
 
     pin_arithmetic(load_section(RuntimeParams, "params.yaml", "runtime"))
     params = load_section(TrainParams, "params.yaml", "train")
@@ -42,7 +44,7 @@ def fingerprint(model_name: str, epochs: int) -> str:
     paths = pd.concat([tables[n][c] for n in tables for c in tables[n].columns
                        if c in ("image1", "image2", "anchor", "positive", "negative")])
     faces = FaceSet.load("data/raw/faces", paths, params.preprocess())
-    result = fit_member(model_name, params, tables, faces, log=lambda line: None)
+    result = fit(model_name, params, tables, faces, log=lambda line: None)
     weights = b"".join(t.detach().contiguous().numpy().tobytes() for t in result.checkpoint["model_state"].values())
     embeddings = embed_all(result.model, faces.tensor).numpy().tobytes()
     return f"weights {hashlib.sha256(weights).hexdigest()[:16]}  embeddings {hashlib.sha256(embeddings).hexdigest()[:16]}"

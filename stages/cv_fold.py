@@ -4,14 +4,14 @@ one, with one training seed, and score it on the people of the group it never sa
 import argparse
 import json
 
-from facesim.atomic import staged_outputs
-from facesim.cv import cv_config, load_cv_params, run_fold
-from facesim.fetch import content_digest
-from facesim.models import MODELS
-from facesim.sample import list_faces
-from facesim.tracking import group_key, stage_run
-from facesim.params import load_section
-from facesim.runtime import RuntimeParams, pin_arithmetic, run_stage
+from facesim.core.atomic import staged_outputs
+from facesim.pipeline.cv import cv_config, load_cv_params, run_fold
+from facesim.pipeline.fetch import content_digest
+from facesim.core.models import MODELS
+from facesim.pipeline.sample import list_faces
+from facesim.mlops.tracking import group_key, stage_run
+from facesim.core.params import load_section
+from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic, run_stage
 
 
 def main() -> None:

@@ -2,10 +2,10 @@
 
 import argparse
 
-from facesim.cv import cv_config, load_cv_params, write_summary
-from facesim.models import MODELS
-from facesim.runtime import run_stage
-from facesim.tracking import group_key, stage_run
+from facesim.pipeline.cv import cv_config, load_cv_params, write_summary
+from facesim.core.models import MODELS
+from facesim.pipeline.runtime import run_stage
+from facesim.mlops.tracking import group_key, stage_run
 
 
 def main() -> None:

@@ -3,12 +3,12 @@
 import argparse
 import dataclasses
 
-from facesim.evaluate import EvaluateParams, evaluate_model
-from facesim.fetch import content_digest
-from facesim.params import load_section
-from facesim.tracking import stage_run
-from facesim.models import MODELS
-from facesim.runtime import RuntimeParams, pin_arithmetic, run_stage
+from facesim.pipeline.evaluate import EvaluateParams, evaluate_model
+from facesim.pipeline.fetch import content_digest
+from facesim.core.params import load_section
+from facesim.mlops.tracking import stage_run
+from facesim.core.models import MODELS
+from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic, run_stage
 
 
 def main() -> None:
@@ -17,7 +17,8 @@ def main() -> None:
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--checkpoint", required=True, help="the train stage's checkpoint (.pt)")
     parser.add_argument("--faces", required=True, help="raw faces directory (data/raw/faces)")
-    parser.add_argument("--samples", required=True, help="directory of the sample stage's CSVs")
+    parser.add_argument("--val-pairs", required=True, help="validation pairs: their faces calibrate the threshold")
+    parser.add_argument("--test-pairs", required=True, help="the sampled pairs of the held-out faces")
     parser.add_argument("--metrics", required=True, help="output: headline metrics JSON (a DVC metric)")
     parser.add_argument("--details", required=True, help="output: every metric of every pair set (JSON)")
     parser.add_argument("--roc", required=True, help="output: ROC curve CSV of all held-out pairs (a DVC plot)")
@@ -27,7 +28,7 @@ def main() -> None:
     pin_arithmetic(load_section(RuntimeParams, args.params, "runtime"))  # before any tensor
 
     params = load_section(EvaluateParams, args.params, "evaluate")
-    pairs = {name: f"{args.samples}/{name}.csv" for name in ("pairs_val", "pairs_test")}
+    pairs = {"pairs_val": args.val_pairs, "pairs_test": args.test_pairs}
     outputs = {k: getattr(args, k) for k in ("metrics", "details", "roc", "predictions", "embeddings")}
     config = {"model": args.model, **dataclasses.asdict(params)}
     with stage_run("evaluate", config, tags={"data_digest": content_digest(args.faces)}) as run:

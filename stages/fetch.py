@@ -3,10 +3,10 @@
 import argparse
 import dataclasses
 
-from facesim.fetch import FetchParams, fetch_faces
-from facesim.params import load_section
-from facesim.tracking import stage_run
-from facesim.runtime import run_stage
+from facesim.pipeline.fetch import FetchParams, fetch_faces
+from facesim.core.params import load_section
+from facesim.mlops.tracking import stage_run
+from facesim.pipeline.runtime import run_stage
 
 
 def main() -> None:

@@ -4,10 +4,10 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from facesim.params import load_section
-from facesim.render import ModelOutputs, RenderParams, render_figures
-from facesim.tracking import stage_run
-from facesim.runtime import run_stage
+from facesim.core.params import load_section
+from facesim.pipeline.render import ModelOutputs, RenderParams, render_figures
+from facesim.mlops.tracking import stage_run
+from facesim.pipeline.runtime import run_stage
 
 
 def main() -> None:

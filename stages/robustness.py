@@ -2,12 +2,12 @@
 
 import argparse
 
-from facesim.fetch import content_digest
-from facesim.models import MODELS
-from facesim.robustness import evaluate_robustness
-from facesim.params import load_section
-from facesim.tracking import stage_run
-from facesim.runtime import RuntimeParams, pin_arithmetic, run_stage
+from facesim.pipeline.fetch import content_digest
+from facesim.core.models import MODELS
+from facesim.pipeline.robustness import evaluate_robustness
+from facesim.core.params import load_section
+from facesim.mlops.tracking import stage_run
+from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic, run_stage
 
 
 def main() -> None:

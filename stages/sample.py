@@ -3,11 +3,11 @@
 import argparse
 import dataclasses
 
-from facesim.fetch import content_digest
-from facesim.params import load_section
-from facesim.sample import SPLITS, SampleParams, write_samples
-from facesim.tracking import stage_run
-from facesim.runtime import run_stage
+from facesim.pipeline.fetch import content_digest
+from facesim.core.params import load_section
+from facesim.pipeline.sample import SPLITS, SampleParams, write_samples
+from facesim.mlops.tracking import stage_run
+from facesim.pipeline.runtime import run_stage
 
 
 def main() -> None:

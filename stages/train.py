@@ -2,12 +2,13 @@
 
 import argparse
 
-from facesim.fetch import content_digest
-from facesim.params import load_section
-from facesim.models import MODELS
-from facesim.train import TrainParams, train_and_save
-from facesim.tracking import stage_run
-from facesim.runtime import RuntimeParams, pin_arithmetic, run_stage
+from facesim.core.models import MODELS
+from facesim.core.params import load_section
+from facesim.mlops.tracking import stage_run
+from facesim.pipeline.fetch import content_digest
+from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic, run_stage
+from facesim.pipeline.train import train_and_save
+from facesim.pipeline.train_params import TrainParams
 
 
 def main() -> None:
@@ -15,17 +16,18 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml", help="params file; this stage reads 'train' and 'runtime'")
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--faces", required=True, help="raw faces directory (data/raw/faces)")
-    parser.add_argument("--samples", required=True, help="directory of the sample stage's CSVs")
+    parser.add_argument("--train", required=True, help="the model's training CSV (pairs or triplets)")
+    parser.add_argument("--val", required=True, help="the model's validation CSV (pairs or triplets)")
+    parser.add_argument("--val-pairs", required=True, help="validation pairs: ROC AUC after each epoch")
     parser.add_argument("--checkpoint", required=True, help="output: model checkpoint (.pt)")
     parser.add_argument("--history", required=True, help="output: per-epoch losses (CSV, a DVC plot)")
     args = parser.parse_args()
     pin_arithmetic(load_section(RuntimeParams, args.params, "runtime"))  # before any tensor
 
     params = load_section(TrainParams, args.params, "train")
-    names = ["pairs_train", "pairs_val"] + (["triplets_train", "triplets_val"] if args.model == "triplet" else [])
-    tables = {name: f"{args.samples}/{name}.csv" for name in names}
+    samples = {"train": args.train, "val": args.val, "val_pairs": args.val_pairs}
     with stage_run("train", params.resolved(args.model), tags={"data_digest": content_digest(args.faces)}) as run:
-        result = train_and_save(args.model, params, args.faces, tables, args.checkpoint, args.history, run)
+        result = train_and_save(args.model, params, args.faces, samples, args.checkpoint, args.history, run)
     print(f"train@{args.model}: best epoch {result.best_epoch} of {len(result.history)}, "
           f"val_loss {result.best_val_loss:.4f} -> {args.checkpoint}")
 

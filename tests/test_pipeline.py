@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from facesim.fetch import content_digest
+from facesim.pipeline.fetch import content_digest
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["fetch", "sample", "train@contrastive", "train@triplet", "evaluate@contrastive",

@@ -1,0 +1,205 @@
+"""Faces in memory: decode every image once, prepare it once, index batches by row.
+
+The ORL set is 400 images of 92x112 grey pixels (4 MB): decoding them once
+into one tensor and building every pair, triplet or P x K batch by indexing
+is far faster than opening files per item. `prepare_images` is the one
+function that turns any picture into model input, in training, evaluation
+and the command line alike: it stacks the 8-bit grey pixels of same-sized
+pictures and resizes each stack in one torch call (bilinear, antialiased like
+Pillow's resize, and like it rounded to whole grey levels), then normalises.
+Files are read by `facesim.core.images`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from facesim.core.images import ImageError, grey_pixels, load_pixels
+
+
+# The default model input, as params.yaml sets it: ORL's 92x112 faces at 32x40 (9 MFLOP a face).
+INPUT_HEIGHT, INPUT_WIDTH = 40, 32
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a picture becomes model input; saved in every checkpoint.
+
+    The defaults of the fields after `width` are those of checkpoints written
+    before the field existed, so that an older checkpoint is still prepared the
+    way it was trained (every checkpoint records its height and width).
+    """
+
+    height: int = INPUT_HEIGHT  # model input height in pixels (ORL originals are 112)
+    width: int = INPUT_WIDTH  # model input width (ORL originals are 92)
+    mean: float = 0.5  # "fixed" normalisation: subtracted after scaling grey levels to [0, 1]
+    std: float = 0.25  # "fixed" normalisation: divided by after subtracting the mean
+    # "fixed": (x - mean) / std for every face; "per_image": each face to zero mean and unit
+    # variance, so that a darker, brighter or flatter photo of a face gives the same input
+    normalization: str = "fixed"
+    trim_borders: bool = False  # cut away uniform rows and columns at the edges (a frame, a mat)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# A row or column at the edge counts as border when its grey levels span at most this many
+# levels. A frame or mat added around a picture is one level, or a few after JPEG compression
+# (at quality 30 all but the 4 pixels next to the picture stay within 2); a photo's own edge
+# rows span more, even blurred (ORL's span 14 or more, 6 or more after a radius-2 blur).
+BORDER_SPREAD = 4
+
+
+def trim_uniform_borders(pixels: np.ndarray, spread: int = BORDER_SPREAD, keep: float = 0.5) -> np.ndarray:
+    """`pixels` without the near-uniform rows and columns around them, each side trimmed until its
+    edge row (column) spans more than `spread` grey levels; at least `keep` of each side stays."""
+    height, width = pixels.shape
+    row_spread = pixels.max(axis=1).astype(np.int16) - pixels.min(axis=1)
+    col_spread = pixels.max(axis=0).astype(np.int16) - pixels.min(axis=0)
+
+    def edges(spreads: np.ndarray, limit: int) -> tuple[int, int]:
+        busy = np.flatnonzero(spreads > spread)
+        if busy.size == 0:
+            return 0, len(spreads)
+        return min(int(busy[0]), limit), max(int(busy[-1]) + 1, len(spreads) - limit)
+
+    top, bottom = edges(row_spread, int(height * (1 - keep) / 2))
+    left, right = edges(col_spread, int(width * (1 - keep) / 2))
+    return pixels[top:bottom, left:right]
+
+
+def prepare_images(images: Iterable[Image.Image], preprocess: Preprocess) -> torch.Tensor:
+    """Grey, resize (antialiased bilinear) and normalise: (N, 1, height, width) float32."""
+    return prepare_pixels([grey_pixels(image) for image in images], preprocess)
+
+
+def prepare_pixels(pixels: Sequence[np.ndarray], preprocess: Preprocess) -> torch.Tensor:
+    """`prepare_images` of (height, width) uint8 grey arrays (`facesim.core.images.load_pixels`), in their order."""
+    if preprocess.trim_borders:
+        pixels = [trim_uniform_borders(array) for array in pixels]
+    size = (preprocess.height, preprocess.width)
+    rows_by_shape: dict[tuple[int, ...], list[int]] = {}
+    for row, array in enumerate(pixels):
+        rows_by_shape.setdefault(array.shape, []).append(row)
+    batch = torch.empty(len(pixels), 1, *size)
+    for rows in rows_by_shape.values():
+        stack = torch.from_numpy(np.stack([pixels[row] for row in rows])).unsqueeze(1)
+        # on uint8 torch resizes in integer arithmetic like Pillow, and 2-3x faster than on floats
+        batch[rows] = F.interpolate(stack, size=size, mode="bilinear", antialias=True, align_corners=False).float()
+    if preprocess.normalization == "per_image":
+        flat = batch.view(len(batch), -1)
+        # a uniform picture has no contrast to scale: it stays all zeros rather than dividing by zero
+        std = flat.std(dim=1, unbiased=False, keepdim=True).clamp_min(1.0)
+        return flat.sub_(flat.mean(dim=1, keepdim=True)).div_(std).view_as(batch)
+    return batch.div_(255.0).sub_(preprocess.mean).div_(preprocess.std)
+
+
+@dataclass
+class FaceSet:
+    """Images by relative path, decoded and prepared once: `tensor[index[path]]`."""
+
+    paths: list[str]
+    subjects: list[str]
+    tensor: torch.Tensor  # (N, 1, H, W) prepared images, in `paths` order
+
+    @classmethod
+    def load(cls, root: str | os.PathLike, paths: Iterable[str], preprocess: Preprocess) -> "FaceSet":
+        unique = sorted(set(paths))
+        root = Path(root)
+        tensor = prepare_pixels([load_pixels(root / p) for p in unique], preprocess)
+        return cls(paths=unique, subjects=[Path(p).parent.name for p in unique], tensor=tensor)
+
+    def __post_init__(self) -> None:
+        self.index = {path: i for i, path in enumerate(self.paths)}
+
+    def rows(self, paths: Sequence[str]) -> torch.Tensor:
+        """Row numbers of `paths` in `tensor`, as a long tensor."""
+        try:
+            return torch.tensor([self.index[p] for p in paths], dtype=torch.long)
+        except KeyError as exc:
+            raise ImageError(f"{exc.args[0]}: not among the loaded faces") from None
+
+    def table_rows(self, table: pd.DataFrame, columns: Sequence[str]) -> torch.Tensor:
+        """Row numbers of the faces a sample table names in `columns`: (len(table), len(columns)), long."""
+        return torch.stack([self.rows(table[column]) for column in columns], dim=1)
+
+    def subset(self, paths: Sequence[str]) -> "FaceSet":
+        """The rows of `paths`, in that order, without decoding anything again."""
+        rows = self.rows(paths)
+        return FaceSet(paths=list(paths), subjects=[self.subjects[i] for i in rows.tolist()], tensor=self.tensor[rows])
+
+    def subject_ids(self) -> torch.Tensor:
+        """An integer id per row, equal for the same subject."""
+        names = {s: i for i, s in enumerate(sorted(set(self.subjects)))}
+        return torch.tensor([names[s] for s in self.subjects], dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Label-preserving changes applied to whole training batches at once (the params' train.augmentation)."""
+
+    max_shift: float = 0.06  # translation, as a fraction of the image size
+    max_rotation_deg: float = 8.0
+    max_scale: float = 0.08  # zoom in or out by up to this fraction
+    flip: bool = True  # mirror half of the faces left-right
+    max_brightness: float = 0.15  # added, in normalised units
+    max_contrast: float = 0.15  # multiplicative, fraction
+    max_blur: float = 0.0  # Gaussian blur of up to this sigma, in model-input pixels (0: none)
+
+    def validate(self) -> None:
+        for name in ("max_shift", "max_rotation_deg", "max_scale", "max_brightness", "max_contrast", "max_blur"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.augmentation.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_scale >= 1:
+            raise ValueError(f"train.augmentation.max_scale must be below 1, got {self.max_scale}")
+
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = batch.shape[0]
+
+        def uniform(limit: float) -> torch.Tensor:
+            return (torch.rand(n, generator=generator) * 2 - 1) * limit
+
+        angle = uniform(math.radians(self.max_rotation_deg))
+        scale = 1 + uniform(self.max_scale)
+        mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if self.flip else torch.ones(n)
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack(
+            [
+                torch.stack([cos * mirror, -sin, uniform(2 * self.max_shift)], dim=1),
+                torch.stack([sin * mirror, cos, uniform(2 * self.max_shift)], dim=1),
+            ],
+            dim=1,
+        ).to(batch)
+        grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+        out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        contrast = (1 + uniform(self.max_contrast)).to(batch).view(n, 1, 1, 1)
+        brightness = uniform(self.max_brightness).to(batch).view(n, 1, 1, 1)
+        out = out * contrast + brightness
+        if self.max_blur > 0:  # drawn only when asked for, so other settings keep their random stream
+            out = gaussian_blur(out, torch.rand(n, generator=generator) * self.max_blur)
+        return out
+
+
+def gaussian_blur(batch: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Each (1, H, W) image of `batch` blurred by a Gaussian of its own sigma (pixels; 0 leaves it)."""
+    n = batch.shape[0]
+    radius = max(1, math.ceil(3 * float(sigmas.max())))
+    offsets = torch.arange(-radius, radius + 1, dtype=batch.dtype)
+    spread = sigmas.to(batch.dtype).clamp_min(1e-3).view(n, 1)
+    weights = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * spread**2))
+    weights = (weights / weights.sum(dim=1, keepdim=True)).to(batch.device)
+    # the batch as channels of one image, each blurred by its own kernel: rows, then columns
+    x = F.pad(batch.reshape(1, n, *batch.shape[2:]), (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, weights.view(n, 1, -1, 1), groups=n)
+    x = F.conv2d(x, weights.view(n, 1, 1, -1), groups=n)
+    return x.reshape(batch.shape)

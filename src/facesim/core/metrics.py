@@ -1,0 +1,267 @@
+"""Verification and retrieval metrics on embedding distances.
+
+Conventions: a distance is lower for more similar faces; a pair label is 1 for the
+same person and 0 for different people; every metric comes back as a plain float/int.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _validate_pairs(
+    distances: np.ndarray, labels: np.ndarray, need_both_classes: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    distances = np.asarray(distances, dtype=np.float64)
+    labels = np.asarray(labels)
+    if distances.ndim != 1 or labels.ndim != 1:
+        raise ValueError(
+            f"distances and labels must be 1-D, got shapes {distances.shape} and {labels.shape}"
+        )
+    if len(distances) != len(labels):
+        raise ValueError(
+            f"distances and labels differ in length: {len(distances)} vs {len(labels)}"
+        )
+    if len(distances) == 0:
+        raise ValueError("distances and labels are empty: expected at least one pair")
+    if not np.all(np.isfinite(distances)):
+        raise ValueError("distances must all be finite")
+    if not np.all((labels == 0) | (labels == 1)):
+        raise ValueError(f"labels must be 0 or 1, got values {np.unique(labels)[:10].tolist()}")
+    labels = labels.astype(np.int64)
+    if need_both_classes and len(np.unique(labels)) < 2:
+        raise ValueError(
+            "labels hold a single class: ROC AUC and EER need both same (1) and different (0) pairs"
+        )
+    return distances, labels
+
+
+def _validate_embeddings(embeddings: np.ndarray, name: str = "embeddings") -> np.ndarray:
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+        raise ValueError(
+            f"{name} must be a non-empty 2-D (N, D) array, got shape {embeddings.shape}"
+        )
+    if not np.all(np.isfinite(embeddings)):
+        raise ValueError(f"{name} must all be finite")
+    return embeddings
+
+
+def roc_points(
+    distances: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) of "same person when distance <= threshold".
+
+    The first threshold is -inf: nothing is predicted same there.
+    """
+    distances, labels = _validate_pairs(distances, labels, need_both_classes=True)
+    # imported here: scikit-learn takes seconds to import, which the render stage need not wait for
+    from sklearn.metrics import roc_curve
+
+    # sklearn wants higher = more positive, so score with the negated distance
+    fpr, tpr, score_thresholds = roc_curve(labels, -distances, drop_intermediate=False)
+    return fpr, tpr, -score_thresholds
+
+
+def roc_auc(distances: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve; 1.0 when every same pair is closer than every different pair."""
+    distances, labels = _validate_pairs(distances, labels, need_both_classes=True)
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, -distances))
+
+
+def equal_error_rate(distances: np.ndarray, labels: np.ndarray) -> float:
+    """Rate at which false accepts equal false rejects, interpolated along the ROC curve."""
+    fpr, tpr, _ = roc_points(distances, labels)
+    fnr = 1.0 - tpr
+    # fpr - fnr rises from -1 to +1 along the curve; find where it crosses 0
+    gap = fpr - fnr
+    crossing = int(np.argmax(gap >= 0))
+    if gap[crossing] == 0 or crossing == 0:
+        return float(fpr[crossing])
+    before, after = crossing - 1, crossing
+    fraction = -gap[before] / (gap[after] - gap[before])
+    return float(fpr[before] + fraction * (fpr[after] - fpr[before]))
+
+
+def choose_threshold(distances: np.ndarray, labels: np.ndarray) -> float:
+    """Distance threshold with the best accuracy on these pairs (same when distance <= threshold).
+
+    Candidates are just below the smallest distance, the midpoints between consecutive
+    unique distances and the largest distance; ties go to the smallest threshold.
+    """
+    distances, labels = _validate_pairs(distances, labels)
+    unique, position = np.unique(distances, return_inverse=True)
+    positives_at = np.bincount(position, weights=labels, minlength=len(unique))
+    negatives_at = np.bincount(position, weights=1 - labels, minlength=len(unique))
+    # candidate k predicts "same" for the k smallest unique distances, k = 0..len(unique)
+    same_accepted = np.concatenate([[0.0], np.cumsum(positives_at)])
+    different_accepted = np.concatenate([[0.0], np.cumsum(negatives_at)])
+    correct = same_accepted + (negatives_at.sum() - different_accepted)
+    best = int(np.argmax(correct))  # first maximum = smallest threshold
+    if best == 0:
+        return float(np.nextafter(unique[0], -np.inf))
+    if best == len(unique):
+        return float(unique[-1])
+    return float((unique[best - 1] + unique[best]) / 2.0)
+
+
+def best_accuracy(distances: np.ndarray, labels: np.ndarray) -> float:
+    """The highest accuracy any threshold reaches on these pairs (what a calibrated one is measured against)."""
+    distances, labels = _validate_pairs(distances, labels)
+    return float(np.mean((distances <= choose_threshold(distances, labels)) == (labels == 1)))
+
+
+def calibration_threshold(embeddings: np.ndarray, people: np.ndarray) -> float:
+    """The deployed distance threshold: the best accuracy over every unordered pair of these faces.
+
+    Pass faces of people the model never saw in training (the validation people
+    of a subject split): a network pulls its own training people's faces closer
+    together than anyone else's, so a threshold chosen on them rejects new
+    people's genuine pairs. All pairs, not a balanced sample, so that the
+    threshold weighs same- and different-person pairs as a gallery of new people does.
+    """
+    _, _, same, distances = unordered_pair_distances(embeddings, people)
+    return choose_threshold(distances, same)
+
+
+def unordered_pair_distances(
+    embeddings: np.ndarray, people: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every unordered pair of faces (rows of `embeddings`, whose person is `people[i]`):
+    (first, second, same, distance), as `all_unordered_pairs` and `pair_distances` give them."""
+    first, second, same = all_unordered_pairs(np.asarray(people))
+    return first, second, same, pair_distances(embeddings, first, second)
+
+
+def pair_distances(embeddings: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Euclidean distance between rows first[i] and second[i] of `embeddings`."""
+    return np.linalg.norm(embeddings[first] - embeddings[second], axis=1)
+
+
+def verification_metrics(
+    distances: np.ndarray, labels: np.ndarray, threshold: float
+) -> dict[str, float | int]:
+    """Pair-verification metrics at a fixed distance threshold, "same person" as positive."""
+    distances, labels = _validate_pairs(distances, labels, need_both_classes=True)
+    predicted_same = distances <= threshold
+    actually_same = labels == 1
+    tp = int(np.sum(predicted_same & actually_same))
+    fp = int(np.sum(predicted_same & ~actually_same))
+    tn = int(np.sum(~predicted_same & ~actually_same))
+    fn = int(np.sum(~predicted_same & actually_same))
+    precision = tp / (tp + fp) if tp + fp > 0 else 0.0
+    recall = tp / (tp + fn) if tp + fn > 0 else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {
+        "accuracy": (tp + tn) / len(labels),
+        # false accept rate: different people called the same; false reject rate: the reverse
+        "far": fp / (fp + tn) if fp + tn > 0 else 0.0,
+        "frr": fn / (fn + tp) if fn + tp > 0 else 0.0,
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "roc_auc": roc_auc(distances, labels),
+        "eer": equal_error_rate(distances, labels),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "n_pairs": int(len(labels)),
+        "threshold": float(threshold),
+    }
+
+
+def pairwise_distance_matrix(embeddings: np.ndarray) -> np.ndarray:
+    """(N, N) Euclidean distances between the rows of embeddings."""
+    from scipy.spatial.distance import cdist  # imported here, as scikit-learn below: slow, and `facesim verify` needs neither
+
+    embeddings = _validate_embeddings(embeddings)
+    return cdist(embeddings, embeddings, metric="euclidean")
+
+
+def all_unordered_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i, j) with i < j and whether its two items share a label (1) or not (0)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) < 2:
+        raise ValueError(f"labels must be 1-D with at least 2 items, got shape {labels.shape}")
+    first, second = np.triu_indices(len(labels), k=1)
+    same = (labels[first] == labels[second]).astype(np.int64)
+    return first, second, same
+
+
+def top_k_neighbours(
+    query_embeddings: np.ndarray,
+    gallery_embeddings: np.ndarray,
+    k: int,
+    exclude_self: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and distances (each (Q, k)) of the k nearest gallery rows for every query.
+
+    exclude_self: query i is gallery item i, so it is not its own neighbour.
+    Equal distances keep gallery order, so results are deterministic.
+    """
+    queries = _validate_embeddings(query_embeddings, "query_embeddings")
+    gallery = _validate_embeddings(gallery_embeddings, "gallery_embeddings")
+    if queries.shape[1] != gallery.shape[1]:
+        raise ValueError(
+            f"query and gallery dimensions differ: {queries.shape[1]} vs {gallery.shape[1]}"
+        )
+    if exclude_self and len(queries) != len(gallery):
+        raise ValueError(
+            "exclude_self needs the queries to be the gallery itself, got "
+            f"{len(queries)} queries and {len(gallery)} gallery items"
+        )
+    available = len(gallery) - (1 if exclude_self else 0)
+    if not 1 <= k <= available:
+        raise ValueError(f"k must be between 1 and {available}, got {k}")
+    from scipy.spatial.distance import cdist
+
+    distances = cdist(queries, gallery, metric="euclidean")
+    if exclude_self:
+        np.fill_diagonal(distances, np.inf)
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(distances, order, axis=1)
+
+
+def retrieval_metrics(
+    embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5)
+) -> dict[str, float]:
+    """precision_at_{k} and mean average precision, each item a query against all others."""
+    embeddings = _validate_embeddings(embeddings)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(embeddings):
+        raise ValueError(
+            f"labels must have shape ({len(embeddings)},) to match the embeddings, "
+            f"got {labels.shape}"
+        )
+    others = len(labels) - 1
+    for k in ks:
+        if not 1 <= k <= others:
+            raise ValueError(f"every k in ks must be between 1 and {others}, got {k}")
+    ranking, _ = top_k_neighbours(embeddings, embeddings, others, exclude_self=True)
+    relevant = labels[ranking] == labels[:, None]
+    relevant_count = relevant.sum(axis=1)
+    if np.any(relevant_count == 0):
+        lonely = np.flatnonzero(relevant_count == 0)[:10].tolist()
+        raise ValueError(
+            f"queries {lonely} have no other item with their label, so average precision "
+            "is undefined: every label needs at least 2 items"
+        )
+    hits_so_far = np.cumsum(relevant, axis=1)
+    ranks = np.arange(1, others + 1)
+    average_precision = (relevant * hits_so_far / ranks).sum(axis=1) / relevant_count
+    results = {f"precision_at_{k}": float(relevant[:, :k].mean()) for k in ks}
+    results["map"] = float(average_precision.mean())
+    return results
+
+
+def headline(verification: dict[str, Any], retrieval: dict[str, Any]) -> dict[str, float]:
+    """The few numbers `dvc metrics show` puts side by side for every model and protocol, under the
+    same short keys: accuracy at the calibrated threshold, ROC AUC, EER, precision@1 and mAP. The rest
+    (confusion counts, FAR/FRR, each pair set) goes to a details file beside it."""
+    return {"accuracy": verification["accuracy"], "auc": verification["roc_auc"], "eer": verification["eer"],
+            "p_at_1": retrieval["precision_at_1"], "map": retrieval["map"]}

@@ -1,0 +1,347 @@
+"""Embedding networks for 1-channel face images, and their configuration."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from facesim.core.data import INPUT_HEIGHT, INPUT_WIDTH
+
+BACKBONES = ("compact", "resnet18")
+MODELS = ("contrastive", "triplet")  # the two Siamese models: what their loss makes them
+MIN_INPUT_SIDE = 16
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the embedding network; saved in checkpoints via to_dict()."""
+
+    backbone: str = "compact"  # "compact" (small CNN for CPUs) or "resnet18" (random init)
+    embedding_dim: int = 64  # length of the face embedding
+    input_height: int = INPUT_HEIGHT  # face height in pixels fed to the network (ORL originals are 112)
+    input_width: int = INPUT_WIDTH  # face width in pixels (ORL originals are 92)
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # compact CNN: conv width of each block
+    convs_per_block: int = 1  # compact CNN: 3x3 convs in each block (VGG uses 2)
+    normalize: bool = False  # L2-normalise embeddings, putting them on the unit sphere
+    # networks of this shape trained apart (each with its own seed); a face's embedding is
+    # theirs side by side (`EnsembleNet`), embedding_dim x members numbers
+    members: int = 1
+
+    def validate(self, section: str = "train") -> None:
+        """Raise ValueError naming the first bad field as `{section}.{field}`."""
+        if self.backbone not in BACKBONES:
+            raise ValueError(
+                f"{section}.backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}"
+            )
+        if not _is_positive_int(self.embedding_dim):
+            raise ValueError(
+                f"{section}.embedding_dim must be a positive integer, got {self.embedding_dim!r}"
+            )
+        if (
+            not isinstance(self.channels, tuple)
+            or len(self.channels) == 0
+            or not all(_is_positive_int(width) for width in self.channels)
+        ):
+            raise ValueError(
+                f"{section}.channels must be a non-empty tuple of positive integers, "
+                f"got {self.channels!r}"
+            )
+        if not _is_positive_int(self.convs_per_block):
+            raise ValueError(
+                f"{section}.convs_per_block must be a positive integer, got {self.convs_per_block!r}"
+            )
+        smallest = minimum_input_side(self)
+        for field in ("input_height", "input_width"):
+            value = getattr(self, field)
+            if not _is_positive_int(value) or value < smallest:
+                raise ValueError(
+                    f"{section}.{field} must be an integer >= {smallest} for this backbone, "
+                    f"got {value!r}"
+                )
+        if not isinstance(self.normalize, bool):
+            raise ValueError(f"{section}.normalize must be true or false, got {self.normalize!r}")
+        if not _is_positive_int(self.members):
+            raise ValueError(f"{section}.members must be a positive integer, got {self.members!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (lists, not tuples) for checkpoints, JSON and MLflow."""
+        as_dict = dataclasses.asdict(self)
+        as_dict["channels"] = list(self.channels)
+        return as_dict
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Inverse of to_dict; unknown keys are an error so typos do not pass silently."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown model config keys {unknown}; expected some of {sorted(known)}"
+            )
+        values = dict(values)
+        if "channels" in values and isinstance(values["channels"], list):
+            values["channels"] = tuple(values["channels"])
+        config = cls(**values)
+        config.validate()
+        return config
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def minimum_input_side(config: ModelConfig) -> int:
+    """Smallest height/width the backbone accepts."""
+    if config.backbone == "compact":
+        # every block but the last halves the image, which must not shrink below 1 pixel
+        return max(MIN_INPUT_SIDE, 2 ** (len(config.channels) - 1))
+    return MIN_INPUT_SIDE
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    # no conv bias: the BatchNorm that follows has its own shift
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class CompactCNN(nn.Module):
+    """Small VGG-style CNN: blocks of 3x3 convs, halving the image between blocks.
+
+    Sized for CPUs: at 56x46 input, one conv per block and widths 16-128 cost
+    about 17 MFLOP per face, fifteen times less than two convs of widths 32-256.
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int = 64,
+        channels: tuple[int, ...] = (16, 32, 64, 128),
+        in_channels: int = 1,
+        convs_per_block: int = 1,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for block, channel_width in enumerate(channels):
+            layers += _conv_bn_relu(previous, channel_width)
+            for _ in range(convs_per_block - 1):
+                layers += _conv_bn_relu(channel_width, channel_width)
+            if block == len(channels) - 1:
+                # global average pooling at the end makes the head independent of the input size
+                layers.append(nn.AdaptiveAvgPool2d(1))
+            else:
+                # max-pool, then ReLU: the same numbers as ReLU then max-pool (both keep the
+                # order of values), with the ReLU on a quarter of the activations
+                layers.insert(len(layers) - 1, nn.MaxPool2d(2))
+            previous = channel_width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(previous, embedding_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.flatten(self.features(x), start_dim=1))
+
+
+def grey_resnet18(embedding_dim: int) -> nn.Module:
+    """torchvision ResNet-18, randomly initialised, for 1-channel input."""
+    # Imported here: torchvision takes seconds to import, and the compact backbone
+    # (the default, and what `facesim verify` usually loads) does not need it.
+    from torchvision.models import resnet18
+
+    network = resnet18(weights=None)
+    network.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    # same initialisation torchvision gives its own conv layers
+    nn.init.kaiming_normal_(network.conv1.weight, mode="fan_out", nonlinearity="relu")
+    network.fc = nn.Linear(network.fc.in_features, embedding_dim)
+    return network
+
+
+class EmbeddingNet(nn.Module):
+    """Maps (N, 1, H, W) faces to (N, embedding_dim) embeddings."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        if config.backbone == "compact":
+            self.backbone = CompactCNN(config.embedding_dim, config.channels, convs_per_block=config.convs_per_block)
+        else:
+            self.backbone = grey_resnet18(config.embedding_dim)
+        # oneDNN's convolutions run 2-3x faster on CPUs with channels-last (NHWC) tensors;
+        # a plain attribute, so a benchmark can switch it off to measure what it gives.
+        self.channels_last = True
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(f"expected faces of shape (N, 1, H, W), got {tuple(x.shape)}")
+        smallest = minimum_input_side(self.config)
+        if x.shape[0] == 0 or x.shape[2] < smallest or x.shape[3] < smallest:
+            raise ValueError(
+                f"expected a non-empty batch of faces at least {smallest}x{smallest}, "
+                f"got {tuple(x.shape)}"
+            )
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        embeddings = self.backbone(x)
+        if self.config.normalize:
+            embeddings = F.normalize(embeddings, p=2, dim=1)
+        return embeddings
+
+
+class EnsembleNet(nn.Module):
+    """Several embedding networks of one shape, trained apart: their embeddings side by side.
+
+    Scaled by 1/sqrt(members), so that the squared distance between two faces
+    is the mean of the members' squared distances (and normalised members give
+    a unit-length whole). Averaging members trained from different seeds
+    cancels much of what each learned by chance from 30 people.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.members = nn.ModuleList(EmbeddingNet(dataclasses.replace(config, members=1))
+                                     for _ in range(config.members))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([member(x) for member in self.members], dim=1) / math.sqrt(len(self.members))
+
+
+def build_embedding_net(config: ModelConfig) -> EmbeddingNet | EnsembleNet:
+    """Validated config -> freshly initialised network (seed torch before calling)."""
+    return EmbeddingNet(config) if config.members == 1 else EnsembleNet(config)
+
+
+def count_flops(model: nn.Module, input_height: int, input_width: int) -> int:
+    """FLOPs (2 x multiply-adds) of the Conv2d and Linear layers for one 1-channel face.
+
+    Biases, normalisation, activations and pooling are not counted.
+    """
+    flops = 0
+
+    def count_conv(module: nn.Conv2d, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        nonlocal flops
+        kernel_height, kernel_width = module.kernel_size
+        inputs_per_output = module.in_channels // module.groups
+        multiply_adds_per_output = inputs_per_output * kernel_height * kernel_width
+        flops += 2 * output.numel() * multiply_adds_per_output
+
+    def count_linear(module: nn.Linear, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        nonlocal flops
+        flops += 2 * output.numel() * module.in_features
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_hook(count_conv))
+        elif isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(count_linear))
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    was_training = model.training
+    try:
+        # eval mode so that BatchNorm neither needs a batch > 1 nor updates its statistics
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 1, input_height, input_width, device=device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return int(flops)
+
+
+def _copy_module_tree(module: nn.Module) -> nn.Module:
+    """A copy of `module` and its submodules that shares their parameters, buffers and other attributes."""
+    clone = copy.copy(module)
+    clone._modules = {name: None if child is None else _copy_module_tree(child)
+                      for name, child in module._modules.items()}
+    return clone
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of `model` with each BatchNorm2d folded into the Conv2d just before it.
+
+    In eval mode a BatchNorm is a fixed per-channel scale and shift, which the
+    conv's weights and bias can absorb: same outputs, one pass over the
+    activations less per layer. Folds conv -> BatchNorm pairs that follow each
+    other in an nn.Sequential (every pair of the compact backbone, the
+    downsampling shortcuts of ResNet-18). `model` itself is left as it was; the
+    copy shares everything with it but the module tree and the folded convs.
+    """
+    folded = _copy_module_tree(model).eval()
+    with torch.no_grad():
+        for module in folded.modules():
+            if not isinstance(module, nn.Sequential):
+                continue
+            names = list(module._modules)
+            for conv_name, bn_name in zip(names, names[1:]):
+                conv, bn = module._modules[conv_name], module._modules[bn_name]
+                # without running statistics a BatchNorm normalises by each batch's own: nothing to fold
+                if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
+                    module._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
+                    module._modules[bn_name] = nn.Identity()
+    return folded
+
+
+def embed_all(model: EmbeddingNet, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Embeddings of every image, in eval mode, without autograd: (N, D) on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    # BatchNorm took a fifth of the compact model's time: folding it costs about 2 ms a call
+    # and gives 1.3-1.5x the faces/s
+    inference = fold_batchnorm(model)
+    if len(images) == 0:  # the network refuses an empty batch: (0, D), D from one blank face
+        return embed_all(model, torch.zeros(1, *images.shape[1:]), batch_size)[:0]
+    with torch.inference_mode():
+        return torch.cat([inference(images[i : i + batch_size].to(device)).cpu()
+                          for i in range(0, len(images), batch_size)])
+
+
+class ModelError(ValueError):
+    """A model cannot be found or loaded, or has no threshold where one is needed."""
+
+
+def read_threshold(metrics_path: str | os.PathLike) -> float:
+    """The `threshold` of an evaluate-stage metrics JSON (calibrated on the validation people)."""
+    path = Path(metrics_path)
+    try:
+        threshold = json.loads(path.read_text(encoding="utf-8"))["threshold"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: metrics file not found; run the evaluate stage (`dvc repro`) first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: not an evaluate metrics file with a 'threshold' ({exc!r}); rerun the evaluate stage") from None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ModelError(f"{path}: 'threshold' must be a finite number, got {threshold!r}")
+    return float(threshold)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[EmbeddingNet, dict[str, Any]]:
+    """The embedding network of a checkpoint written by `facesim.pipeline.train.train_and_save`, in eval mode."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: checkpoint not found; run the train stage (`dvc repro`) first") from None
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable facesim checkpoint ({exc}); give a .pt file the train stage wrote") from None
+    missing = {"model_state", "model_config", "preprocess", "epoch"} - set(checkpoint)
+    if missing:
+        raise ValueError(f"{path}: not a facesim checkpoint (missing {', '.join(sorted(missing))}); give a .pt file the train stage wrote")
+    model = build_embedding_net(ModelConfig.from_dict(checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model_state"])
+    model.to(device).eval()
+    return model, checkpoint

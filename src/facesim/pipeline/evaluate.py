@@ -1,0 +1,148 @@
+"""Stage `evaluate`: verification and retrieval on the held-out subjects.
+
+The distance threshold is calibrated on the faces of the validation pairs:
+the best accuracy over every unordered pair of them (`calibration_threshold`,
+the one mechanism the cross-validation folds use too). With
+`sample.split_by: subjects` those are people the model never saw in
+training, as the users' people will be. It is then applied, unchanged, to the
+test pairs: the sampled ones and all unordered pairs of the held-out faces.
+Retrieval takes every held-out face as a query against all the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from facesim.core.atomic import staged_outputs
+from facesim.core.data import FaceSet, Preprocess
+from facesim.core.metrics import (
+    calibration_threshold,
+    headline,
+    pair_distances,
+    retrieval_metrics,
+    roc_points,
+    unordered_pair_distances,
+    verification_metrics,
+)
+from facesim.core.params import require
+from facesim.pipeline.sample import list_faces, load_tables
+from facesim.mlops.registry import register_model
+from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.core.models import embed_all, load_checkpoint
+
+PREDICTION_COLUMNS = ["set", "image1", "image2", "subject1", "subject2", "label", "distance", "predicted"]
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    retrieval_k: tuple[int, ...] = (1, 5)  # precision@k reported for each k
+
+    def validate(self) -> None:
+        require(len(self.retrieval_k) > 0 and all(k >= 1 for k in self.retrieval_k),
+                f"evaluate.retrieval_k must be a non-empty list of integers >= 1, got {list(self.retrieval_k)}")
+
+
+def evaluate_embeddings(
+    calibration_embeddings: np.ndarray,
+    calibration_subjects: list[str],
+    test_embeddings: np.ndarray,
+    test_subjects: list[str],
+    test_pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    retrieval_k: tuple[int, ...] = (1, 5),
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Metrics from embeddings; test pairs are (row1, row2, label) arrays into the test embeddings.
+
+    Returns the metrics dict and, per pair set, the distances (for predictions and plots).
+    """
+    people = np.asarray(calibration_subjects)
+    threshold = calibration_threshold(calibration_embeddings, people)
+    _, _, cal_same, cal_d = unordered_pair_distances(calibration_embeddings, people)
+    test_d = pair_distances(test_embeddings, test_pairs[0], test_pairs[1])
+    subjects = np.asarray(test_subjects)
+    first, second, same, all_d = unordered_pair_distances(test_embeddings, subjects)
+    metrics = {
+        "threshold": threshold,
+        "validation": verification_metrics(cal_d, cal_same, threshold),
+        "test": verification_metrics(test_d, test_pairs[2], threshold),
+        "all_pairs": verification_metrics(all_d, same, threshold),
+        "retrieval": retrieval_metrics(test_embeddings, subjects, ks=retrieval_k),
+    }
+    return metrics, {"test": test_d, "all_pairs": all_d,
+                     "all_pairs_first": first, "all_pairs_second": second, "all_pairs_label": same}
+
+
+def evaluate_model(
+    model_name: str,
+    params: EvaluateParams,
+    checkpoint_path: str | os.PathLike,
+    faces_dir: str | os.PathLike,
+    pair_paths: dict[str, str | os.PathLike],
+    outputs: dict[str, str | os.PathLike],
+    run: Run = NULL_RUN,
+) -> dict[str, Any]:
+    """The evaluate stage: embed, score, write metrics, ROC, predictions and embeddings (all or none).
+
+    outputs: "metrics" (JSON, a DVC metric: the threshold and the `headline` of all held-out pairs),
+    "details" (JSON: everything, per pair set), "roc" (CSV fpr,tpr,threshold), "predictions" (CSV),
+    "embeddings" (CSV). Returns the details.
+    """
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    preprocess = Preprocess(**checkpoint["preprocess"])
+    tables = load_tables(pair_paths)
+    val, test = tables["pairs_val"], tables["pairs_test"]
+    test_paths = [f.path for f in list_faces(faces_dir, "testing")]
+
+    calibration_faces = FaceSet.load(faces_dir, pd.concat([val["image1"], val["image2"]]), preprocess)
+    test_faces = FaceSet.load(faces_dir, test_paths, preprocess)
+    test_rows = (*test_faces.table_rows(test, ("image1", "image2")).numpy().T, test["label"].to_numpy())
+    test_embeddings = embed_all(model, test_faces.tensor).numpy()
+    metrics, distances = evaluate_embeddings(
+        embed_all(model, calibration_faces.tensor).numpy(), calibration_faces.subjects,
+        test_embeddings, test_faces.subjects, test_rows,
+        retrieval_k=params.retrieval_k,
+    )
+    threshold = metrics["threshold"]
+    metrics = {"model": model_name, "best_epoch": checkpoint["epoch"], **metrics}
+
+    first, second = distances["all_pairs_first"], distances["all_pairs_second"]
+    predictions = pd.concat([
+        test.assign(set="test", distance=distances["test"]),
+        pd.DataFrame({
+            "set": "all_pairs",
+            "image1": np.asarray(test_faces.paths)[first], "image2": np.asarray(test_faces.paths)[second],
+            "subject1": np.asarray(test_faces.subjects)[first], "subject2": np.asarray(test_faces.subjects)[second],
+            "label": distances["all_pairs_label"], "distance": distances["all_pairs"],
+        }),
+    ], ignore_index=True)
+    predictions["predicted"] = (predictions["distance"] <= threshold).astype(int)
+    fpr, tpr, roc_thresholds = roc_points(distances["all_pairs"], distances["all_pairs_label"])
+    embeddings = pd.DataFrame(test_embeddings, columns=[f"e{i}" for i in range(test_embeddings.shape[1])])
+    embeddings.insert(0, "person", test_faces.subjects)
+    embeddings.insert(0, "path", test_faces.paths)
+
+    summary = {"threshold": threshold, **headline(metrics["all_pairs"], metrics["retrieval"])}
+    with staged_outputs(outputs["metrics"], outputs["details"], outputs["roc"], outputs["predictions"],
+                        outputs["embeddings"]) as (metrics_path, details_path, roc_path, predictions_path,
+                                                   embeddings_path):
+        metrics_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        details_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": roc_thresholds}).to_csv(
+            roc_path, index=False, lineterminator="\n", float_format="%.6g")
+        # Enough digits that `predicted` agrees with `distance <= threshold` when read back.
+        predictions[PREDICTION_COLUMNS].to_csv(predictions_path, index=False, lineterminator="\n",
+                                               float_format="%.9g")
+        embeddings.to_csv(embeddings_path, index=False, lineterminator="\n", float_format="%.7g")
+        run.log_metrics({k: v for k, v in metrics.items() if k != "model"})
+        run.log_artifact(details_path, "metrics")
+        run.log_artifact(roc_path, "plots")
+        # Into the registry only with its metrics published alongside (and as tags).
+        register_model(run, model_name, checkpoint_path, metrics,
+                       example_pair=(Path(faces_dir) / test_paths[0], Path(faces_dir) / test_paths[1]))
+    return metrics

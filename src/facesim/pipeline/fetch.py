@@ -1,0 +1,216 @@
+"""Stage `fetch`: download the ORL faces archive, verify it, publish data/raw/faces.
+
+The archive is GitHub's zip of the pinned commit of
+Ruturaj123/Face-Similarity-Siamese-Network; only its `data/faces/**.pgm`
+images are kept. Their content digest is pinned in params.yaml, so a mirror
+and the real URL give the same bytes in `data/raw/`, or the stage fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from facesim.core.atomic import staged_outputs
+from facesim.core.params import require
+from facesim.mlops.tracking import NULL_RUN, Run
+
+# The environment variable that replaces params' fetch.url (a mirror, an offline copy).
+DATA_URL_ENV = "FACESIM_DATA_URL"
+
+# Images kept from the archive: data/faces/{training,testing}/s<N>/<K>.pgm
+_IMAGE_PATH = re.compile(r"^(training|testing)/s\d+/\d+\.pgm$")
+_CHUNK = 1 << 20
+
+
+class FetchError(RuntimeError):
+    """The archive could not be obtained, or is not what params.yaml pins."""
+
+
+@dataclass(frozen=True)
+class FetchParams:
+    url: str  # the published archive; FACESIM_DATA_URL overrides it
+    digest: str  # "sha256:<hex>" over the extracted images (see content_digest)
+    max_bytes: int = 100_000_000  # refuse archives (and their unpacked images) beyond this size
+    timeout_s: float = 60.0  # per network attempt
+    retries: int = 3  # network attempts after the first one
+
+    def validate(self) -> None:
+        require(bool(self.url), "fetch.url must not be empty")
+        require(
+            bool(re.fullmatch(r"sha256:[0-9a-f]{64}", self.digest)),
+            f"fetch.digest must be 'sha256:' followed by 64 hex digits, got {self.digest!r}",
+        )
+        require(self.max_bytes > 0, f"fetch.max_bytes must be positive, got {self.max_bytes}")
+        require(self.timeout_s > 0, f"fetch.timeout_s must be positive, got {self.timeout_s}")
+        require(self.retries >= 0, f"fetch.retries must be >= 0, got {self.retries}")
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    source: str
+    digest: str
+    images: int
+    subjects: int
+    bytes: int
+    seconds: float
+
+
+def content_digest(root: str | os.PathLike) -> str:
+    """sha256 over every file below `root`: its relative POSIX path, its size, its bytes, in path order."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix().encode()
+        data = path.read_bytes()
+        # Length prefixes keep the encoding unambiguous (no path/content run-together).
+        digest.update(len(rel).to_bytes(8, "big") + rel)
+        digest.update(len(data).to_bytes(8, "big") + data)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def resolve_source(url: str) -> str:
+    """The source to read: $FACESIM_DATA_URL when set, else params' url."""
+    return os.environ.get(DATA_URL_ENV) or url
+
+
+def _local_path(source: str) -> Path | None:
+    parsed = urllib.parse.urlparse(source)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return Path(source)
+    return None
+
+
+def _copy_capped(stream, dest, max_bytes: int, source: str) -> int:
+    total = 0
+    while chunk := stream.read(_CHUNK):
+        total += len(chunk)
+        if total > max_bytes:
+            raise FetchError(f"{source}: archive is larger than fetch.max_bytes={max_bytes} bytes; refused")
+        dest.write(chunk)
+    return total
+
+
+def download(source: str, dest: Path, *, max_bytes: int, timeout_s: float, retries: int) -> int:
+    """Copy the archive at `source` (http(s)/file URL or local path) to `dest`; return its size."""
+    local = _local_path(source)
+    if local is not None:
+        if not local.is_file():
+            raise FetchError(f"{source}: no such archive file")
+        with local.open("rb") as src, dest.open("wb") as out:
+            return _copy_capped(src, out, max_bytes, source)
+
+    scheme = urllib.parse.urlparse(source).scheme
+    if scheme not in ("http", "https"):
+        raise FetchError(f"{source}: unsupported URL scheme '{scheme}' (use http(s)://, file:// or a path)")
+    last_error: Exception | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(2 ** (attempt - 1), 8))  # 1 s, 2 s, 4 s, 8 s ...
+        try:
+            request = urllib.request.Request(source, headers={"User-Agent": "facesim-fetch"})
+            with urllib.request.urlopen(request, timeout=timeout_s) as response, dest.open("wb") as out:
+                return _copy_capped(response, out, max_bytes, source)
+        except urllib.error.HTTPError as exc:
+            last_error = exc
+            if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                break  # a client error will not go away by retrying
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+            last_error = exc
+    raise FetchError(
+        f"could not download {source} after {attempt + 1} attempt(s): {last_error}. "
+        f"Without network access, point {DATA_URL_ENV} at a copy of the archive "
+        f"(a local path, file:// or http(s):// URL), e.g. "
+        f"{DATA_URL_ENV}=../shared/datasets/<archive>.zip dvc repro"
+    )
+
+
+def _faces_path(name: str) -> PurePosixPath | None:
+    """The path below data/faces/ of an archive member, or None for members we do not keep.
+
+    Raises FetchError for members that could escape the extraction directory.
+    """
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        raise FetchError(f"archive member {name!r} has an absolute path; refused")
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if ".." in parts:
+        raise FetchError(f"archive member {name!r} points outside the archive ('..'); refused")
+    # GitHub's archives put everything under one '<repo>-<commit>/' folder.
+    for start in range(min(2, len(parts))):
+        if parts[start : start + 2] == ("data", "faces"):
+            rel = PurePosixPath(*parts[start + 2 :]) if len(parts) > start + 2 else None
+            if rel is not None and _IMAGE_PATH.match(rel.as_posix()):
+                return rel
+            return None
+    return None
+
+
+def extract_faces(archive: Path, dest: Path, *, max_bytes: int, source: str) -> int:
+    """Extract the kept images of `archive` into `dest`; return their total size."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = [(info, _faces_path(info.filename)) for info in zf.infolist() if not info.is_dir()]
+            kept = [(info, rel) for info, rel in members if rel is not None]
+            if not kept:
+                raise FetchError(f"{source}: archive holds no data/faces/{{training,testing}}/sN/K.pgm images")
+            total = sum(info.file_size for info, _ in kept)
+            if total > max_bytes:
+                raise FetchError(f"{source}: images unpack to {total} bytes > fetch.max_bytes={max_bytes}; refused")
+            for info, rel in kept:
+                target = dest / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, target.open("wb") as out:
+                    shutil.copyfileobj(src, out, _CHUNK)  # zipfile checks each member's CRC here
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
+        raise FetchError(f"{source}: not a readable zip archive (corrupt or truncated?): {exc}") from None
+    return total
+
+
+def fetch_faces(params: FetchParams, out_dir: str | os.PathLike, run: Run = NULL_RUN) -> FetchResult:
+    """Download, verify and publish the faces to `out_dir` (e.g. data/raw/faces).
+
+    Everything happens in a temporary directory; `out_dir` is replaced only
+    when the digest matches and the metrics reached `run`, so a failure leaves
+    the previous copy as it was.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    source = resolve_source(params.url)
+    with staged_outputs(out_dir) as (staged,):
+        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=staged.parent) as tmp:
+            archive = Path(tmp) / "archive.zip"
+            download(source, archive, max_bytes=params.max_bytes, timeout_s=params.timeout_s, retries=params.retries)
+            size = extract_faces(archive, staged, max_bytes=params.max_bytes, source=source)
+        digest = content_digest(staged)
+        if digest != params.digest:
+            raise FetchError(
+                f"{source}: content digest mismatch: expected {params.digest} (fetch.digest), "
+                f"got {digest}; the archive is not the pinned ORL faces: point fetch.url or FACESIM_DATA_URL at them "
+                f"(nothing was written to {out_dir})"
+            )
+        images = sorted(staged.rglob("*.pgm"))
+        result = FetchResult(
+            source=source,
+            digest=digest,
+            images=len(images),
+            subjects=len({p.parent.name for p in images}),
+            bytes=size,
+            seconds=time.perf_counter() - started,
+        )
+        run.log_metrics({"images": result.images, "subjects": result.subjects, "bytes": result.bytes,
+                         "seconds": result.seconds})
+        run.set_tags({"data_digest": digest, "data_source": source})
+    return result

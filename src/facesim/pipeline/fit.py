@@ -1,0 +1,237 @@
+"""The training loop: one network of either model, or an ensemble of them, on faces in memory.
+
+A batch is a tensor of row numbers (`facesim.pipeline.objectives`); the images
+it needs are embedded once each, augmented as a whole batch. Validation runs
+after every epoch; the best epoch's weights are kept (or the last epoch's,
+`keep: last`) and training stops after `patience` epochs without a better
+validation loss (never, with patience 0).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from facesim.core.data import FaceSet
+from facesim.core.models import EmbeddingNet, EnsembleNet, build_embedding_net, embed_all
+from facesim.core.params import ParamsError
+from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.pipeline.objectives import OBJECTIVES, Batch, Objective
+from facesim.pipeline.train_params import TrainParams
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_roc_auc", "seconds"]
+
+Log = Callable[[str], None]
+# Called after every training step with the objective and the batch (benchmarks count with it).
+OnStep = Callable[[Objective, Batch], None]
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ParamsError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Same params, same machine, same numbers."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+@dataclass
+class TrainResult:
+    model: EmbeddingNet | EnsembleNet
+    checkpoint: dict[str, Any]
+    history: pd.DataFrame
+    best_epoch: int
+    best_val_loss: float
+    stopped_early: bool
+    # seconds of the training steps of each epoch (validation excluded): for benchmarks
+    train_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class EarlyStopping:
+    """Counts epochs without a better validation loss; `patience` 0 never stops."""
+
+    patience: int
+    best: float = math.inf
+    waited: int = 0
+
+    def update(self, val_loss: float) -> tuple[bool, bool]:
+        """(improved, stop) after an epoch with this validation loss."""
+        if val_loss < self.best:
+            self.best, self.waited = val_loss, 0
+            return True, False
+        self.waited += 1
+        return False, self.patience > 0 and self.waited >= self.patience
+
+
+def member_seed(seed: int, member: int) -> int:
+    """The training seed of ensemble member `member` (0-based): the first keeps `seed`, the others lie
+    far apart, so that the members of nearby seeds (cv.seeds 1, 2, 3) share none."""
+    return seed + 1_000_003 * member
+
+
+def fit(
+    model_name: str,
+    params: TrainParams,
+    tables: dict[str, pd.DataFrame],
+    faces: FaceSet,
+    run: Run = NULL_RUN,
+    log: Log = _to_stderr,
+    on_step: OnStep | None = None,
+    objectives: Mapping[str, type[Objective]] = OBJECTIVES,
+) -> TrainResult:
+    """Train `model_name` ('contrastive' or 'triplet') on faces already in memory: one network, or
+    `params.<model>.members` networks one after the other, each with its own seed, joined into one
+    `EnsembleNet` (a member's per-epoch MLflow metrics are then `member<k>.train_loss`, ...).
+    `objectives` maps a model name to its Objective class (benchmarks swap one in)."""
+    members = params.loss_params(model_name).members  # refuses an unknown model name
+    objective = objectives[model_name]
+    if members == 1:
+        return _fit_network(model_name, objective, params, tables, faces, run, log, on_step)
+    results = [_fit_network(model_name, objective, replace(params, seed=member_seed(params.seed, i)), tables, faces,
+                            run, log, on_step, member=i + 1)
+               for i in range(members)]
+    return join_members(model_name, params, results)
+
+
+def join_members(model_name: str, params: TrainParams, results: list[TrainResult]) -> TrainResult:
+    """One ensemble from its trained members: their weights in one network, their histories averaged
+    epoch by epoch, their training seconds added up epoch by epoch (an ensemble epoch is every member's
+    epoch; a member that stopped early adds nothing to the later ones)."""
+    ensemble = build_embedding_net(params.model_config(model_name))
+    for member, result in zip(ensemble.members, results):
+        member.load_state_dict(result.model.state_dict())
+    ensemble.to(next(results[0].model.parameters()).device).eval()
+    epochs = [r.best_epoch for r in results]
+    history = pd.concat([r.history for r in results]).groupby("epoch", as_index=False).mean()[HISTORY_COLUMNS]
+    checkpoint = {
+        **results[0].checkpoint,
+        "model_state": ensemble.state_dict(),
+        "optimizer_state": [r.checkpoint["optimizer_state"] for r in results],
+        "epoch": max(epochs),
+        "member_epochs": epochs,
+        "best_val_loss": float(np.mean([r.best_val_loss for r in results])),
+        "model_config": params.model_config(model_name).to_dict(),
+        "params": params.resolved(model_name),
+    }
+    longest = max(len(r.train_seconds) for r in results)
+    return TrainResult(
+        model=ensemble,
+        checkpoint=checkpoint,
+        history=history,
+        best_epoch=checkpoint["epoch"],
+        best_val_loss=checkpoint["best_val_loss"],
+        stopped_early=any(r.stopped_early for r in results),
+        train_seconds=[sum(r.train_seconds[e] for r in results if e < len(r.train_seconds)) for e in range(longest)],
+    )
+
+
+def _fit_network(
+    model_name: str,
+    objective_class: type[Objective],
+    params: TrainParams,
+    tables: dict[str, pd.DataFrame],
+    faces: FaceSet,
+    run: Run,
+    log: Log,
+    on_step: OnStep | None,
+    member: int | None = None,
+) -> TrainResult:
+    """Train one network of `model_name` with `params.seed`; `member` numbers it within an ensemble."""
+    seed_everything(params.seed)
+    device = resolve_device(params.device)
+    objective = objective_class(params, tables, faces)
+    config = replace(params.model_config(model_name), members=1)
+    model = build_embedding_net(config).to(device)
+    prefix, label = (f"member{member}.", f"train@{model_name} member {member}") if member else ("", f"train@{model_name}")
+    # fused: one kernel whose square root is exact; the default (foreach) one differs by CPU model
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=True)
+    max_epochs = params.max_epochs(model_name)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
+                 if params.lr_schedule == "cosine" else None)
+    augment = params.augmentation if params.augment else None
+    generator = torch.Generator().manual_seed(params.seed)
+    images = faces.tensor
+
+    history: list[dict[str, float]] = []
+    train_seconds: list[float] = []
+    stopping = EarlyStopping(params.patience)
+    kept: dict[str, Any] = {}  # the checkpointed epoch: the best one (keep: best) or the last (keep: last)
+    for epoch in range(1, max_epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        total, count = 0.0, 0
+        for batch in objective.batches(generator):
+            loss = objective.train_loss(model, images, batch, augment, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = objective.batch_size(batch)
+            total, count = total + loss.item() * n, count + n
+            if on_step is not None:
+                on_step(objective, batch)
+        train_seconds.append(time.perf_counter() - started)
+        if scheduler is not None:
+            scheduler.step()
+        if not math.isfinite(total):
+            raise FloatingPointError(f"train@{model_name} diverged in epoch {epoch} (loss is {total}); "
+                                     f"lower train.lr (now {params.lr})")
+        scores = objective.validate(embed_all(model, images))
+        row = {"epoch": epoch, "train_loss": total / count, **scores, "seconds": time.perf_counter() - started}
+        history.append(row)
+        run.log_metrics({f"{prefix}{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
+        improved, stop = stopping.update(scores["val_loss"])
+        log(f"{label} epoch {epoch:3d}/{max_epochs}  train_loss {row['train_loss']:.4f}  "
+            f"val_loss {scores['val_loss']:.4f}  val_auc {scores['val_roc_auc']:.4f}  "
+            f"{row['seconds']:.1f}s{'  *' if improved else ''}")
+        # Checkpoint only when validation improves (keep: best), or once, at the end (keep: last).
+        if (params.keep == "best" and improved) or (params.keep == "last" and (stop or epoch == max_epochs)):
+            kept = {"val_loss": scores["val_loss"], "epoch": epoch,
+                    "model_state": copy.deepcopy(model.state_dict()),
+                    "optimizer_state": copy.deepcopy(optimizer.state_dict())}
+        if stop:
+            log(f"{label}: no better validation loss for {params.patience} epochs; stopping")
+            break
+
+    model.load_state_dict(kept["model_state"])
+    model.eval()
+    checkpoint = {
+        "model_name": model_name,
+        "model_state": kept["model_state"],
+        "optimizer_state": kept["optimizer_state"],
+        "epoch": kept["epoch"],
+        "best_val_loss": kept["val_loss"],
+        "model_config": config.to_dict(),
+        "preprocess": params.preprocess().to_dict(),
+        "params": params.resolved(model_name),
+    }
+    return TrainResult(
+        model=model,
+        checkpoint=checkpoint,
+        history=pd.DataFrame(history, columns=HISTORY_COLUMNS),
+        best_epoch=kept["epoch"],
+        best_val_loss=kept["val_loss"],
+        stopped_early=len(history) < max_epochs,
+        train_seconds=train_seconds,
+    )

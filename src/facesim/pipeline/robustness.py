@@ -1,0 +1,199 @@
+"""Stage `robustness`: do verdicts hold when a photo is taken a little differently?
+
+Each held-out face is changed the way ordinary photos differ (exposure,
+contrast, framing, rotation, mirroring, scale, blur, JPEG compression) and
+compared, at the deployed threshold, with the *unchanged* other photos of the
+same person and with every photo of the other people. A model that holds
+keeps accepting the first and rejecting the second. The changes work on the
+8-bit grey pixels, before the model's own preparation, as a camera would.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFilter
+
+from facesim.core.atomic import staged_outputs
+from facesim.core.data import Preprocess, prepare_pixels
+from facesim.core.images import decode_pixels, load_pixels
+from facesim.core.models import embed_all, load_checkpoint, read_threshold
+from facesim.pipeline.sample import list_faces
+from facesim.mlops.tracking import NULL_RUN, Run
+
+Change = Callable[[np.ndarray], np.ndarray]
+
+
+def exposure(factor: float) -> Change:
+    """Every grey level times `factor` (a darker or brighter shot), clipped to 0..255."""
+    return lambda pixels: np.clip(np.rint(pixels * factor), 0, 255).astype(np.uint8)
+
+
+def contrast(factor: float) -> Change:
+    """Grey levels stretched (factor > 1) or flattened (< 1) about the picture's mean."""
+    def change(pixels: np.ndarray) -> np.ndarray:
+        mean = pixels.mean()
+        return np.clip(np.rint(mean + (pixels - mean) * factor), 0, 255).astype(np.uint8)
+    return change
+
+
+def looser(fraction: float, fill: int = 0) -> Change:
+    """A looser crop: the picture inside a uniform frame `fraction` of its size wide on every side
+    (ORL has no pixels beyond its crop; a dark mat stands for the background a looser shot shows)."""
+    def change(pixels: np.ndarray) -> np.ndarray:
+        height, width = pixels.shape
+        dy, dx = round(height * fraction), round(width * fraction)
+        return np.pad(pixels, ((dy, dy), (dx, dx)), constant_values=fill)
+    return change
+
+
+def tighter(fraction: float) -> Change:
+    """A tighter crop: `fraction` of the height and width cut away on every side."""
+    def change(pixels: np.ndarray) -> np.ndarray:
+        height, width = pixels.shape
+        dy, dx = round(height * fraction), round(width * fraction)
+        return pixels[dy : height - dy, dx : width - dx]
+    return change
+
+
+def shifted(fraction: float) -> Change:
+    """The face off centre: a crop `fraction` narrower and shorter, against one corner
+    (positive: the top-left corner; negative: the bottom-right one)."""
+    def change(pixels: np.ndarray) -> np.ndarray:
+        height, width = pixels.shape
+        dy, dx = round(height * abs(fraction)), round(width * abs(fraction))
+        return pixels[: height - dy, : width - dx] if fraction > 0 else pixels[dy:, dx:]
+    return change
+
+
+def rotation(degrees: float) -> Change:
+    """Turned by `degrees` (counter-clockwise) about the centre; the corners take the picture's edge grey."""
+    def change(pixels: np.ndarray) -> np.ndarray:
+        edge = int(np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])))
+        return np.asarray(Image.fromarray(pixels).rotate(degrees, resample=Image.Resampling.BILINEAR,
+                                                         fillcolor=edge))
+    return change
+
+
+def mirror() -> Change:
+    return lambda pixels: np.ascontiguousarray(pixels[:, ::-1])
+
+
+def scale(factor: float) -> Change:
+    """The whole photo taken at `factor` times the resolution (antialiased)."""
+    def change(pixels: np.ndarray) -> np.ndarray:
+        height, width = pixels.shape
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC))
+    return change
+
+
+def blur(radius: float) -> Change:
+    return lambda pixels: np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(radius)))
+
+
+def jpeg(quality: int) -> Change:
+    """Saved as a JPEG of this quality and read back as any photo is."""
+    def change(pixels: np.ndarray) -> np.ndarray:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+        return decode_pixels(buffer.getvalue(), f"JPEG quality {quality}")
+    return change
+
+
+# family -> strength -> change (framing in percent of the picture). "none" is the reference: the
+# unchanged faces. Strengths become MLflow metric names: letters, digits, spaces, - and . only.
+CHANGES: dict[str, dict[str, Change]] = {
+    "none": {"-": lambda pixels: pixels},
+    "exposure": {"x0.6": exposure(0.6), "x0.8": exposure(0.8), "x1.2": exposure(1.2), "x1.4": exposure(1.4)},
+    "contrast": {"x0.6": contrast(0.6), "x1.4": contrast(1.4)},
+    "framing": {"looser 10": looser(0.10), "looser 20": looser(0.20), "tighter 10": tighter(0.10),
+                "shifted 10": shifted(0.10), "shifted -10": shifted(-0.10)},
+    "rotation": {"-15 deg": rotation(-15), "-5 deg": rotation(-5), "5 deg": rotation(5), "15 deg": rotation(15)},
+    "mirror": {"left-right": mirror()},
+    "scale": {"x0.5": scale(0.5), "x2": scale(2.0)},
+    "blur": {"radius 1": blur(1.0), "radius 2": blur(2.0)},
+    "jpeg": {"quality 50": jpeg(50), "quality 30": jpeg(30)},
+}
+
+
+def case_name(family: str, strength: str) -> str:
+    """A flat key for a metrics file: 'exposure_x0.6', 'framing_looser_10'."""
+    return family if strength == "-" else f"{family}_{strength.replace(' ', '_')}"
+
+
+def acceptance_rates(changed: np.ndarray, originals: np.ndarray, people: np.ndarray,
+                     threshold: float) -> tuple[float, float]:
+    """Share of (changed face i, original face j) pairs called the same person (distance <= threshold):
+    over the same person's other photos (j != i), and over every other person's photos."""
+    distances = np.linalg.norm(changed[:, None, :] - originals[None, :, :], axis=2)
+    same = people[:, None] == people[None, :]
+    other_photo = ~np.eye(len(people), dtype=bool)
+    accepted = distances <= threshold
+    return float(accepted[same & other_photo].mean()), float(accepted[~same].mean())
+
+
+def measure(embed: Callable[[list[np.ndarray]], np.ndarray], pixels: list[np.ndarray], people: list[str],
+            threshold: float) -> list[dict[str, Any]]:
+    """Same- and different-person acceptance of every change in CHANGES, one row per (family, strength)."""
+    people_array = np.asarray(people)
+    originals = embed(pixels)
+    rows = []
+    for family, strengths in CHANGES.items():
+        for strength, change in strengths.items():
+            same, different = acceptance_rates(embed([change(p) for p in pixels]), originals, people_array,
+                                               threshold)
+            rows.append({"case": case_name(family, strength), "family": family, "strength": strength,
+                         "same_person_acceptance": same,
+                         "different_person_acceptance": different})
+    return rows
+
+
+def robustness_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The metrics file, two numbers short enough for `dvc metrics show`: the worst same-person
+    acceptance over every change (`worst_same`) and the worst different-person acceptance
+    (`worst_diff`). Each change's rates are in the table (a DVC plot)."""
+    return {
+        "worst_same": min(r["same_person_acceptance"] for r in rows),
+        "worst_diff": max(r["different_person_acceptance"] for r in rows),
+    }
+
+
+def evaluate_robustness(
+    model_name: str,
+    checkpoint_path: str | os.PathLike,
+    metrics_path: str | os.PathLike,
+    faces_dir: str | os.PathLike,
+    outputs: dict[str, str | os.PathLike],
+    run: Run = NULL_RUN,
+) -> dict[str, Any]:
+    """The robustness stage: the held-out faces under every change, at the evaluate stage's threshold.
+
+    outputs: "metrics" (JSON, a DVC metric), "table" (CSV: family, strength, both acceptance rates).
+    """
+    threshold = read_threshold(metrics_path)
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    preprocess = Preprocess(**checkpoint["preprocess"])
+    faces = list_faces(faces_dir, "testing")
+    pixels = [load_pixels(Path(faces_dir) / f.path) for f in faces]
+
+    def embed(batch: list[np.ndarray]) -> np.ndarray:
+        return embed_all(model, prepare_pixels(batch, preprocess)).numpy()
+
+    rows = measure(embed, pixels, [f.subject for f in faces], threshold)
+    metrics = robustness_metrics(rows)
+    with staged_outputs(outputs["metrics"], outputs["table"]) as (metrics_file, table_file):
+        metrics_file.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        pd.DataFrame(rows).to_csv(table_file, index=False, lineterminator="\n", float_format="%.6g")
+        run.log_metrics({"threshold": threshold, **metrics,
+                         **{f"same.{r['case']}": r["same_person_acceptance"] for r in rows}})
+        run.log_artifact(table_file, "robustness")
+    return metrics
+

@@ -1,0 +1,305 @@
+"""Stage `sample`: pairs and triplets of face images, seeded, split train/val/test.
+
+Images are named by their path relative to `data/raw/faces`
+(`training/s12/3.pgm`), so the CSVs work in any clone. Training and
+validation files come from the `training/` subjects only; test files from the
+held-out `testing/` subjects only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from facesim.core.atomic import staged_outputs
+from facesim.core.paths import natural_key
+from facesim.core.params import require
+from facesim.mlops.tracking import NULL_RUN, Run
+
+PAIR_COLUMNS = ["image1", "image2", "subject1", "subject2", "label"]
+TRIPLET_COLUMNS = ["anchor", "positive", "negative", "anchor_subject", "positive_subject", "negative_subject"]
+SPLITS = ("train", "val", "test")
+
+
+class SampleError(ValueError):
+    """The raw faces cannot give the pairs or triplets asked for."""
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    seed: int = 42  # seeds every random choice of this stage
+    similar_per_image: int = 3  # same-subject pairs drawn for each training image (label 1)
+    dissimilar_per_image: int = 3  # other-subject pairs drawn for each training image (label 0)
+    triplets_per_image: int = 3  # (anchor, positive, negative) triplets per training image as anchor
+    test_similar_per_image: int = 2
+    test_dissimilar_per_image: int = 2
+    test_triplets_per_image: int = 2
+    val_size: float = 0.2  # share of training pairs/triplets (or subjects) held out for validation
+    split_by: Literal["pairs", "subjects"] = "pairs"  # "subjects": validation subjects unseen in training
+
+    def validate(self) -> None:
+        for name in (
+            "similar_per_image",
+            "dissimilar_per_image",
+            "triplets_per_image",
+            "test_similar_per_image",
+            "test_dissimilar_per_image",
+            "test_triplets_per_image",
+        ):
+            value = getattr(self, name)
+            require(value >= 0, f"sample.{name} must be >= 0, got {value}")
+        require(
+            self.similar_per_image + self.dissimilar_per_image > 0,
+            "sample.similar_per_image and sample.dissimilar_per_image cannot both be 0",
+        )
+        require(0 < self.val_size < 1, f"sample.val_size must be between 0 and 1 (exclusive), got {self.val_size}")
+
+
+@dataclass(frozen=True)
+class Face:
+    path: str  # relative to data/raw/faces, POSIX separators
+    subject: str  # e.g. "s12"
+
+
+def list_faces(faces_dir: str | os.PathLike, group: Literal["training", "testing"]) -> list[Face]:
+    """The images of `faces_dir/group/sN/K.pgm`, in natural order (s2 before s10)."""
+    base = Path(faces_dir) / group
+    if not base.is_dir():
+        raise SampleError(f"{base}: directory not found (run the fetch stage first)")
+    faces = [
+        Face(path=p.relative_to(faces_dir).as_posix(), subject=p.parent.name)
+        for p in base.glob("*/*.pgm")
+    ]
+    if not faces:
+        raise SampleError(f"{base}: no sN/K.pgm images found")
+    return sorted(faces, key=lambda f: natural_key(f.path))
+
+
+def _by_subject(faces: list[Face]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, face in enumerate(faces):
+        groups.setdefault(face.subject, []).append(i)
+    return groups
+
+
+def make_pairs(
+    faces: list[Face], similar_per_image: int, dissimilar_per_image: int, rng: np.random.Generator
+) -> pd.DataFrame:
+    """For every image, `similar_per_image` same-subject and `dissimilar_per_image` other-subject pairs.
+
+    No self-pair and no unordered pair twice. Same-subject pairs follow a
+    circulant design over a random order of each subject's images (image at
+    position p pairs with those at p+1 .. p+k), which gives every image exactly
+    k pairs of its own and never repeats one, for k up to (n-1)/2.
+    """
+    groups = _by_subject(faces)
+    if dissimilar_per_image and len(groups) < 2:
+        raise SampleError("dissimilar pairs need at least 2 subjects")
+    rows: list[tuple[int, int, int]] = []
+    seen: set[tuple[int, int]] = set()
+
+    def add(i: int, j: int, label: int) -> None:
+        seen.add((min(i, j), max(i, j)))
+        rows.append((i, j, label))
+
+    for subject, members in groups.items():
+        n = len(members)
+        if similar_per_image > (n - 1) // 2:
+            raise SampleError(
+                f"sample.similar_per_image={similar_per_image} is too large for subject {subject} with {n} "
+                f"images: at most {(n - 1) // 2} distinct same-subject pairs per image exist"
+            )
+        order = [members[k] for k in rng.permutation(n)]
+        for p, i in enumerate(order):
+            for step in range(1, similar_per_image + 1):
+                add(i, order[(p + step) % n], 1)
+
+    subject_of = np.array([f.subject for f in faces])
+    # Pairs each image is already in: drawing the least-paired partners first
+    # keeps late images from finding every candidate used up.
+    load = np.zeros(len(faces), dtype=int)
+    for i, face in enumerate(faces):
+        others = rng.permutation(np.flatnonzero(subject_of != face.subject))
+        taken = 0
+        for j in others[np.argsort(load[others], kind="stable")]:
+            if taken == dissimilar_per_image:
+                break
+            if (min(i, j), max(i, j)) in seen:
+                continue
+            add(i, int(j), 0)
+            load[[i, j]] += 1
+            taken += 1
+        if taken < dissimilar_per_image:
+            raise SampleError(
+                f"sample.dissimilar_per_image={dissimilar_per_image} is too large: only {taken} distinct "
+                f"pairs with other subjects are left for {face.path}"
+            )
+    return pd.DataFrame(
+        {
+            "image1": [faces[i].path for i, _, _ in rows],
+            "image2": [faces[j].path for _, j, _ in rows],
+            "subject1": [faces[i].subject for i, _, _ in rows],
+            "subject2": [faces[j].subject for _, j, _ in rows],
+            "label": [label for _, _, label in rows],
+        },
+        columns=PAIR_COLUMNS,
+    )
+
+
+def make_triplets(faces: list[Face], triplets_per_image: int, rng: np.random.Generator) -> pd.DataFrame:
+    """For every image as anchor, triplets with distinct positives (same subject) and random negatives."""
+    groups = _by_subject(faces)
+    subject_of = np.array([f.subject for f in faces])
+    rows: list[tuple[int, int, int]] = []
+    for a, face in enumerate(faces):
+        positives = [i for i in groups[face.subject] if i != a]
+        negatives = np.flatnonzero(subject_of != face.subject)
+        if triplets_per_image > len(positives):
+            raise SampleError(
+                f"sample.triplets_per_image={triplets_per_image} exceeds the {len(positives)} other images "
+                f"of subject {face.subject}"
+            )
+        if triplets_per_image and len(negatives) == 0:
+            raise SampleError("triplets need at least 2 subjects")
+        chosen_pos = rng.choice(positives, size=triplets_per_image, replace=False)
+        chosen_neg = rng.choice(negatives, size=triplets_per_image, replace=len(negatives) < triplets_per_image)
+        rows.extend((a, int(p), int(n)) for p, n in zip(chosen_pos, chosen_neg))
+    return pd.DataFrame(
+        {
+            "anchor": [faces[a].path for a, _, _ in rows],
+            "positive": [faces[p].path for _, p, _ in rows],
+            "negative": [faces[n].path for _, _, n in rows],
+            "anchor_subject": [faces[a].subject for a, _, _ in rows],
+            "positive_subject": [faces[p].subject for _, p, _ in rows],
+            "negative_subject": [faces[n].subject for _, _, n in rows],
+        },
+        columns=TRIPLET_COLUMNS,
+    )
+
+
+def split_rows(table: pd.DataFrame, val_size: float, rng: np.random.Generator, stratify: str | None = None):
+    """Split rows into (train, val) at random, keeping each `stratify` value's share; rows keep their order."""
+    groups = [table.index.to_numpy()] if stratify is None else [
+        table.index[table[stratify] == value].to_numpy() for value in sorted(table[stratify].unique())
+    ]
+    val_index: list[int] = []
+    for index in groups:
+        n_val = int(round(len(index) * val_size))
+        val_index.extend(rng.permutation(index)[:n_val].tolist())
+    is_val = table.index.isin(val_index)
+    return table[~is_val].reset_index(drop=True), table[is_val].reset_index(drop=True)
+
+
+def split_subjects(faces: list[Face], val_size: float, rng: np.random.Generator) -> tuple[list[Face], list[Face]]:
+    """Split faces by subject: validation subjects never appear in training."""
+    subjects = sorted({f.subject for f in faces}, key=natural_key)
+    n_val = int(round(len(subjects) * val_size))
+    if not 2 <= n_val <= len(subjects) - 2:
+        raise SampleError(
+            f"sample.split_by=subjects with val_size={val_size} gives {n_val} validation subjects out of "
+            f"{len(subjects)}; each side needs at least 2 subjects"
+        )
+    val_subjects = set(rng.permutation(subjects)[:n_val].tolist())
+    return [f for f in faces if f.subject not in val_subjects], [f for f in faces if f.subject in val_subjects]
+
+
+def train_val_tables(
+    faces: list[Face],
+    similar_per_image: int,
+    dissimilar_per_image: int,
+    triplets_per_image: int,
+    val_size: float,
+    split_by: Literal["pairs", "subjects"],
+    rng: np.random.Generator,
+) -> dict[str, pd.DataFrame]:
+    """Training and validation pairs and triplets of `faces`: pairs_train, pairs_val, triplets_train, triplets_val.
+
+    split_by "pairs": draw from all faces, then split rows (pairs stratified by label);
+    "subjects": split the people first, then draw within each side.
+    """
+    if split_by == "pairs":
+        pairs = make_pairs(faces, similar_per_image, dissimilar_per_image, rng)
+        triplets = make_triplets(faces, triplets_per_image, rng)
+        pairs_train, pairs_val = split_rows(pairs, val_size, rng, stratify="label")
+        triplets_train, triplets_val = split_rows(triplets, val_size, rng)
+    else:
+        fit_faces, val_faces = split_subjects(faces, val_size, rng)
+        pairs_train = make_pairs(fit_faces, similar_per_image, dissimilar_per_image, rng)
+        pairs_val = make_pairs(val_faces, similar_per_image, dissimilar_per_image, rng)
+        triplets_train = make_triplets(fit_faces, triplets_per_image, rng)
+        triplets_val = make_triplets(val_faces, triplets_per_image, rng)
+    return {"pairs_train": pairs_train, "pairs_val": pairs_val,
+            "triplets_train": triplets_train, "triplets_val": triplets_val}
+
+
+def build_samples(params: SampleParams, faces_dir: str | os.PathLike) -> dict[str, dict[str, pd.DataFrame]]:
+    """All six tables: {"pairs": {"train": ..., "val": ..., "test": ...}, "triplets": {...}}."""
+    # Independent streams, so that changing the test factors never reshuffles training data.
+    train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(params.seed).spawn(2))
+    training = list_faces(faces_dir, "training")
+    testing = list_faces(faces_dir, "testing")
+
+    fit = train_val_tables(training, params.similar_per_image, params.dissimilar_per_image,
+                           params.triplets_per_image, params.val_size, params.split_by, train_rng)
+    pairs_test = make_pairs(testing, params.test_similar_per_image, params.test_dissimilar_per_image, test_rng)
+    triplets_test = make_triplets(testing, params.test_triplets_per_image, test_rng)
+    return {
+        "pairs": {"train": fit["pairs_train"], "val": fit["pairs_val"], "test": pairs_test},
+        "triplets": {"train": fit["triplets_train"], "val": fit["triplets_val"], "test": triplets_test},
+    }
+
+
+def sample_stats(tables: dict[str, dict[str, pd.DataFrame]]) -> dict[str, float]:
+    """Rows per file and the share of same-person pairs: the stage's metrics."""
+    stats: dict[str, float] = {}
+    for kind, splits in tables.items():
+        for split, table in splits.items():
+            stats[f"{kind}_{split}_rows"] = len(table)
+            if kind == "pairs":
+                stats[f"pairs_{split}_positive_share"] = float(table["label"].mean()) if len(table) else 0.0
+    return stats
+
+
+def write_samples(
+    params: SampleParams,
+    faces_dir: str | os.PathLike,
+    outputs: dict[str, dict[str, str | os.PathLike]],
+    run: Run = NULL_RUN,
+) -> dict[str, float]:
+    """Build the tables and write them to `outputs[kind][split]` (CSV), all or none."""
+    tables = build_samples(params, faces_dir)
+    stats = sample_stats(tables)
+    keys = [(kind, split) for kind in ("pairs", "triplets") for split in SPLITS]
+    missing = [f"{k}.{s}" for k, s in keys if s not in outputs.get(k, {})]
+    if missing:
+        raise ValueError(f"no output path given for {', '.join(missing)}")
+    with staged_outputs(*(outputs[k][s] for k, s in keys)) as staged:
+        for (kind, split), path in zip(keys, staged):
+            tables[kind][split].to_csv(path, index=False, lineterminator="\n")
+        run.log_metrics(stats)
+    return stats
+
+
+def load_tables(paths: dict[str, str | os.PathLike]) -> dict[str, pd.DataFrame]:
+    """The sample CSVs by name; a missing one says to run the sample stage."""
+    tables = {}
+    for name, path in paths.items():
+        try:
+            tables[name] = pd.read_csv(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: not found (run the sample stage first)") from None
+    return tables
+
+
+FACE_COLUMNS = ("image1", "image2", "anchor", "positive", "negative")  # the columns of the CSVs that name a face
+
+
+def face_paths(tables: dict[str, pd.DataFrame]) -> pd.Series:
+    """Every face the sample tables name (with repeats), as paths relative to the faces folder."""
+    return pd.concat([table[column] for table in tables.values() for column in table.columns
+                      if column in FACE_COLUMNS])

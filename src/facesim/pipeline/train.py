@@ -1,0 +1,53 @@
+"""Stage `train`: read a model's sample CSVs, fit it (`facesim.pipeline.fit`), write its
+checkpoint and loss history, and log both to MLflow."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from facesim.core.atomic import staged_outputs
+from facesim.core.data import FaceSet
+from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.pipeline.fit import TrainResult, fit
+from facesim.pipeline.objectives import OBJECTIVES
+from facesim.pipeline.sample import face_paths, load_tables
+from facesim.pipeline.train_params import TrainParams
+
+
+def train_and_save(
+    model_name: str,
+    params: TrainParams,
+    faces_dir: str | os.PathLike,
+    samples: dict[str, str | os.PathLike],
+    checkpoint_path: str | os.PathLike,
+    history_path: str | os.PathLike,
+    run: Run = NULL_RUN,
+) -> TrainResult:
+    """The train stage: read the CSVs, fit, log to MLflow, then write checkpoint and history (all or none).
+
+    samples: the CSV of each role: "train" and "val" (the model's own pairs or triplets) and
+    "val_pairs" (the validation pairs, whose ROC AUC is reported every epoch).
+    """
+    params.loss_params(model_name)  # refuses an unknown model name
+    objective = OBJECTIVES[model_name]
+    if objective.val_table == "pairs_val" and os.fspath(samples["val"]) != os.fspath(samples["val_pairs"]):
+        raise ValueError(f"{model_name} validates on pairs: its validation CSV and the validation pairs must be "
+                         f"one file, got {samples['val']} and {samples['val_pairs']}")
+    tables = load_tables({objective.train_table: samples["train"], objective.val_table: samples["val"],
+                          "pairs_val": samples["val_pairs"]})
+    faces = FaceSet.load(faces_dir, face_paths(tables), params.preprocess())
+    result = fit(model_name, params, tables, faces, run)
+    with staged_outputs(checkpoint_path, history_path) as (staged_ckpt, staged_history):
+        torch.save(result.checkpoint, staged_ckpt)
+        # wall-clock seconds go to MLflow only: in a DVC-tracked file they would change dvc.lock on every run
+        result.history.drop(columns="seconds").to_csv(staged_history, index=False, lineterminator="\n",
+                                                      float_format="%.6g")
+        run.log_metrics({"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                         "epochs_run": len(result.history),
+                         "best_val_roc_auc": float(result.history["val_roc_auc"][result.best_epoch - 1])})
+        run.log_model(result.model, faces.tensor[:2].numpy(),
+                      {k: result.checkpoint[k] for k in ("model_name", "epoch", "best_val_loss")})
+        run.log_artifact(staged_history, "plots")
+    return result

@@ -1,0 +1,129 @@
+"""The `train` section of params.yaml: the recipe both models share and each loss's own keys.
+
+Parsed by `facesim.core.params.parse_section`; it gives the network's shape
+(`model_config`) and the preprocessing (`preprocess`) to the core layer, and
+one resolved config dict per model (`resolved`) to MLflow, the checkpoint and
+the metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from facesim.core.data import INPUT_HEIGHT, INPUT_WIDTH, Augment, Preprocess
+from facesim.core.models import MODELS, ModelConfig
+from facesim.core.params import ParamsError, require
+
+
+@dataclass(frozen=True)
+class ContrastiveParams:
+    margin: float = 2.0  # different people are pushed at least this far apart
+    normalize: bool = False  # L2-normalise embeddings (distances then lie in [0, 2])
+    epochs: int = 0  # this model's epoch limit; 0 = train.epochs
+    # "none": the sampled pair CSV; "all": batches of people_per_batch x faces_per_person
+    # faces and every pair among them (same-person and different-person terms weighed equally)
+    mining: Literal["none", "all"] = "none"
+    people_per_batch: int = 16
+    faces_per_person: int = 4
+    members: int = 1  # an ensemble of this many networks, each trained with its own seed
+
+
+@dataclass(frozen=True)
+class TripletParams:
+    margin: float = 0.2  # d(anchor, negative) must exceed d(anchor, positive) by this much
+    normalize: bool = True
+    epochs: int = 0  # this model's epoch limit; 0 = train.epochs (P x K epochs are short: ~5 steps)
+    # "none": the sampled triplet CSV; "semihard" / "hard" / "all": batches of
+    # people_per_batch x faces_per_person faces with triplets mined in the batch (FaceNet).
+    mining: Literal["none", "semihard", "hard", "all"] = "semihard"
+    people_per_batch: int = 16
+    faces_per_person: int = 4
+    members: int = 1  # an ensemble of this many networks, each trained with its own seed
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int = 42  # model initialisation, batch order and augmentation
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
+    backbone: Literal["compact", "resnet18"] = "compact"
+    embedding_dim: int = 64
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # compact backbone: width of each conv block
+    convs_per_block: int = 1  # compact backbone: 3x3 convs per block
+    input_height: int = INPUT_HEIGHT
+    input_width: int = INPUT_WIDTH
+    pixel_mean: float = 0.5  # normalization "fixed": grey levels in [0, 1] minus this, over pixel_std
+    pixel_std: float = 0.25
+    # "per_image": each face to zero mean, unit variance (exposure and contrast of a photo drop out)
+    normalization: Literal["fixed", "per_image"] = "fixed"
+    trim_borders: bool = False  # cut uniform rows and columns at a picture's edges before resizing
+    epochs: int = 30  # at most; early stopping may end sooner
+    batch_size: int = 256  # pairs or triplets per step (P x K faces when mining)
+    lr: float = 1e-3
+    # "cosine": the learning rate falls from lr to 0 along half a cosine over the epoch limit
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    weight_decay: float = 0.0
+    patience: int = 5  # epochs without a better validation loss before stopping; 0 = never stop early
+    # which weights training ends with: the epoch of the best validation loss, or the last epoch
+    # (with validation people unseen in training, their loss bottoms out long before training does)
+    keep: Literal["best", "last"] = "best"
+    augment: bool = True  # shifts, small rotations and zoom, mirror, brightness/contrast, blur
+    augmentation: Augment = field(default_factory=Augment)  # how strong each change may be
+    contrastive: ContrastiveParams = field(default_factory=ContrastiveParams)
+    triplet: TripletParams = field(default_factory=TripletParams)
+
+    def validate(self) -> None:
+        require(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        require(self.batch_size >= 2, f"train.batch_size must be >= 2, got {self.batch_size}")
+        require(self.lr > 0, f"train.lr must be positive, got {self.lr}")
+        require(self.lr_schedule in ("constant", "cosine"),
+                f"train.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        require(self.patience >= 0, f"train.patience must be >= 0 (0 = no early stopping), got {self.patience}")
+        require(self.pixel_std > 0, f"train.pixel_std must be positive, got {self.pixel_std}")
+        require(self.contrastive.margin > 0, f"train.contrastive.margin must be positive, got {self.contrastive.margin}")
+        require(self.contrastive.epochs >= 0 and self.triplet.epochs >= 0,
+                "train.contrastive.epochs and train.triplet.epochs must be >= 0 (0 = train.epochs)")
+        require(self.triplet.margin > 0, f"train.triplet.margin must be positive, got {self.triplet.margin}")
+        for name in MODELS:
+            loss = self.loss_params(name)
+            require(loss.people_per_batch >= 2,
+                    f"train.{name}.people_per_batch must be >= 2, got {loss.people_per_batch}")
+            require(loss.faces_per_person >= 2,
+                    f"train.{name}.faces_per_person must be >= 2, got {loss.faces_per_person}")
+            require(loss.members >= 1, f"train.{name}.members must be >= 1, got {loss.members}")
+        try:
+            self.model_config("contrastive").validate("train")
+            self.augmentation.validate()
+        except ValueError as exc:
+            raise ParamsError(str(exc)) from None
+
+    def max_epochs(self, model: str) -> int:
+        return self.loss_params(model).epochs or self.epochs
+
+    def model_config(self, model: str) -> ModelConfig:
+        return ModelConfig(
+            backbone=self.backbone,
+            embedding_dim=self.embedding_dim,
+            input_height=self.input_height,
+            input_width=self.input_width,
+            channels=tuple(self.channels),
+            convs_per_block=self.convs_per_block,
+            normalize=self.loss_params(model).normalize,
+            members=self.loss_params(model).members,
+        )
+
+    def preprocess(self) -> Preprocess:
+        return Preprocess(height=self.input_height, width=self.input_width, mean=self.pixel_mean, std=self.pixel_std,
+                          normalization=self.normalization, trim_borders=self.trim_borders)
+
+    def loss_params(self, model: str) -> ContrastiveParams | TripletParams:
+        if model not in MODELS:
+            raise ParamsError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+        return getattr(self, model)
+
+    def resolved(self, model: str) -> dict[str, Any]:
+        """The one config dict of a run: MLflow params, checkpoint and metrics file get this."""
+        common = {k: v for k, v in asdict(self).items() if k not in MODELS}
+        common["channels"] = list(self.channels)
+        return {"model": model, **common, "loss": asdict(self.loss_params(model))}

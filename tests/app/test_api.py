@@ -1,0 +1,334 @@
+"""facesim.app.api (`from facesim import api`): verify, search and embed, on the pipeline's real models and
+on a tiny one.
+
+The real-model tests use `models/*.pt`, `reports/metrics/*.json` and `data/raw/faces/testing` of
+this repository and are skipped where the pipeline has not run. The rest build a tiny untrained
+network and synthetic faces (conftest), which is enough for loading, caching and every error path.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import (
+    MODELS,
+    REPO,
+    TESTING,
+    TINY_THRESHOLD,
+    face,
+    face_image_bytes,
+    needs_orl,
+    real,
+    write_dvc_lock,
+    write_tiny_model,
+)
+import facesim.app.api
+from facesim import api
+from facesim.core.images import ImageError
+from facesim.core.inference import file_digest
+
+
+def test_facesim_api_is_the_app_layers_api():
+    """`from facesim import api` (the documented import) names the very objects of facesim.app.api."""
+    assert api.__all__ == facesim.app.api.__all__
+    for name in api.__all__:
+        assert getattr(api, name) is getattr(facesim.app.api, name), name
+
+
+# ---- the real models on real test faces ------------------------------------------------------------
+
+
+@real
+@pytest.mark.parametrize("model", MODELS)
+def test_verify_same_person(model):
+    threshold = json.loads((REPO / "reports" / "metrics" / f"{model}.json").read_text())["threshold"]
+    result = api.verify(TESTING / "s5" / "1.pgm", TESTING / "s5" / "2.pgm", model, root=REPO)
+    assert result.same_person is True
+    assert result.threshold == threshold  # the one the evaluate stage calibrated, not a constant
+    assert result.distance < threshold
+    assert result.margin == pytest.approx(threshold - result.distance)
+    assert result.relative_margin == pytest.approx(result.margin / threshold)
+    assert result.model == model and "calibrated on people unseen in training" in result.threshold_source
+
+
+@real
+@pytest.mark.parametrize("model", MODELS)
+def test_verify_different_people(model):
+    result = api.verify(TESTING / "s5" / "1.pgm", TESTING / "s6" / "1.pgm", model, root=REPO)
+    assert result.same_person is False
+    assert result.distance > result.threshold
+    assert result.margin == pytest.approx(result.distance - result.threshold)
+
+
+@real
+def test_verify_takes_any_format_size_and_colour(tmp_path: Path):
+    original = Image.open(TESTING / "s5" / "2.pgm")
+    grey = np.asarray(original)
+    # the same pixels as RGB PNG: identical once made grey, so an identical distance
+    Image.fromarray(np.stack([grey] * 3, axis=2)).save(tmp_path / "colour.png")
+    # a colour JPEG at twice the size: not identical, still the same person
+    tinted = np.stack([grey, grey * 0.9, grey * 0.8], axis=2).astype(np.uint8)
+    Image.fromarray(tinted).resize((184, 224)).save(tmp_path / "big.jpg", quality=95)
+    model = api.load_model("contrastive", root=REPO)
+    baseline = api.verify(TESTING / "s5" / "1.pgm", TESTING / "s5" / "2.pgm", model)
+    png = api.verify(TESTING / "s5" / "1.pgm", tmp_path / "colour.png", model)
+    jpeg = api.verify(TESTING / "s5" / "1.pgm", tmp_path / "big.jpg", model)
+    assert png.distance == pytest.approx(baseline.distance, abs=1e-6)
+    assert jpeg.same_person and abs(jpeg.distance - baseline.distance) < 0.5 * baseline.threshold
+    # and a Pillow image in memory, for notebooks and services
+    assert api.verify(original, TESTING / "s5" / "1.pgm", model).distance == pytest.approx(baseline.distance, abs=1e-6)
+
+
+@real
+def test_search_finds_the_same_person_and_leaves_the_query_out():
+    result = api.search(TESTING / "s5" / "1.pgm", k=5, root=REPO, cache=False)
+    assert result.model == "triplet" and result.query_person == "s5"
+    assert result.gallery_size == 30 and result.query_in_gallery
+    assert [m.person for m in result.matches] == ["s5"] * 5
+    assert all(not m.path.endswith("s5/1.pgm") for m in result.matches)
+    distances = [m.distance for m in result.matches]
+    assert distances == sorted(distances) and [m.rank for m in result.matches] == [1, 2, 3, 4, 5]
+    assert all(m.same_person for m in result.matches)
+    # the same distances as verify's, face by face
+    first = result.matches[0]
+    assert api.verify(TESTING / "s5" / "1.pgm", Path(first.path).resolve(), "triplet",
+                      root=REPO).distance == pytest.approx(first.distance, abs=1e-5)
+
+
+@real
+@pytest.mark.parametrize("model", MODELS)
+def test_embed_matches_the_evaluate_stage(model):
+    pipeline = REPO / "data" / "eval" / model / "embeddings.csv"
+    if not pipeline.exists():
+        pytest.skip("needs data/eval (dvc repro)")
+    expected = pd.read_csv(pipeline)
+    if "person" not in expected.columns:  # the column was `subject` before the refactor into layers
+        pytest.skip(f"{pipeline.relative_to(REPO)} predates its `person` column: dvc repro evaluate")
+    result = api.embed([TESTING], model, root=REPO, cache=False)
+    got = result.to_frame()
+    got["path"] = [str(Path(p).resolve().relative_to(TESTING.parent)) for p in result.paths]
+    got = got.set_index("path").loc[expected["path"]]
+    assert (got["person"].to_numpy() == expected["person"].to_numpy()).all()
+    columns = [c for c in expected.columns if c.startswith("e")]
+    # prepared exactly as in training: the same numbers the evaluate stage wrote (to 7 digits)
+    assert np.allclose(got[columns].to_numpy(), expected[columns].to_numpy(), rtol=1e-4, atol=1e-5)
+
+
+# ---- models by name, path and threshold -----------------------------------------------------------------
+
+
+def test_load_model_by_name_reads_the_metrics_threshold(tiny_repo: Path):
+    model = api.load_model("contrastive", root=tiny_repo)
+    assert model.threshold == TINY_THRESHOLD and model.name == "contrastive"
+    assert model.digest == file_digest(tiny_repo / "models" / "contrastive.pt")
+    assert api.load_model("contrastive", root=tiny_repo, threshold=0.7).threshold == 0.7
+    assert api.load_model(model, threshold=0.3).threshold == 0.3 and model.threshold == TINY_THRESHOLD
+
+
+def test_no_repository_root_is_an_error(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no dvc.yaml .* pass --root"):
+        api.load_model("contrastive")
+
+
+def test_a_path_model_takes_the_threshold_beside_it_or_given(tmp_path: Path, tiny_repo: Path):
+    beside = write_tiny_model(tmp_path / "mine.pt", threshold=0.25)
+    assert api.load_model(str(beside)).threshold == 0.25
+    bare = write_tiny_model(tmp_path / "bare.pt", threshold=None)
+    a, b = face(tiny_repo, 5, 1), face(tiny_repo, 5, 2)
+    with pytest.raises(api.ModelError, match="no distance threshold.*--threshold"):
+        api.verify(a, b, bare)
+    result = api.verify(a, b, bare, threshold=0.5)
+    assert result.threshold == 0.5 and result.same_person == (result.distance <= 0.5)
+    # search and embed need no threshold
+    found = api.search(a, tiny_repo / "data" / "raw" / "faces" / "testing", k=2, model=bare, cache=False)
+    assert found.threshold is None and all(m.same_person is None for m in found.matches)
+
+
+def test_missing_checkpoint_names_it(tiny_repo: Path):
+    (tiny_repo / "models" / "triplet.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"triplet\.pt: checkpoint not found"):
+        api.load_model("triplet", root=tiny_repo)
+    with pytest.raises(FileNotFoundError, match=r"nothing\.pt"):
+        api.load_model(str(tiny_repo / "nothing.pt"))
+
+
+def test_unknown_model_and_broken_metrics_are_errors(tiny_repo: Path):
+    with pytest.raises(api.ModelError, match="resnet: not a model name"):
+        api.load_model("resnet", root=tiny_repo)
+    (tiny_repo / "reports" / "metrics" / "contrastive.json").write_text("{not json")
+    with pytest.raises(api.ModelError, match=r"contrastive\.json: not an evaluate metrics file"):
+        api.load_model("contrastive", root=tiny_repo)
+    (tiny_repo / "reports" / "metrics" / "contrastive.json").write_text('{"threshold": "high"}')
+    with pytest.raises(api.ModelError, match="finite number"):
+        api.load_model("contrastive", root=tiny_repo)
+
+
+def test_a_model_without_its_metrics_file_says_so_when_verifying(tiny_repo: Path):
+    (tiny_repo / "reports" / "metrics" / "contrastive.json").unlink()
+    model = api.load_model("contrastive", root=tiny_repo)
+    assert model.threshold is None
+    with pytest.raises(api.ModelError, match=r"contrastive\.json: metrics file not found, so contrastive has no "
+                                             r"distance threshold; run `dvc repro` .*to evaluate it, or pass one "
+                                             r"with --threshold"):
+        api.verify(face(tiny_repo, 5, 1), face(tiny_repo, 5, 2), model)
+    assert api.verify(face(tiny_repo, 5, 1), face(tiny_repo, 5, 2), model, threshold=0.5).threshold == 0.5
+
+
+def test_a_missing_pipeline_output_says_what_dvc_lock_records(tiny_repo: Path, monkeypatch):
+    monkeypatch.chdir(tiny_repo)
+    (tiny_repo / "models" / "triplet.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"^models/triplet\.pt: checkpoint not found; run `dvc repro` to "
+                                                r"train it$"):
+        api.load_model("triplet")
+    write_dvc_lock(tiny_repo, {"fetch": ["data/raw/faces"], "train@triplet": ["models/triplet.pt"],
+                               "evaluate@contrastive": ["reports/metrics/contrastive.json"]})
+    with pytest.raises(FileNotFoundError) as missing:
+        api.load_model("triplet")
+    assert str(missing.value) == (
+        "models/triplet.pt: missing, though dvc.lock records it (stage train@triplet); `dvc checkout "
+        "models/triplet.pt` brings it back from the DVC cache (or `dvc pull` from a remote, `dvc repro` rebuilds it)")
+    (tiny_repo / "reports" / "metrics" / "contrastive.json").unlink()
+    with pytest.raises(api.ModelError, match=r"^reports/metrics/contrastive\.json: missing, though dvc\.lock records "
+                                             r"it \(stage evaluate@contrastive\), so contrastive has no distance "
+                                             r"threshold; `dvc checkout reports/metrics/contrastive\.json` brings it "
+                                             r"back .*, or pass one with --threshold"):
+        api.verify(face(tiny_repo, 5, 1), face(tiny_repo, 5, 2), "contrastive")
+    # a folder output holds the default gallery: check out the folder dvc.lock names
+    shutil.rmtree(tiny_repo / "data" / "raw" / "faces" / "testing")
+    with pytest.raises(FileNotFoundError, match=r"^data/raw/faces/testing: missing, though dvc\.lock records it "
+                                                r"\(stage fetch\); `dvc checkout data/raw/faces` brings it back"):
+        api.search(tiny_repo / "data" / "raw" / "faces" / "training" / "s1" / "1.pgm", k=1, model="contrastive")
+
+
+# ---- images and their errors -----------------------------------------------------------------------------
+
+
+def test_verify_is_consistent_with_its_threshold(tiny_repo: Path):
+    model = api.load_model("contrastive", root=tiny_repo)
+    same = api.verify(face(tiny_repo, 5, 1), face(tiny_repo, 5, 1), model)
+    assert same.distance == pytest.approx(0.0, abs=1e-6) and same.same_person
+    other = api.verify(face(tiny_repo, 5, 1), face(tiny_repo, 6, 1), model)
+    assert other.same_person == (other.distance <= TINY_THRESHOLD)
+    pair = model.embed([Image.open(face(tiny_repo, 5, 1)), Image.open(face(tiny_repo, 6, 1))])
+    assert other.distance == pytest.approx(np.linalg.norm(pair[0] - pair[1]), abs=1e-6)
+
+
+def test_missing_or_unreadable_images_are_errors_naming_them(tiny_repo: Path, tmp_path: Path):
+    good = face(tiny_repo, 5, 1)
+    with pytest.raises(ImageError, match=r"nobody\.png: image file not found"):
+        api.verify(good, tmp_path / "nobody.png", "contrastive", root=tiny_repo)
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a picture")
+    with pytest.raises(ImageError, match=r"notes\.jpg: not a readable image"):
+        api.verify(notes, good, "contrastive", root=tiny_repo)
+    with pytest.raises(ImageError, match=r"notes\.jpg: not a readable image"):
+        api.search(notes, root=tiny_repo)
+    with pytest.raises(ImageError, match=r"notes\.jpg: not a readable image"):
+        api.embed([good, notes], root=tiny_repo)
+    with pytest.raises(ImageError, match=r"gone: image file or folder not found"):
+        api.embed([tmp_path / "gone"], root=tiny_repo)
+
+
+def test_gallery_skips_non_images_with_a_counted_warning(tiny_repo: Path):
+    gallery = tiny_repo / "data" / "raw" / "faces" / "testing"
+    (gallery / "README.txt").write_text("three people")
+    (gallery / "s6" / "broken.pgm").write_bytes(b"P5 not really")
+    (gallery / ".hidden.pgm").write_text("hidden files are not looked at")
+    with pytest.warns(api.SkippedFilesWarning, match=r"skipped 2 file\(s\).*README\.txt"):
+        result = api.search(face(tiny_repo, 5, 1), root=tiny_repo, k=3)
+    assert result.gallery_size == 30 and len(result.skipped) == 2
+    assert {Path(p).name for p in result.skipped} == {"README.txt", "broken.pgm"}
+
+
+def test_search_errors(tiny_repo: Path, tmp_path: Path):
+    query = face(tiny_repo, 5, 1)
+    with pytest.raises(FileNotFoundError, match=r"elsewhere: gallery folder not found"):
+        api.search(query, tmp_path / "elsewhere", root=tiny_repo)
+    with pytest.raises(ValueError, match=r"k=30: more than the 29 faces of the gallery .*; pass -k 29 or less"):
+        api.search(query, root=tiny_repo, k=30)
+    for k in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="not an integer >= 1; pass e.g. -k 5"):
+            api.search(query, root=tiny_repo, k=k)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "list.csv").write_text("a,b\n")
+    with pytest.warns(api.SkippedFilesWarning), pytest.raises(ValueError, match="no images to search in"):
+        api.search(query, empty, root=tiny_repo)
+
+
+def test_search_gallery_anywhere_names_people_by_folder(tiny_repo: Path, tmp_path: Path):
+    gallery = tmp_path / "people"
+    for person, subject in (("alice", 5), ("bob", 6)):
+        (gallery / person).mkdir(parents=True)
+        for image in (1, 2, 3):
+            (gallery / person / f"{image}.png").write_bytes(face_image_bytes(subject, image, fmt="PNG"))
+    query = tmp_path / "who.pgm"
+    query.write_bytes(face_image_bytes(5, 9))
+    result = api.search(query, gallery, k=6, model="triplet", root=tiny_repo)
+    assert result.query_person is None and not result.query_in_gallery and result.gallery_size == 6
+    assert sorted(m.person for m in result.matches) == ["alice"] * 3 + ["bob"] * 3
+
+
+def test_search_figure_draws_the_query_and_its_matches(tiny_repo: Path, tmp_path: Path):
+    known = api.search(face(tiny_repo, 5, 1), root=tiny_repo, k=3)
+    titles = [ax.get_title() for ax in api.search_figure(known).axes]
+    assert titles[0] == "query s5" and len(titles) == 4
+    assert all(t[0] in "✓✗" and f"d={m.distance:.2f}" in t for t, m in zip(titles[1:], known.matches))
+    stranger = tmp_path / "stranger.png"
+    stranger.write_bytes(face_image_bytes(2, 1, fmt="PNG"))
+    unknown = api.search(stranger, root=tiny_repo, k=2)
+    assert unknown.query_person is None
+    titles = [ax.get_title() for ax in api.search_figure(unknown).axes]
+    assert titles[0] == "query" and all(t[0] not in "✓✗" for t in titles[1:])
+
+
+# ---- embed ----------------------------------------------------------------------------------------------------
+
+
+def test_embed_files_and_folders_to_csv_and_npy(tiny_repo: Path, tmp_path: Path):
+    single = face(tiny_repo, 7, 3)
+    result = api.embed([tiny_repo / "data" / "raw" / "faces" / "testing" / "s5", single], root=tiny_repo)
+    assert len(result.paths) == 11 and result.vectors.shape == (11, 8) and result.vectors.dtype == np.float32
+    assert result.persons == ["s5"] * 10 + ["s7"]
+    assert [Path(p).name for p in result.paths[:3]] == ["1.pgm", "2.pgm", "3.pgm"]  # natural order: 10 last
+    assert Path(result.paths[9]).name == "10.pgm"
+    table = pd.read_csv(result.save(tmp_path / "out" / "e.csv"))
+    assert list(table.columns) == ["path", "person"] + [f"e{i}" for i in range(8)]
+    assert np.allclose(table[[f"e{i}" for i in range(8)]].to_numpy(), result.vectors, rtol=1e-6, atol=1e-7)
+    assert np.array_equal(np.load(result.save(tmp_path / "e.npy")), result.vectors)
+    with pytest.raises(ValueError, match=r"e\.parquet: the output must end in \.csv or \.npy"):
+        result.save(tmp_path / "e.parquet")
+    # the same vector as the model gives the single image
+    model = api.load_model("triplet", root=tiny_repo)
+    assert np.allclose(result.vectors[-1], model.embed([Image.open(single)])[0], atol=1e-6)
+
+
+def test_embed_with_no_images_is_an_error(tiny_repo: Path, tmp_path: Path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("x")
+    with pytest.warns(api.SkippedFilesWarning), pytest.raises(ValueError, match="no images found"):
+        api.embed([tmp_path / "docs"], root=tiny_repo)
+    with pytest.raises(ValueError, match="no images given"):
+        api.embed([], root=tiny_repo)
+
+
+# ---- photos: the face found and framed like ORL (more in test_gallery.py) --------------------------------
+
+
+@needs_orl
+def test_a_photo_without_a_face_is_an_error_naming_it(tmp_path: Path):
+    model = write_tiny_model(tmp_path / "tiny.pt")
+    blank = tmp_path / "blank.png"
+    Image.new("L", (300, 200), 90).save(blank)
+    with pytest.raises(ImageError, match="blank.png: no face found"):
+        api.verify(TESTING / "s5" / "1.pgm", blank, model)
+    # the whole picture, on request
+    assert api.verify(TESTING / "s5" / "1.pgm", blank, model, detect=False).distance >= 0

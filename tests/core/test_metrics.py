@@ -1,0 +1,350 @@
+"""facesim.core.metrics: verification and retrieval metrics by hand and against scikit-learn."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    average_precision_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from conftest import modules_imported_by
+from facesim.core.metrics import (
+    all_unordered_pairs,
+    best_accuracy,
+    calibration_threshold,
+    choose_threshold,
+    equal_error_rate,
+    headline,
+    pair_distances,
+    pairwise_distance_matrix,
+    retrieval_metrics,
+    roc_auc,
+    roc_points,
+    top_k_neighbours,
+    unordered_pair_distances,
+    verification_metrics,
+)
+
+RNG_SEED = 0
+
+
+def random_pairs(n: int, seed: int = RNG_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Same pairs a little closer than different pairs, rounded so distances tie."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=n)
+    distances = np.round(rng.normal(loc=1.0 - 0.5 * labels, scale=0.4), 1)
+    return distances, labels
+
+
+# ---- ROC, AUC, EER ----------------------------------------------------------------
+
+
+def test_roc_auc_matches_sklearn():
+    distances, labels = random_pairs(200)
+    assert roc_auc(distances, labels) == pytest.approx(roc_auc_score(labels, -distances))
+    assert isinstance(roc_auc(distances, labels), float)
+
+
+def test_roc_points_report_thresholds_as_distances():
+    distances = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    labels = np.array([1, 1, 0, 1, 0])
+    fpr, tpr, thresholds = roc_points(distances, labels)
+    # at every finite threshold, rates are those of "same when distance <= threshold"
+    for rate_fp, rate_tp, threshold in zip(fpr[1:], tpr[1:], thresholds[1:]):
+        predicted_same = distances <= threshold
+        assert rate_tp == pytest.approx(predicted_same[labels == 1].mean())
+        assert rate_fp == pytest.approx(predicted_same[labels == 0].mean())
+    assert thresholds[0] == -np.inf
+
+
+def test_equal_error_rate_interpolates_between_roc_points():
+    distances = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    labels = np.array([1, 1, 0, 1, 0])
+    # ROC (fpr, tpr): (0,0) (0,1/3) (0,2/3) (1/2,2/3) (1/2,1) (1,1)
+    # fpr - fnr: -1, -2/3, -1/3, 1/6, 1/2, 1 -> crosses 0 between (0,2/3) and (1/2,2/3)
+    # there fnr stays 1/3 while fpr goes 0 -> 1/2; fraction (1/3)/(1/3 + 1/6) = 2/3
+    # EER = 0 + 2/3 * 1/2 = 1/3
+    assert equal_error_rate(distances, labels) == pytest.approx(1 / 3)
+
+
+def test_equal_error_rate_on_an_exact_roc_point():
+    # ROC: (0,0) (0,1/2) (1/2,1/2) (1/2,1) (1,1); at (1/2,1/2) fpr = fnr = 1/2
+    assert equal_error_rate(np.array([0.1, 0.2, 0.3, 0.4]), np.array([1, 0, 1, 0])) == 0.5
+
+
+def test_perfect_separation_has_auc_one_and_eer_zero():
+    distances = np.array([0.1, 0.2, 0.8, 0.9])
+    labels = np.array([1, 1, 0, 0])
+    assert roc_auc(distances, labels) == 1.0
+    assert equal_error_rate(distances, labels) == 0.0
+
+
+@pytest.mark.parametrize("metric", [roc_auc, equal_error_rate, roc_points])
+def test_single_class_is_rejected_for_roc_metrics(metric):
+    with pytest.raises(ValueError, match="single class"):
+        metric(np.array([0.1, 0.5]), np.array([1, 1]))
+
+
+@pytest.mark.parametrize(
+    "distances, labels, message",
+    [
+        (np.array([0.1, 0.2]), np.array([1, 0, 1]), "differ in length"),
+        (np.array([0.1, 0.2]), np.array([1, 2]), "0 or 1"),
+        (np.array([]), np.array([]), "empty"),
+        (np.array([0.1, np.nan]), np.array([1, 0]), "finite"),
+    ],
+)
+def test_bad_pairs_are_rejected(distances, labels, message):
+    for metric in (roc_auc, choose_threshold):
+        with pytest.raises(ValueError, match=message):
+            metric(distances, labels)
+
+
+# ---- threshold ----------------------------------------------------------------
+
+
+def accuracy_at(distances: np.ndarray, labels: np.ndarray, threshold: float) -> float:
+    return float(np.mean((distances <= threshold) == (labels == 1)))
+
+
+def test_choose_threshold_separates_a_clean_example():
+    # same pairs at 0.2, 0.4 and different at 0.6, 0.8: midpoint 0.5 is perfect
+    assert choose_threshold(np.array([0.8, 0.2, 0.6, 0.4]), np.array([0, 1, 0, 1])) == 0.5
+
+
+def test_choose_threshold_breaks_ties_towards_the_smallest_threshold():
+    # distances 1 2 3 4, labels 1 0 1 0; correct pairs per candidate:
+    # below 1: 2, 1.5: 3, 2.5: 2, 3.5: 3, 4: 2 -> best 3 first reached at 1.5
+    assert choose_threshold(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 0, 1, 0])) == 1.5
+
+
+def test_choose_threshold_can_pick_below_the_minimum_and_the_maximum():
+    below = choose_threshold(np.array([1.0, 2.0]), np.array([0, 0]))
+    assert below < 1.0 and accuracy_at(np.array([1.0, 2.0]), np.array([0, 0]), below) == 1.0
+    assert choose_threshold(np.array([1.0, 2.0]), np.array([1, 1])) == 2.0
+
+
+def brute_force_threshold(distances: np.ndarray, labels: np.ndarray) -> float:
+    """O(n^2): score every candidate threshold separately."""
+    unique = np.unique(distances)
+    candidates = [np.nextafter(unique[0], -np.inf)]
+    candidates += [(low + high) / 2 for low, high in zip(unique[:-1], unique[1:])]
+    candidates.append(unique[-1])
+    accuracies = [accuracy_at(distances, labels, candidate) for candidate in candidates]
+    return float(candidates[int(np.argmax(accuracies))])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_choose_threshold_matches_brute_force(seed):
+    distances, labels = random_pairs(300, seed=seed)
+    chosen = choose_threshold(distances, labels)
+    assert chosen == brute_force_threshold(distances, labels)
+    # and no observed distance used as a threshold does better
+    best_possible = max(accuracy_at(distances, labels, d) for d in distances)
+    assert accuracy_at(distances, labels, chosen) >= best_possible
+
+
+# ---- verification at a threshold -------------------------------------------------
+
+
+def test_verification_metrics_match_sklearn():
+    distances, labels = random_pairs(200)
+    metrics = verification_metrics(distances, labels, threshold=0.7)
+    predicted = (distances <= 0.7).astype(int)
+    assert metrics["precision"] == pytest.approx(precision_score(labels, predicted))
+    assert metrics["recall"] == pytest.approx(recall_score(labels, predicted))
+    assert metrics["f1"] == pytest.approx(f1_score(labels, predicted))
+    assert metrics["accuracy"] == pytest.approx(np.mean(predicted == labels))
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(labels, -distances))
+    counts = metrics["tp"] + metrics["fp"] + metrics["tn"] + metrics["fn"]
+    assert counts == metrics["n_pairs"] == 200
+    assert metrics["threshold"] == 0.7
+
+
+def test_verification_metrics_counts_and_types_by_hand():
+    distances = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    labels = np.array([1, 1, 0, 1, 0])
+    metrics = verification_metrics(distances, labels, threshold=0.3)
+    # predicted same: 0.1, 0.2, 0.3 -> tp 2, fp 1; rejected: 0.4 (same) fn 1, 0.5 tn 1
+    assert (metrics["tp"], metrics["fp"], metrics["tn"], metrics["fn"]) == (2, 1, 1, 1)
+    assert metrics["precision"] == pytest.approx(2 / 3)
+    assert metrics["recall"] == pytest.approx(2 / 3)
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert all(type(value) in (int, float) for value in metrics.values())
+    assert all(type(metrics[key]) is int for key in ("tp", "fp", "tn", "fn", "n_pairs"))
+
+
+def test_verification_precision_is_zero_without_predicted_same_and_without_warning(recwarn):
+    metrics = verification_metrics(np.array([0.5, 0.6]), np.array([1, 0]), threshold=0.1)
+    assert metrics["precision"] == 0.0 and metrics["recall"] == 0.0 and metrics["f1"] == 0.0
+    assert len(recwarn) == 0
+
+
+# ---- pairs and neighbours ---------------------------------------------------------
+
+
+def test_all_unordered_pairs_of_30_items_gives_435_pairs():
+    labels = np.repeat(np.arange(10), 3)  # 10 people x 3 faces
+    first, second, same = all_unordered_pairs(labels)
+    assert len(first) == 435 and np.all(first < second)
+    assert same.sum() == 10 * 3  # 3 same pairs per person
+
+
+def test_pairwise_distance_matrix_by_hand():
+    matrix = pairwise_distance_matrix(np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]]))
+    expected = np.array([[0, 5, 1], [5, 0, np.sqrt(9 + 9)], [1, np.sqrt(18), 0]])
+    assert np.allclose(matrix, expected)
+
+
+def test_top_k_neighbours_excludes_self_and_breaks_ties_by_index():
+    points = np.array([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [5.0, 0.0]])
+    indices, distances = top_k_neighbours(points, points, k=2, exclude_self=True)
+    # point 0 has points 1 and 2 both at distance 1: index order keeps 1 first
+    assert indices[0].tolist() == [1, 2] and distances[0].tolist() == [1.0, 1.0]
+    assert indices[3].tolist() == [1, 0]
+    assert not np.any(indices == np.arange(4)[:, None])
+
+
+def test_top_k_neighbours_against_a_separate_gallery():
+    gallery = np.array([[0.0, 0.0], [10.0, 0.0], [4.0, 0.0]])
+    indices, distances = top_k_neighbours(np.array([[3.0, 0.0]]), gallery, k=3, exclude_self=False)
+    assert indices.tolist() == [[2, 0, 1]] and distances.tolist() == [[1.0, 3.0, 7.0]]
+
+
+@pytest.mark.parametrize(
+    "query, gallery, k, exclude_self, message",
+    [
+        (np.zeros((2, 2)), np.zeros((3, 2)), 1, True, "exclude_self"),
+        (np.zeros((3, 2)), np.zeros((3, 2)), 3, True, "between 1 and 2"),
+        (np.zeros((3, 2)), np.zeros((3, 4)), 1, False, "dimensions differ"),
+    ],
+)
+def test_top_k_neighbours_rejects_bad_arguments(query, gallery, k, exclude_self, message):
+    with pytest.raises(ValueError, match=message):
+        top_k_neighbours(query, gallery, k, exclude_self)
+
+
+# ---- retrieval --------------------------------------------------------------------
+
+
+def test_retrieval_metrics_by_hand():
+    # x = 0 (A), 1 (A), 3 (B), 4 (B), 10 (A); ranked others and relevance per query:
+    # q0: 1 3 4 10 -> A B B A: P@1 1, P@3 1/3, AP (1/1 + 2/4)/2 = 3/4
+    # q1: 0 3 4 10 -> A B B A: P@1 1, P@3 1/3, AP 3/4
+    # q3: 4 1 0 10 -> B A A A: P@1 1, P@3 1/3, AP 1
+    # q4: 3 1 0 10 -> B A A A: P@1 1, P@3 1/3, AP 1
+    # q10: 4 3 1 0 -> B B A A: P@1 0, P@3 1/3, AP (1/3 + 2/4)/2 = 5/12
+    # P@1 = 4/5; P@3 = 1/3; mAP = (3/4 + 3/4 + 1 + 1 + 5/12)/5 = 47/60
+    embeddings = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [4.0, 0.0], [10.0, 0.0]])
+    labels = np.array([0, 0, 1, 1, 0])
+    metrics = retrieval_metrics(embeddings, labels, ks=(1, 3))
+    expected = {"precision_at_1": 0.8, "precision_at_3": 1 / 3, "map": 47 / 60}
+    assert metrics == pytest.approx(expected)
+
+
+def test_retrieval_ties_are_broken_by_index():
+    # query 0 has a different person (index 1) and the same person (index 2) both at distance 1;
+    # index 1 comes first, so query 0 misses at rank 1:
+    # q0 -> 1 (miss)   q1 (x=1) -> 0 (miss)   q2 (x=-1) -> 0 (hit)   q3 (x=5) -> 1 (hit)
+    embeddings = np.array([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [5.0, 0.0]])
+    labels = np.array([0, 1, 0, 1])
+    assert retrieval_metrics(embeddings, labels, ks=(1,))["precision_at_1"] == 0.5
+
+
+def test_mean_average_precision_matches_sklearn_per_query():
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(5), 4)
+    embeddings = rng.normal(size=(20, 3)) + labels[:, None] * 0.5
+    distances = pairwise_distance_matrix(embeddings)
+    per_query = []
+    for query in range(20):
+        others = np.arange(20) != query
+        per_query.append(
+            average_precision_score(labels[others] == labels[query], -distances[query, others])
+        )
+    assert retrieval_metrics(embeddings, labels)["map"] == pytest.approx(np.mean(per_query))
+
+
+def test_retrieval_rejects_a_label_with_a_single_item():
+    with pytest.raises(ValueError, match=r"queries \[2\] have no other item"):
+        retrieval_metrics(np.array([[0.0], [1.0], [2.0]]), np.array([0, 0, 1]), ks=(1,))
+
+
+def test_retrieval_rejects_k_larger_than_the_other_items():
+    with pytest.raises(ValueError, match="between 1 and 3"):
+        retrieval_metrics(np.zeros((4, 2)), np.array([0, 0, 1, 1]), ks=(1, 5))
+
+
+def test_retrieval_rejects_label_length_mismatch():
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        retrieval_metrics(np.zeros((4, 2)), np.array([0, 0, 1]))
+
+
+# ---- calibration -------------------------------------------------------------------------
+
+
+def test_calibration_threshold_uses_every_unordered_pair_by_hand():
+    # Faces on a line: A at 0 and 2, B at 3 and 4, C at 10. The 10 unordered pairs:
+    #   same A-A = 2, B-B = 1; different 0-3 = 3, 0-4 = 4, 2-3 = 1, 2-4 = 2, A/B-C = 10, 8, 7, 6.
+    # Sorted distances 1 (s, d), 2 (s, d), 3, 4, 6, 7, 8, 10 (all d). Accepting distances <= t:
+    #   below 1: 8 right (the 8 different); <= 1: 8 (one same in, one different in); <= 2: 8; <= 3: 7.
+    #   The first best is below the smallest distance, so nothing is accepted: a threshold just under 1.
+    embeddings = np.array([[0.0], [2.0], [3.0], [4.0], [10.0]])
+    people = np.array(["A", "A", "B", "B", "C"])
+    threshold = calibration_threshold(embeddings, people)
+    assert threshold < 1.0 and threshold == pytest.approx(1.0)
+    # with B's faces one apart and far from A, the same-person pairs separate: t = (2 + 3) / 2
+    embeddings = np.array([[0.0], [2.0], [5.0], [6.0], [20.0]])
+    assert calibration_threshold(embeddings, people) == 2.5  # same 2, 1; nearest different 5 - 2 = 3
+
+
+def test_best_accuracy_is_the_accuracy_at_the_chosen_threshold():
+    rng = np.random.default_rng(3)
+    distances = rng.uniform(0, 2, size=60)
+    labels = (rng.uniform(size=60) < 0.3).astype(int)
+    best = best_accuracy(distances, labels)
+    candidates = np.concatenate([[-1.0], np.sort(distances)])
+    by_brute_force = max(np.mean((distances <= t) == (labels == 1)) for t in candidates)
+    assert best == pytest.approx(by_brute_force)
+
+
+def test_far_and_frr_by_hand():
+    # same: 1, 2, 5; different: 3, 4, 6, 7 at threshold 3.5: fn 1 (5) of 3, fp 1 (3) of 4
+    distances = np.array([1, 2, 5, 3, 4, 6, 7], dtype=float)
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    metrics = verification_metrics(distances, labels, 3.5)
+    assert metrics["far"] == pytest.approx(1 / 4) and metrics["frr"] == pytest.approx(1 / 3)
+
+
+def test_pair_distances_match_the_distance_matrix():
+    embeddings = np.random.default_rng(4).normal(size=(6, 3))
+    first, second = np.array([0, 1, 5]), np.array([3, 1, 2])
+    matrix = pairwise_distance_matrix(embeddings)
+    assert np.allclose(pair_distances(embeddings, first, second), matrix[first, second])
+
+
+def test_unordered_pair_distances_by_hand():
+    # people P P Q at 0, 3 and 4 on a line: pairs (0, 1) same at 3, (0, 2) different at 4, (1, 2) different at 1
+    embeddings = np.array([[0.0, 0.0], [3.0, 0.0], [4.0, 0.0]])
+    first, second, same, distances = unordered_pair_distances(embeddings, ["P", "P", "Q"])
+    assert first.tolist() == [0, 0, 1] and second.tolist() == [1, 2, 2]
+    assert same.tolist() == [1, 0, 0] and distances.tolist() == [3.0, 4.0, 1.0]
+    with pytest.raises(ValueError, match="at least 2 items"):
+        unordered_pair_distances(embeddings[:1], ["P"])
+
+
+def test_headline_picks_the_five_numbers_under_their_short_keys():
+    # same pairs at 0.1 and 0.4, different at 0.9 and 0.3: at 0.35, 0.1 accepted and 0.9 rejected (right),
+    # 0.4 rejected and 0.3 accepted (wrong): accuracy 1/2; 3 of the 4 (same, different) orderings right: AUC 3/4
+    verification = verification_metrics(np.array([0.1, 0.4, 0.9, 0.3]), np.array([1, 1, 0, 0]), threshold=0.35)
+    retrieval = {"precision_at_1": 0.75, "precision_at_5": 0.5, "map": 0.6}
+    assert headline(verification, retrieval) == {
+        "accuracy": 0.5, "auc": 0.75, "eer": verification["eer"], "p_at_1": 0.75, "map": 0.6}
+
+
+def test_importing_the_metrics_imports_neither_scipy_nor_scikit_learn():
+    """`facesim verify` needs neither: both are imported by the functions that use them."""
+    assert modules_imported_by("facesim.core.metrics", ["scipy", "sklearn"]) == []

@@ -1,0 +1,259 @@
+"""facesim.pipeline.evaluate: metrics from embeddings by hand, then the stage end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from conftest import evaluate_outputs, tiny_train_params, train_samples, write_faces_dir, write_tiny_samples
+from facesim.core.params import ParamsError, parse_section
+from facesim.pipeline.evaluate import PREDICTION_COLUMNS, EvaluateParams, evaluate_embeddings, evaluate_model
+from facesim.pipeline.train import train_and_save
+
+pytestmark = pytest.mark.usefixtures("torch_global_state")
+
+# ---- evaluate_embeddings by hand ------------------------------------------------------
+
+# Calibration: the faces of the validation people, P at x = 0 and 1, Q at x = 5 and 8. All 6 unordered
+# pairs: same P-P = 1, Q-Q = 3; different 0-5 = 5, 0-8 = 8, 1-5 = 4, 1-8 = 7. Accepting the k smallest
+# distances, k = 2 gets all 6 right: threshold (3 + 4) / 2 = 3.5, calibration accuracy 1.
+CAL_EMBEDDINGS = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0], [8.0, 0.0]])
+CAL_SUBJECTS = ["P", "P", "Q", "Q"]
+
+# Test: three people, two faces each.
+#   0 A (0,0)   1 A (2,0)   2 B (5,0)   3 B (5,3)   4 C (0,4)   5 C (0,5)
+# All 15 unordered pairs:
+#   same:      0-1 = 2, 2-3 = 3, 4-5 = 1
+#   different: 0-2 = 5, 0-3 = sqrt34 5.83, 0-4 = 4, 0-5 = 5, 1-2 = 3, 1-3 = sqrt18 4.24,
+#              1-4 = sqrt20 4.47, 1-5 = sqrt29 5.39, 2-4 = sqrt41 6.40, 2-5 = sqrt50 7.07,
+#              3-4 = sqrt26 5.10, 3-5 = sqrt29 5.39
+# At threshold 3.5: all three same pairs accepted (tp 3, fn 0), and 1-2 = 3 (fp 1); tn 11.
+#   accuracy 14/15, precision 3/4, recall 1, f1 2 (3/4)(1) / (7/4) = 6/7
+# AUC: each same pair against the 12 different ones; 1 and 2 beat all 12, 3 beats 11 and ties
+#   1-2 (a half): (12 + 12 + 11.5) / 36 = 71/72
+# EER: ROC points (fpr, tpr) at distances 1, 2, 3: (0, 1/3), (0, 2/3), (1/12, 1).
+#   Between the last two fnr goes 1/3 -> 0 and fpr 0 -> 1/12; equal at t with t/12 = (1 - t)/3,
+#   t = 4/5: EER = 1/15
+# Retrieval (each face against the 5 others; one relevant face each):
+#   q0 -> 1 (2) hit; q1 -> 0 (2) hit; q2 -> 1 and 3 tie at 3, index 1 (different) first: miss,
+#   the relevant face at rank 2; q3 -> 2 (3) hit; q4 -> 5 (1) hit; q5 -> 4 (1) hit.
+#   precision@1 = 5/6; precision@5 = 1/5 for everyone (one relevant among all 5 others);
+#   mAP = (1 + 1 + 1/2 + 1 + 1 + 1) / 6 = 11/12
+TEST_EMBEDDINGS = np.array([[0.0, 0.0], [2.0, 0.0], [5.0, 0.0], [5.0, 3.0], [0.0, 4.0], [0.0, 5.0]])
+TEST_SUBJECTS = ["A", "A", "B", "B", "C", "C"]
+# Sampled test pairs: 0-1 = 2 (same), 2-3 = 3 (same), 0-2 = 5 (diff), 4-5 = 1 (same), 1-2 = 3 (diff).
+# At 3.5: accept 0-1, 2-3, 4-5 (tp 3) and 1-2 (fp 1), reject 0-2 (tn 1): accuracy 4/5,
+#   precision 3/4, recall 1, f1 6/7. (On these pairs alone the best threshold would be 2.5:
+#   the threshold must come from calibration.)
+# AUC: same {1, 2, 3} vs different {5, 3}: 5 wins and one tie -> 5.5/6 = 11/12
+# EER: ROC (0, 1/3), (0, 2/3), (1/2, 1): t/2 = (1 - t)/3, t = 2/5 -> EER 1/5
+TEST_PAIRS = (np.array([0, 2, 0, 4, 1]), np.array([1, 3, 2, 5, 2]), np.array([1, 1, 0, 1, 0]))
+
+
+@pytest.fixture
+def hand_metrics():
+    return evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, TEST_PAIRS,
+                               retrieval_k=(1, 5))
+
+
+def test_evaluate_embeddings_threshold_is_calibrated_on_all_pairs_of_the_validation_people(hand_metrics):
+    metrics, _ = hand_metrics
+    assert metrics["threshold"] == 3.5
+    assert metrics["validation"]["n_pairs"] == 6
+    assert metrics["validation"]["accuracy"] == 1.0
+    assert metrics["test"]["threshold"] == metrics["all_pairs"]["threshold"] == 3.5
+
+
+def test_evaluate_embeddings_sampled_test_pairs_by_hand(hand_metrics):
+    metrics, distances = hand_metrics
+    assert np.allclose(distances["test"], [2, 3, 5, 1, 3])
+    expected = {"accuracy": 4 / 5, "precision": 3 / 4, "recall": 1.0, "f1": 6 / 7,
+                "roc_auc": 11 / 12, "eer": 1 / 5, "tp": 3, "fp": 1, "tn": 1, "fn": 0, "n_pairs": 5}
+    assert {k: metrics["test"][k] for k in expected} == pytest.approx(expected)
+
+
+def test_evaluate_embeddings_all_pairs_by_hand(hand_metrics):
+    metrics, distances = hand_metrics
+    expected = {"accuracy": 14 / 15, "precision": 3 / 4, "recall": 1.0, "f1": 6 / 7,
+                "roc_auc": 71 / 72, "eer": 1 / 15, "tp": 3, "fp": 1, "tn": 11, "fn": 0, "n_pairs": 15,
+                "far": 1 / 12, "frr": 0.0}
+    assert {k: metrics["all_pairs"][k] for k in expected} == pytest.approx(expected)
+    # the pairs themselves: i < j, labels by subject, distances as listed above
+    first, second = distances["all_pairs_first"], distances["all_pairs_second"]
+    assert len(first) == 15 and np.all(first < second)
+    assert distances["all_pairs_label"].tolist() == [TEST_SUBJECTS[i] == TEST_SUBJECTS[j]
+                                                      for i, j in zip(first, second)]
+    same = distances["all_pairs"][distances["all_pairs_label"] == 1]
+    assert sorted(same.tolist()) == [1.0, 2.0, 3.0]
+    # and the AUC agrees with scikit-learn's
+    assert metrics["all_pairs"]["roc_auc"] == pytest.approx(
+        roc_auc_score(distances["all_pairs_label"], -distances["all_pairs"]))
+
+
+def test_evaluate_embeddings_retrieval_by_hand(hand_metrics):
+    metrics, _ = hand_metrics
+    assert metrics["retrieval"] == pytest.approx({"precision_at_1": 5 / 6, "precision_at_5": 1 / 5, "map": 11 / 12})
+
+
+def test_evaluate_embeddings_returns_plain_numbers(hand_metrics):
+    metrics, _ = hand_metrics
+    json.dumps(metrics)  # raises on numpy scalars
+    assert type(metrics["threshold"]) is float
+
+
+def test_evaluate_embeddings_refuses_a_k_beyond_the_gallery():
+    with pytest.raises(ValueError, match="between 1 and 5"):
+        evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, TEST_PAIRS, retrieval_k=(6,))
+
+
+def test_evaluate_embeddings_refuses_single_class_test_pairs():
+    same_only = (np.array([0, 2]), np.array([1, 3]), np.array([1, 1]))
+    with pytest.raises(ValueError, match="single class"):
+        evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, same_only)
+
+
+# ---- params -----------------------------------------------------------------------------
+
+
+def test_evaluate_params_parse():
+    assert parse_section(EvaluateParams, {"retrieval_k": [1, 3, 10]}, "evaluate").retrieval_k == (1, 3, 10)
+    assert parse_section(EvaluateParams, {}, "evaluate").retrieval_k == (1, 5)
+
+
+@pytest.mark.parametrize("raw", [{"retrieval_k": [0]}, {"retrieval_k": [1, -5]}, {"retrieval_k": []},
+                                 {"retrieval_k": [1.5]}, {"retrieval_k": 5}, {"k": [1]}])
+def test_evaluate_params_refuse_bad_retrieval_k(raw):
+    with pytest.raises(ParamsError, match=r"evaluate\.(retrieval_k|k)"):
+        parse_section(EvaluateParams, raw, "evaluate")
+
+
+# ---- evaluate_model end to end ----------------------------------------------------------
+
+TINY = tiny_train_params(seed=5, epochs=2, batch_size=32)
+N_TEST_IMAGES = 30  # conftest: 3 testing subjects x 10 images
+METRIC_KEYS = ["threshold", "test.accuracy", "test.precision", "test.recall", "test.f1", "test.roc_auc",
+               "test.eer", "all_pairs.accuracy", "all_pairs.roc_auc", "all_pairs.eer",
+               "retrieval.precision_at_1", "retrieval.precision_at_5", "retrieval.map"]
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Faces, samples and a 2-epoch contrastive checkpoint, evaluated once for the whole module."""
+    root = tmp_path_factory.mktemp("evaluate")
+    faces_dir = write_faces_dir(root / "faces")
+    outputs = write_tiny_samples(faces_dir, root / "samples")
+    pair_paths = {f"pairs_{split}": outputs["pairs"][split] for split in ("train", "val", "test")}
+    checkpoint = root / "models" / "contrastive.pt"
+    train_and_save("contrastive", TINY, faces_dir, train_samples(outputs), checkpoint, root / "history.csv")
+    paths = evaluate_outputs(root / "eval")
+    metrics = evaluate_model("contrastive", EvaluateParams(), checkpoint, faces_dir,
+                             {k: pair_paths[k] for k in ("pairs_val", "pairs_test")}, paths)
+    return {"root": root, "faces_dir": faces_dir, "pairs": pair_paths, "checkpoint": checkpoint,
+            "outputs": paths, "metrics": metrics}
+
+
+def nested(metrics: dict, dotted: str):
+    for part in dotted.split("."):
+        metrics = metrics[part]
+    return metrics
+
+
+def test_evaluate_model_writes_headline_metrics_and_details(stage):
+    headline = json.loads(stage["outputs"]["metrics"].read_text())
+    metrics, all_pairs = stage["metrics"], stage["metrics"]["all_pairs"]
+    # the DVC metric: the threshold and the held-out headline, under the keys the CV summary uses too
+    assert headline == {"threshold": metrics["threshold"], "accuracy": all_pairs["accuracy"],
+                        "auc": all_pairs["roc_auc"], "eer": all_pairs["eer"],
+                        "p_at_1": metrics["retrieval"]["precision_at_1"], "map": metrics["retrieval"]["map"]}
+    written = json.loads(stage["outputs"]["details"].read_text())
+    assert written == metrics
+    assert written["model"] == "contrastive" and written["best_epoch"] in (1, 2)
+    for key in METRIC_KEYS:
+        value = nested(written, key)
+        assert isinstance(value, float) and np.isfinite(value), key
+    for key in METRIC_KEYS[1:]:
+        assert 0.0 <= nested(written, key) <= 1.0, key
+
+
+def test_evaluate_model_counts_every_pair(stage):
+    metrics = stage["metrics"]
+    assert metrics["all_pairs"]["n_pairs"] == N_TEST_IMAGES * (N_TEST_IMAGES - 1) // 2 == 435
+    assert metrics["test"]["n_pairs"] == len(pd.read_csv(stage["pairs"]["pairs_test"]))
+    val = pd.read_csv(stage["pairs"]["pairs_val"])
+    n_calibration = len(set(val["image1"]) | set(val["image2"]))  # every unordered pair of those faces
+    assert metrics["validation"]["n_pairs"] == n_calibration * (n_calibration - 1) // 2
+
+
+def test_evaluate_model_predictions(stage):
+    predictions = pd.read_csv(stage["outputs"]["predictions"])
+    metrics = stage["metrics"]
+    threshold = metrics["threshold"]
+    assert list(predictions.columns) == PREDICTION_COLUMNS
+    counts = predictions["set"].value_counts().to_dict()
+    assert counts == {"test": metrics["test"]["n_pairs"], "all_pairs": 435}
+    # distances are written to 6 significant digits; away from the threshold the verdict must agree
+    clear = (predictions["distance"] - threshold).abs() > 1e-5 * max(threshold, 1.0)
+    assert clear.mean() > 0.95
+    assert (predictions["predicted"] == (predictions["distance"] <= threshold))[clear].all()
+    for name in ("test", "all_pairs"):
+        part = predictions[predictions["set"] == name]
+        assert (part["predicted"] == part["label"]).mean() == pytest.approx(metrics[name]["accuracy"])
+        assert int(part["label"].sum()) == metrics[name]["tp"] + metrics[name]["fn"]
+    # label 1 exactly for same-subject pairs, in both sets
+    assert (predictions["label"] == (predictions["subject1"] == predictions["subject2"])).all()
+    test_pairs = pd.read_csv(stage["pairs"]["pairs_test"])
+    assert predictions.loc[predictions["set"] == "test", "image1"].tolist() == test_pairs["image1"].tolist()
+
+
+def test_evaluate_model_embeddings_match_the_predictions(stage):
+    embeddings = pd.read_csv(stage["outputs"]["embeddings"])
+    columns = [f"e{i}" for i in range(TINY.embedding_dim)]
+    assert list(embeddings.columns) == ["path", "person"] + columns
+    assert len(embeddings) == N_TEST_IMAGES and embeddings["path"].is_unique
+    assert embeddings["path"].str.startswith("testing/").all()
+    assert (embeddings["person"] == embeddings["path"].str.split("/").str[1]).all()
+    # all-pairs distances recomputed from the written embeddings
+    vectors = embeddings[columns].to_numpy()
+    row = {path: i for i, path in enumerate(embeddings["path"])}
+    predictions = pd.read_csv(stage["outputs"]["predictions"])
+    all_pairs = predictions[predictions["set"] == "all_pairs"]
+    recomputed = np.linalg.norm(vectors[all_pairs["image1"].map(row)] - vectors[all_pairs["image2"].map(row)], axis=1)
+    assert np.allclose(recomputed, all_pairs["distance"], rtol=1e-4, atol=1e-5)
+    # precision@1 recomputed by brute force from the same embeddings
+    distances = np.linalg.norm(vectors[:, None] - vectors[None, :], axis=2)
+    np.fill_diagonal(distances, np.inf)
+    nearest = distances.argmin(axis=1)
+    people = embeddings["person"].to_numpy()
+    assert stage["metrics"]["retrieval"]["precision_at_1"] == pytest.approx(np.mean(people[nearest] == people))
+
+
+def test_evaluate_model_writes_the_roc_curve(stage):
+    roc = pd.read_csv(stage["outputs"]["roc"])
+    assert list(roc.columns) == ["fpr", "tpr", "threshold"]
+    assert roc["fpr"].is_monotonic_increasing and roc["tpr"].is_monotonic_increasing
+    assert (roc["fpr"].iloc[0], roc["tpr"].iloc[0]) == (0.0, 0.0)
+    assert (roc["fpr"].iloc[-1], roc["tpr"].iloc[-1]) == (1.0, 1.0)
+    assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(stage["metrics"]["all_pairs"]["roc_auc"], abs=1e-4)
+
+
+def test_evaluate_model_names_a_missing_checkpoint(stage, tmp_path: Path):
+    outputs = evaluate_outputs(tmp_path, ".out")
+    missing = tmp_path / "models" / "never_trained.pt"
+    with pytest.raises(FileNotFoundError, match="never_trained.pt") as info:
+        evaluate_model("contrastive", EvaluateParams(), missing, stage["faces_dir"],
+                       {k: stage["pairs"][k] for k in ("pairs_val", "pairs_test")}, outputs)
+    assert "checkpoint" in str(info.value)
+    assert not any(path.exists() for path in outputs.values())
+
+
+def test_evaluate_model_names_a_missing_pairs_file(stage, tmp_path: Path):
+    outputs = evaluate_outputs(tmp_path, ".out")
+    pairs = {"pairs_val": stage["pairs"]["pairs_val"], "pairs_test": tmp_path / "no_test_pairs.csv"}
+    with pytest.raises(FileNotFoundError, match="no_test_pairs.csv"):
+        evaluate_model("contrastive", EvaluateParams(), stage["checkpoint"], stage["faces_dir"], pairs, outputs)
+    assert not any(path.exists() for path in outputs.values())

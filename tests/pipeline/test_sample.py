@@ -1,0 +1,322 @@
+"""facesim.pipeline.sample: seeded pairs and triplets, split train/val/test, on the `faces_dir` fixture.
+
+The fixture holds 8 training subjects (80 images) and 3 testing subjects (30 images), 10 images
+each. With the default params (3 similar + 3 dissimilar pairs and 3 triplets per training image,
+2 + 2 pairs and 2 triplets per test image, val_size 0.2) the expected sizes, worked out by hand:
+
+    pairs:    80 x 3 = 240 same, 240 different; val = round(0.2 x 240) = 48 of each
+              -> train 384, val 96;  test 30 x (2 + 2) = 120
+    triplets: 80 x 3 = 240; val = round(0.2 x 240) = 48 -> train 192, val 48;  test 30 x 2 = 60
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from facesim.core.params import ParamsError, parse_section
+from facesim.pipeline.sample import (
+    PAIR_COLUMNS,
+    SPLITS,
+    TRIPLET_COLUMNS,
+    Face,
+    SampleError,
+    SampleParams,
+    build_samples,
+    list_faces,
+    make_pairs,
+    split_rows,
+    write_samples,
+)
+
+TRAINING_SUBJECTS = {"s1", "s2", "s3", "s4", "s8", "s9", "s10", "s11"}
+TESTING_SUBJECTS = {"s5", "s6", "s7"}
+DEFAULTS = SampleParams()
+
+
+@pytest.fixture
+def tables(faces_dir: Path) -> dict[str, dict[str, pd.DataFrame]]:
+    return build_samples(DEFAULTS, faces_dir)
+
+
+def unordered(pairs: pd.DataFrame) -> list[frozenset[str]]:
+    return [frozenset(p) for p in zip(pairs["image1"], pairs["image2"])]
+
+
+def subjects_in(table: pd.DataFrame, columns: list[str]) -> set[str]:
+    return set().union(*(set(table[c]) for c in columns))
+
+
+def output_paths(root: Path) -> dict[str, dict[str, Path]]:
+    return {kind: {split: root / f"{kind}_{split}.csv" for split in SPLITS} for kind in ("pairs", "triplets")}
+
+
+def csv_bytes(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.glob("*.csv"))}
+
+
+# ---- the fixture itself ------------------------------------------------------------------------
+
+
+def test_fixture_faces_are_small_grey_pgms_that_differ(faces_dir: Path) -> None:
+    images = sorted(faces_dir.rglob("*.pgm"))
+    assert len(images) == 110
+    with Image.open(faces_dir / "training" / "s1" / "1.pgm") as first:
+        assert (first.format, first.mode, first.size) == ("PPM", "L", (10, 12))
+    assert len({p.read_bytes() for p in images}) == 110  # no two images alike
+
+
+# ---- list_faces ---------------------------------------------------------------------------------
+
+
+def test_list_faces_is_in_natural_order_and_relative(faces_dir: Path) -> None:
+    faces = list_faces(faces_dir, "training")
+    assert len(faces) == 80
+    assert faces[:2] == [Face("training/s1/1.pgm", "s1"), Face("training/s1/2.pgm", "s1")]
+    assert faces[9] == Face("training/s1/10.pgm", "s1")  # 10 after 9, not after 1
+    assert [f.subject for f in faces[::10]] == ["s1", "s2", "s3", "s4", "s8", "s9", "s10", "s11"]
+
+
+def test_list_faces_without_the_group_is_a_sample_error(tmp_path: Path) -> None:
+    with pytest.raises(SampleError, match="run the fetch stage first"):
+        list_faces(tmp_path, "training")
+    (tmp_path / "testing" / "s1").mkdir(parents=True)
+    with pytest.raises(SampleError, match="no sN/K.pgm images"):
+        list_faces(tmp_path, "testing")
+
+
+# ---- pairs ------------------------------------------------------------------------------------
+
+
+def test_sizes_match_the_hand_computed_counts(tables) -> None:
+    pairs, triplets = tables["pairs"], tables["triplets"]
+    assert {s: len(t) for s, t in pairs.items()} == {"train": 384, "val": 96, "test": 120}
+    assert {s: len(t) for s, t in triplets.items()} == {"train": 192, "val": 48, "test": 60}
+    # val takes round(0.2 x 240) = 48 of each label: the split keeps the 50/50 share
+    assert pairs["val"]["label"].value_counts().to_dict() == {0: 48, 1: 48}
+    assert pairs["train"]["label"].value_counts().to_dict() == {0: 192, 1: 192}
+    assert pairs["test"]["label"].value_counts().to_dict() == {0: 60, 1: 60}
+    for kind, columns in (("pairs", PAIR_COLUMNS), ("triplets", TRIPLET_COLUMNS)):
+        for table in tables[kind].values():
+            assert list(table.columns) == columns
+
+
+def test_labels_and_subjects_agree_with_the_paths(tables) -> None:
+    for pairs in tables["pairs"].values():
+        assert (pairs["label"] == (pairs["subject1"] == pairs["subject2"]).astype(int)).all()
+        assert (pairs["subject1"] == pairs["image1"].str.split("/").str[1]).all()
+        assert (pairs["subject2"] == pairs["image2"].str.split("/").str[1]).all()
+        assert (pairs["image1"] != pairs["image2"]).all()  # no self pair
+
+
+def test_no_unordered_pair_twice_across_train_and_val(tables) -> None:
+    both = unordered(tables["pairs"]["train"]) + unordered(tables["pairs"]["val"])
+    assert len(both) == 480
+    assert len(set(both)) == 480  # in either order
+    assert not set(unordered(tables["pairs"]["train"])) & set(unordered(tables["pairs"]["val"]))
+    test = unordered(tables["pairs"]["test"])
+    assert len(set(test)) == len(test)
+
+
+def test_every_image_has_exactly_its_own_pairs(tables) -> None:
+    pairs = pd.concat([tables["pairs"]["train"], tables["pairs"]["val"]])
+    same, different = pairs[pairs["label"] == 1], pairs[pairs["label"] == 0]
+    all_images = {f"training/{s}/{k}.pgm" for s in TRAINING_SUBJECTS for k in range(1, 11)}
+    # Each image starts exactly 3 pairs of each label; as a same-subject pair has two ends,
+    # each image also takes part in exactly 3 + 3 = 6 of them.
+    assert same["image1"].value_counts().to_dict() == dict.fromkeys(all_images, 3)
+    assert different["image1"].value_counts().to_dict() == dict.fromkeys(all_images, 3)
+    ends = pd.concat([same["image1"], same["image2"]]).value_counts()
+    assert ends.to_dict() == dict.fromkeys(all_images, 6)
+
+
+def test_groups_stay_apart(tables) -> None:
+    for kind, columns in (("pairs", ["subject1", "subject2"]),
+                          ("triplets", ["anchor_subject", "positive_subject", "negative_subject"])):
+        for split in ("train", "val"):
+            assert subjects_in(tables[kind][split], columns) == TRAINING_SUBJECTS
+        assert subjects_in(tables[kind]["test"], columns) == TESTING_SUBJECTS
+    for table in tables["pairs"].values():
+        groups = set(table["image1"].str.split("/").str[0]) | set(table["image2"].str.split("/").str[0])
+        assert len(groups) == 1
+
+
+def test_paths_in_csvs_are_relative_and_exist(tables, faces_dir: Path) -> None:
+    columns = {"pairs": ["image1", "image2"], "triplets": ["anchor", "positive", "negative"]}
+    for kind, splits in tables.items():
+        for table in splits.values():
+            for path in pd.concat([table[c] for c in columns[kind]]):
+                assert not path.startswith("/") and "\\" not in path
+                assert (faces_dir / path).is_file()
+
+
+def test_make_pairs_counts_on_a_tiny_set() -> None:
+    # 3 subjects x 5 images, 2 similar + 1 dissimilar each: 15 x 2 = 30 same, 15 x 1 = 15 different.
+    faces = [Face(f"training/s{s}/{k}.pgm", f"s{s}") for s in (1, 2, 3) for k in range(1, 6)]
+    pairs = make_pairs(faces, 2, 1, np.random.default_rng(0))
+    assert pairs["label"].value_counts().to_dict() == {1: 30, 0: 15}
+    # 5 images of one subject have 10 unordered pairs; k = 2 = (5-1)/2 takes every one of them
+    same = pairs[pairs["label"] == 1]
+    assert (same["subject1"].value_counts() == 10).all()
+    assert len(set(unordered(pairs))) == 45
+
+
+# ---- triplets --------------------------------------------------------------------------------
+
+
+def test_triplets_are_well_formed(tables) -> None:
+    for triplets in tables["triplets"].values():
+        assert (triplets["anchor"] != triplets["positive"]).all()
+        assert (triplets["anchor_subject"] == triplets["positive_subject"]).all()
+        assert (triplets["anchor_subject"] != triplets["negative_subject"]).all()
+        for column in ("anchor", "positive", "negative"):
+            assert (triplets[f"{column}_subject"] == triplets[column].str.split("/").str[1]).all()
+    both = pd.concat([tables["triplets"]["train"], tables["triplets"]["val"]])
+    # every training image anchors exactly 3 triplets, with 3 different positives
+    assert (both["anchor"].value_counts() == 3).all() and both["anchor"].nunique() == 80
+    assert not both.duplicated(["anchor", "positive"]).any()
+    assert (tables["triplets"]["test"]["anchor"].value_counts() == 2).all()
+
+
+def test_train_and_val_triplets_are_disjoint(tables) -> None:
+    train = set(map(tuple, tables["triplets"]["train"][["anchor", "positive", "negative"]].to_numpy()))
+    val = set(map(tuple, tables["triplets"]["val"][["anchor", "positive", "negative"]].to_numpy()))
+    assert len(train) == 192 and len(val) == 48
+    assert not train & val
+
+
+# ---- split_rows -----------------------------------------------------------------------------
+
+
+def test_split_rows_keeps_each_label_share_and_row_order() -> None:
+    table = pd.DataFrame({"x": range(15), "label": [1] * 10 + [0] * 5})
+    train, val = split_rows(table, 0.4, np.random.default_rng(0), stratify="label")
+    # round(0.4 x 10) = 4 positives and round(0.4 x 5) = 2 negatives go to val
+    assert val["label"].value_counts().to_dict() == {1: 4, 0: 2}
+    assert len(train) == 9
+    assert sorted(train["x"].tolist() + val["x"].tolist()) == list(range(15))
+    assert train["x"].is_monotonic_increasing and val["x"].is_monotonic_increasing
+
+
+# ---- split by subjects ------------------------------------------------------------------------
+
+
+def test_split_by_subjects_keeps_validation_subjects_unseen(faces_dir: Path) -> None:
+    params = dataclasses.replace(DEFAULTS, split_by="subjects")
+    tables = build_samples(params, faces_dir)
+    train_subjects = subjects_in(tables["pairs"]["train"], ["subject1", "subject2"])
+    val_subjects = subjects_in(tables["pairs"]["val"], ["subject1", "subject2"])
+    # round(0.2 x 8) = 2 validation subjects, 6 training subjects
+    assert len(val_subjects) == 2 and len(train_subjects) == 6
+    assert train_subjects | val_subjects == TRAINING_SUBJECTS
+    assert not train_subjects & val_subjects
+    triplet_columns = ["anchor_subject", "positive_subject", "negative_subject"]
+    assert subjects_in(tables["triplets"]["train"], triplet_columns) == train_subjects
+    assert subjects_in(tables["triplets"]["val"], triplet_columns) == val_subjects
+    # 60 training images x 3 triplets, 20 validation images x 3
+    assert (len(tables["triplets"]["train"]), len(tables["triplets"]["val"])) == (180, 60)
+
+
+def test_split_by_subjects_gives_every_image_all_its_pairs(faces_dir: Path) -> None:
+    tables = build_samples(dataclasses.replace(DEFAULTS, split_by="subjects"), faces_dir)
+    for split, n_images in (("train", 60), ("val", 20)):
+        pairs = tables["pairs"][split]
+        assert pairs["label"].value_counts().to_dict() == {1: 3 * n_images, 0: 3 * n_images}, split
+        assert (pairs[pairs["label"] == 0]["image1"].value_counts() == 3).all(), split
+
+
+def test_impossible_dissimilar_pairs_are_a_sample_error() -> None:
+    # 2 subjects x 3 images have only 3 x 3 = 9 different-subject pairs; 6 images x 3 asks for 18.
+    faces = [Face(f"training/s{s}/{k}.pgm", f"s{s}") for s in (1, 2) for k in range(1, 4)]
+    with pytest.raises(SampleError, match=r"sample\.dissimilar_per_image"):
+        make_pairs(faces, 1, 3, np.random.default_rng(0))
+
+
+def test_split_by_subjects_needs_two_subjects_on_each_side(faces_dir: Path) -> None:
+    params = dataclasses.replace(DEFAULTS, split_by="subjects", val_size=0.1)  # round(0.8) = 1 subject
+    with pytest.raises(SampleError, match="each side needs at least 2 subjects"):
+        build_samples(params, faces_dir)
+
+
+# ---- determinism -------------------------------------------------------------------------------
+
+
+def test_same_params_give_byte_identical_csvs(faces_dir: Path, tmp_path: Path) -> None:
+    stats = write_samples(DEFAULTS, faces_dir, output_paths(tmp_path / "a"))
+    write_samples(DEFAULTS, faces_dir, output_paths(tmp_path / "b"))
+    first = csv_bytes(tmp_path / "a")
+    assert len(first) == 6
+    assert first == csv_bytes(tmp_path / "b")
+    assert first["pairs_train.csv"].startswith(b"image1,image2,subject1,subject2,label\ntraining/s")
+    assert b"\r\n" not in first["pairs_train.csv"]
+    assert stats["pairs_train_rows"] == 384 and stats["pairs_val_positive_share"] == 0.5
+    assert len(pd.read_csv(tmp_path / "a" / "triplets_test.csv")) == 60
+
+
+def test_another_seed_gives_other_csvs(faces_dir: Path, tmp_path: Path) -> None:
+    write_samples(DEFAULTS, faces_dir, output_paths(tmp_path / "a"))
+    write_samples(dataclasses.replace(DEFAULTS, seed=7), faces_dir, output_paths(tmp_path / "b"))
+    first, second = csv_bytes(tmp_path / "a"), csv_bytes(tmp_path / "b")
+    for name in first:
+        assert first[name] != second[name], name
+
+
+def test_changing_test_factors_leaves_training_files_alone(faces_dir: Path) -> None:
+    before = build_samples(DEFAULTS, faces_dir)
+    after = build_samples(dataclasses.replace(DEFAULTS, test_similar_per_image=1, test_triplets_per_image=3), faces_dir)
+    for kind in ("pairs", "triplets"):
+        for split in ("train", "val"):
+            pd.testing.assert_frame_equal(before[kind][split], after[kind][split])
+    assert len(after["pairs"]["test"]) == 30 * (1 + 2)
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+
+def test_too_many_similar_pairs_is_a_sample_error_naming_the_key(faces_dir: Path) -> None:
+    # 10 images give at most (10 - 1) // 2 = 4 distinct same-subject pairs per image;
+    # 4 works: val = round(0.2 x 320) + round(0.2 x 240) = 64 + 48
+    assert len(build_samples(dataclasses.replace(DEFAULTS, similar_per_image=4), faces_dir)["pairs"]["val"]) == 112
+    with pytest.raises(SampleError, match=r"sample\.similar_per_image=5 is too large .* at most 4"):
+        build_samples(dataclasses.replace(DEFAULTS, similar_per_image=5), faces_dir)
+
+
+def test_too_many_triplets_is_a_sample_error_naming_the_key(faces_dir: Path) -> None:
+    with pytest.raises(SampleError, match=r"sample\.triplets_per_image=10 exceeds the 9 other images of subject s1"):
+        build_samples(dataclasses.replace(DEFAULTS, triplets_per_image=10), faces_dir)
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"val_size": 1.5}, "sample.val_size"),
+        ({"val_size": 0}, "sample.val_size"),
+        ({"seed": "forty-two"}, "sample.seed"),
+        ({"similar_per_image": 2.5}, "sample.similar_per_image"),
+        ({"dissimilar_per_image": -1}, "sample.dissimilar_per_image"),
+        ({"split_by": "images"}, "sample.split_by"),
+        ({"similar_per_imgae": 3}, "sample.similar_per_imgae"),
+    ],
+)
+def test_bad_params_name_the_key(raw, key) -> None:
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+        parse_section(SampleParams, raw, "sample")
+
+
+def test_params_yaml_defaults_parse() -> None:
+    raw = {"seed": 1, "val_size": "2.5e-1", "split_by": "subjects"}
+    params = parse_section(SampleParams, raw, "sample")
+    assert (params.seed, params.val_size, params.split_by) == (1, 0.25, "subjects")
+
+
+def test_write_samples_with_a_missing_output_writes_nothing(faces_dir: Path, tmp_path: Path) -> None:
+    outputs = output_paths(tmp_path / "out")
+    del outputs["triplets"]["val"]
+    with pytest.raises(ValueError, match="triplets.val"):
+        write_samples(DEFAULTS, faces_dir, outputs)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,124 @@
+"""facesim.pipeline.train: the train stage's work (`train_and_save`): the sample CSVs in, the checkpoint and
+the loss history out (all or none), both logged to the run. The loop itself is tested in test_fit.py."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import RecordingRun, tiny_train_params, train_samples, write_faces_dir, write_tiny_samples
+from facesim.core.data import FaceSet
+from facesim.core.models import EnsembleNet, embed_all, load_checkpoint
+from facesim.core.params import ParamsError
+from facesim.pipeline.train import train_and_save
+
+pytestmark = pytest.mark.usefixtures("torch_global_state")
+
+TINY = tiny_train_params(seed=3, epochs=3, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def stage_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """(faces_dir, the CSVs of the sample stage) on the conftest faces."""
+    root = tmp_path_factory.mktemp("train")
+    faces_dir = write_faces_dir(root / "faces")
+    return faces_dir, write_tiny_samples(faces_dir, root / "samples")
+
+
+def test_train_and_save_writes_checkpoint_and_history(stage_inputs, tmp_path: Path):
+    faces_dir, samples = stage_inputs
+    checkpoint_path, history_path = tmp_path / "models" / "contrastive.pt", tmp_path / "plots" / "history.csv"
+    run = RecordingRun()
+    result = train_and_save("contrastive", TINY, faces_dir, train_samples(samples), checkpoint_path, history_path,
+                            run)
+    assert checkpoint_path.is_file() and history_path.is_file()
+
+    history = pd.read_csv(history_path)
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_roc_auc"]  # no wall-clock seconds
+    assert history["epoch"].tolist() == list(range(1, len(result.history) + 1))
+    assert np.allclose(history["val_loss"], result.history["val_loss"], rtol=1e-5)
+
+    # one metrics row per epoch, then the summary
+    steps = [step for _, step in run.metrics]
+    assert steps == list(range(1, len(history) + 1)) + [None]
+    summary = run.metrics[-1][0]
+    assert summary["best_epoch"] == result.best_epoch and summary["epochs_run"] == len(history)
+    assert summary["best_val_roc_auc"] == result.history["val_roc_auc"][result.best_epoch - 1]
+    # the network itself, two prepared faces as its input example, and what the checkpoint says of it
+    ((model, example, metadata),) = run.models
+    assert model is result.model and example.shape == (2, 1, 16, 16) and example.dtype == np.float32
+    assert metadata == {"model_name": "contrastive", "epoch": result.best_epoch,
+                        "best_val_loss": result.best_val_loss}
+    assert [(path.suffix, folder) for path, folder in run.artifacts] == [(".csv", "plots")]
+
+    # round trip: the loaded network gives the very same embeddings
+    faces = FaceSet.load(faces_dir, [f"testing/s5/{i}.pgm" for i in range(1, 11)], TINY.preprocess())
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    assert not model.training
+    assert checkpoint["epoch"] == result.best_epoch and checkpoint["params"] == TINY.resolved("contrastive")
+    assert torch.equal(embed_all(model, faces.tensor), embed_all(result.model, faces.tensor))
+
+
+def test_train_and_save_trains_a_triplet_model_from_its_own_csvs(stage_inputs, tmp_path: Path):
+    faces_dir, samples = stage_inputs
+    params = dataclasses.replace(TINY, epochs=1, triplet=dataclasses.replace(TINY.triplet, mining="none"))
+    result = train_and_save("triplet", params, faces_dir, train_samples(samples, "triplet"), tmp_path / "t.pt",
+                            tmp_path / "history.csv")
+    assert load_checkpoint(tmp_path / "t.pt")[1]["model_name"] == "triplet"
+    assert 0.0 <= result.history["val_roc_auc"].iloc[0] <= 1.0  # ROC AUC of the validation pairs
+
+
+def test_train_and_save_writes_nothing_when_logging_the_model_fails(stage_inputs, tmp_path: Path):
+    faces_dir, samples = stage_inputs
+    checkpoint_path, history_path = tmp_path / "out" / "model.pt", tmp_path / "out" / "history.csv"
+    with pytest.raises(RuntimeError, match="model registry is down"):
+        train_and_save("contrastive", TINY, faces_dir, train_samples(samples), checkpoint_path, history_path,
+                       RecordingRun(fail_on_log_model=True))
+    assert not checkpoint_path.exists() and not history_path.exists()
+    assert list((tmp_path / "out").iterdir()) == []  # no staged leftovers either
+
+
+def test_train_and_save_keeps_old_outputs_when_it_fails(stage_inputs, tmp_path: Path):
+    faces_dir, samples = stage_inputs
+    checkpoint_path, history_path = tmp_path / "model.pt", tmp_path / "history.csv"
+    checkpoint_path.write_bytes(b"old checkpoint")
+    history_path.write_text("old history\n")
+    with pytest.raises(RuntimeError):
+        train_and_save("contrastive", TINY, faces_dir, train_samples(samples), checkpoint_path, history_path,
+                       RecordingRun(fail_on_log_model=True))
+    assert checkpoint_path.read_bytes() == b"old checkpoint" and history_path.read_text() == "old history\n"
+
+
+def test_train_and_save_names_a_missing_table(stage_inputs, tmp_path: Path):
+    faces_dir, samples = stage_inputs
+    inputs = {**train_samples(samples, "triplet"), "val_pairs": tmp_path / "nowhere.csv"}
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.csv: not found \(run the sample stage first\)"):
+        train_and_save("triplet", TINY, faces_dir, inputs, tmp_path / "m.pt", tmp_path / "h.csv")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_contrastive_validates_on_the_validation_pairs_only(stage_inputs, tmp_path: Path):
+    faces_dir, samples = stage_inputs
+    inputs = {**train_samples(samples), "val_pairs": samples["pairs"]["test"]}
+    with pytest.raises(ValueError, match="contrastive validates on pairs: its validation CSV and the validation "
+                                         "pairs must be one file"):
+        train_and_save("contrastive", TINY, faces_dir, inputs, tmp_path / "m.pt", tmp_path / "h.csv")
+    with pytest.raises(ParamsError, match="unknown model 'siamese'"):
+        train_and_save("siamese", TINY, faces_dir, train_samples(samples), tmp_path / "m.pt", tmp_path / "h.csv")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_an_ensemble_checkpoint_loads_back(stage_inputs, tmp_path: Path):
+    faces_dir, samples = stage_inputs
+    params = dataclasses.replace(TINY, epochs=1, contrastive=dataclasses.replace(TINY.contrastive, members=2))
+    result = train_and_save("contrastive", params, faces_dir, train_samples(samples), tmp_path / "model.pt",
+                            tmp_path / "history.csv")
+    model, checkpoint = load_checkpoint(tmp_path / "model.pt")
+    faces = FaceSet.load(faces_dir, [f"testing/s6/{i}.pgm" for i in range(1, 11)], params.preprocess())
+    assert isinstance(model, EnsembleNet) and checkpoint["epoch"] == 1
+    assert torch.allclose(embed_all(model, faces.tensor), embed_all(result.model, faces.tensor), atol=1e-6)
