@@ -1,0 +1,61 @@
+"""Our models measured as the train stage runs them: `facesim.pipeline.fit` at the params.yaml defaults."""
+
+from __future__ import annotations
+
+import sys
+
+from measure import best_rate, load_data, pair_arrays, peak_rss_mb, seconds_to_auc, test_metrics
+
+def run_ours(args, model_name: str) -> dict:
+    import torch
+
+    from facesim.core.data import FaceSet
+    from facesim.core.models import count_flops, embed_all
+    from facesim.core.params import load_section
+    from facesim.pipeline.fit import fit
+    from facesim.pipeline.sample import face_paths
+    from facesim.pipeline.train_params import TrainParams
+
+    tables, all_paths, test_paths = load_data(args)
+    params = load_section(TrainParams, args.params, "train")
+    training = {n: tables[n] for n in ("pairs_train", "pairs_val", "triplets_train", "triplets_val")}
+    faces = FaceSet.load(args.faces, face_paths(training), params.preprocess())
+    # What the training steps went through, every member of an ensemble alike (each calls on_step).
+    counted = {"examples": 0, "faces": 0}
+
+    def count(objective, batch):
+        counted["examples"] += objective.examples_in(batch)
+        counted["faces"] += objective.faces_in(batch)
+
+    result = fit(model_name, params, tables, faces, log=lambda line: print("  " + line, file=sys.stderr, flush=True),
+                 on_step=count)
+    model = result.model
+    history = result.history.to_dict("records")
+
+    val, test = tables["pairs_val"], tables["pairs_test"]
+    test_faces = FaceSet.load(args.faces, test_paths, params.preprocess())
+    calibration = faces.subset(sorted(set(val["image1"]) | set(val["image2"])))
+    quality = test_metrics(embed_all(model, calibration.tensor).numpy(), calibration.subjects,
+                           embed_all(model, test_faces.tensor).numpy(), test_faces.subjects,
+                           pair_arrays(test, test_faces))
+
+    embed_files = best_rate(lambda: embed_all(model, FaceSet.load(args.faces, all_paths, params.preprocess()).tensor),
+                            len(all_paths), reps=3)
+    everyone = FaceSet.load(args.faces, all_paths, params.preprocess()).tensor
+    embed_model = best_rate(lambda: embed_all(model, everyone), len(everyone), reps=5)
+    # An ensemble's epoch is every member's epoch: its train_seconds and the counts add the members up.
+    epochs, seconds = len(result.train_seconds), sum(result.train_seconds)
+    members = params.loss_params(model_name).members
+    flops = count_flops(model, params.input_height, params.input_width)  # every member: one embedded face
+    return {
+        "system": model_name, "epochs": epochs, "members": members,
+        "pairs_per_epoch": counted["examples"] // epochs,
+        "train_rate": counted["examples"] / seconds,
+        "train_faces_per_s": counted["faces"] / seconds,  # face passes through one member network
+        "seconds_per_epoch": seconds / epochs,
+        "embed_files_per_s": embed_files, "embed_model_per_s": embed_model,
+        "seconds_to_auc": seconds_to_auc(history), "final_val_auc": history[-1]["val_roc_auc"],
+        "flops_per_face": flops, "flops_per_face_pass": flops // members,
+        "input": f"{params.input_height}x{params.input_width}", "threads": torch.get_num_threads(),
+        **quality, **peak_rss_mb(),
+    }
