@@ -11,10 +11,13 @@ AUC_TARGET = 0.99
 TABLES = ("pairs_train", "pairs_val", "pairs_test", "triplets_train", "triplets_val")
 
 
-def peak_rss_mb() -> dict[str, float]:
-    """Peak resident set size of this process plus the largest of its (DataLoader worker) children."""
+def peak_rss_mb(loader_workers: bool) -> dict[str, float]:
+    """Peak resident set size of this process, plus the largest of its DataLoader worker children when
+    it has some. Without workers the children are only short helpers (`uname -p`, `ldconfig -p`, run by
+    Python's platform module and torch), whose peak RSS the kernel reports as the whole forked
+    process's at the moment of the fork: counting them would add the process to itself."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if loader_workers else 0.0
     return {"peak_rss_mb": own + workers, "peak_rss_main_mb": own, "peak_rss_workers_mb": workers}
 
 

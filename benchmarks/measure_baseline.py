@@ -74,5 +74,5 @@ def run_baseline(args) -> dict:
         "seconds_to_auc": seconds_to_auc(history), "final_val_auc": history[-1]["val_roc_auc"],
         # one network: a face embedded and a face passed in training cost the same
         "flops_per_face": flops, "flops_per_face_pass": flops,
-        "input": f"{B.SIZE}x{B.SIZE}", **quality, **peak_rss_mb(),
+        "input": f"{B.SIZE}x{B.SIZE}", **quality, **peak_rss_mb(loader_workers=True),
     }

@@ -57,5 +57,5 @@ def run_ours(args, model_name: str) -> dict:
         "seconds_to_auc": seconds_to_auc(history), "final_val_auc": history[-1]["val_roc_auc"],
         "flops_per_face": flops, "flops_per_face_pass": flops // members,
         "input": f"{params.input_height}x{params.input_width}", "threads": torch.get_num_threads(),
-        **quality, **peak_rss_mb(),
+        **quality, **peak_rss_mb(loader_workers=False),
     }

@@ -42,12 +42,14 @@ def systems_table(results: list[dict], info: dict, peak: dict, baseline_epochs: 
             f"{r['train_faces_per_s'] / base['train_faces_per_s']:.1f}x | "
             f"{r['embed_files_per_s'] / base['embed_files_per_s']:.1f}x | "
             f"{r['embed_model_per_s'] / base['embed_model_per_s']:.1f}x | "
-            f"{base['peak_rss_mb'] / r['peak_rss_mb']:.1f}x | {fmt(speedup, '.1f')}{'x' if speedup else ''} |")
+            f"{base['peak_rss_main_mb'] / r['peak_rss_main_mb']:.1f}x | {fmt(speedup, '.1f')}{'x' if speedup else ''} |")
     roofline, warnings = roofline_table(results, peak)
     members = ", ".join(f"{r['system']} {r['members']}" for r in results[1:] if r.get("members", 1) > 1)
     lines += ["", roofline, "",
               f"Baseline: {baseline_epochs} epochs of 370 random pairs; peak RSS = main process "
-              f"{base['peak_rss_main_mb']:.0f} MB + loader worker {base['peak_rss_workers_mb']:.0f} MB."
+              f"{base['peak_rss_main_mb']:.0f} MB + loader worker {base['peak_rss_workers_mb']:.0f} MB (a forked worker's "
+              f"RSS counts the pages it shares with the main process: an upper bound); ours: one process, no "
+              f"workers; the memory ratio compares the main processes."
               + (f" Ensembles ({members} members): MFLOP/face and embedding count every member; training "
                  "faces/s, s/epoch and rates count every member's face passes and epochs." if members else "")]
     return "\n".join(lines), warnings
