@@ -21,15 +21,20 @@ def peak_rss_mb(loader_workers: bool) -> dict[str, float]:
     return {"peak_rss_mb": own + workers, "peak_rss_main_mb": own, "peak_rss_workers_mb": workers}
 
 
-def best_rate(fn, items: int, reps: int = 5) -> float:
-    """Items per second of the median of `reps` timed calls, after one warm-up call."""
+def call_seconds(fn, reps: int) -> list[float]:
+    """Seconds of each of `reps` timed calls of `fn`, after one warm-up call."""
     fn()
     times = []
     for _ in range(reps):
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
-    return items / statistics.median(times)
+    return times
+
+
+def best_rate(fn, items: int, reps: int = 5) -> float:
+    """Items per second of the median of `reps` timed calls, after one warm-up call."""
+    return items / statistics.median(call_seconds(fn, reps))
 
 
 def seconds_to_auc(history: list[dict]) -> float | None:
@@ -47,17 +52,15 @@ def load_data(args):
     from facesim.pipeline.sample import list_faces, load_tables
 
     tables = load_tables({name: Path(args.samples) / f"{name}.csv" for name in TABLES})
-    all_paths = [f.path for g in ("training", "testing") for f in list_faces(args.faces, g)]
     test_paths = [f.path for f in list_faces(args.faces, "testing")]
-    return tables, all_paths, test_paths
+    return tables, [f.path for f in list_faces(args.faces, "training")] + test_paths, test_paths
 
 
 def pair_arrays(table, faces):
     """(first rows, second rows, labels) of a pair table's faces in `faces`, as numpy arrays."""
     from facesim.pipeline.objectives import pair_rows
 
-    first, second, label = pair_rows(table, faces).numpy().T
-    return first, second, label
+    return tuple(pair_rows(table, faces).numpy().T)
 
 
 def test_metrics(calibration_emb, calibration_subjects, test_emb, test_subjects, test_pairs) -> dict:

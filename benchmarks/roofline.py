@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 from pathlib import Path
+
+from measure import call_seconds
 
 MATMUL_SIZES = (512, 1024, 2048)
 CONV_SHAPES = ((128, 32, 32, 16), (256, 16, 16, 32))  # channels (in = out), height, width, batch
@@ -55,13 +56,7 @@ def machine() -> dict:
 
 def best_gflops(fn, flops: int, reps: int = PEAK_REPEATS) -> float:
     """GFLOP/s of the fastest of `reps` timed calls, after one warm-up call."""
-    fn()
-    fastest = float("inf")
-    for _ in range(reps):
-        started = time.perf_counter()
-        fn()
-        fastest = min(fastest, time.perf_counter() - started)
-    return flops / fastest / 1e9
+    return flops / min(call_seconds(fn, reps)) / 1e9
 
 
 def run_peak(args) -> dict:

@@ -200,7 +200,7 @@ def test_stage_data_deps_are_the_inputs_its_command_names(name, stage):
     assert unlisted == [], f"{name}: inputs of its command not among its deps: {unlisted}"
 
 
-def test_code_deps_follow_the_imports(tmp_path):
+def test_code_deps_follow_the_imports():
     """The deps check can fail: a script importing the evaluate stage's module needs the registry too."""
     deps = code_deps("stages/evaluate.py")
     assert "src/facesim/mlops/registry.py" in deps and "src/facesim/pipeline/evaluate.py" in deps
