@@ -3,6 +3,7 @@
     python benchmarks/bench.py --quick          # CI: a few baseline epochs, under 5 minutes
     python benchmarks/bench.py                  # the baseline's full 100 epochs (~15 minutes)
     python benchmarks/bench.py --ablations      # also: what each speed-up gives, one at a time
+    python benchmarks/bench.py --backbones      # also: resnet18 and efficientnet_b0 against compact
 
 Every system runs in a fresh process of its own, one after the other, on the
 same faces and the same validation and test pairs (the sample stage's CSVs),
@@ -16,7 +17,8 @@ times faces/s by the float32 peak measured here, pinned as the systems are
 (`roofline.py` says how both are counted).
 
 The jobs: `measure_baseline.py` (the classic baseline, `baseline.py`),
-`measure_ours.py` (our models), `ablations.py`, `roofline.py` (FLOPs, the peak),
+`measure_ours.py` (our models), `ablations.py`, `backbones.py` (the torchvision
+backbones' training and embedding speed), `roofline.py` (FLOPs, the peak),
 `report.py` (the tables); `measure.py` is what the measuring processes share.
 """
 
@@ -50,6 +52,10 @@ def run_child(args) -> dict:
         from ablations import run_ablations
 
         return run_ablations(args)
+    if args.child == "backbones":
+        from backbones import run_backbones
+
+        return run_backbones(args)
     if args.child == "peak":
         from roofline import run_peak
 
@@ -70,7 +76,7 @@ def child(name: str, args, native_kernels: bool = False) -> dict:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--child", name, "--out-json", str(out), "--faces", args.faces,
                "--samples", args.samples, "--params", args.params, "--baseline-epochs", str(args.baseline_epochs),
-               "--seed", str(args.seed)]
+               "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
         started = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=REPO, env=env)
         result = json.loads(out.read_text())
@@ -86,13 +92,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CI mode: 5 baseline epochs (under 5 minutes in all)")
     parser.add_argument("--ablations", action="store_true", help="also measure each speed-up one at a time")
+    parser.add_argument("--backbones", action="store_true",
+                        help="also measure resnet18 and efficientnet_b0 against compact (about a minute with --quick)")
     parser.add_argument("--baseline-epochs", type=int, default=None, help="default: 100, or 5 with --quick")
     parser.add_argument("--faces", default="data/raw/faces")
     parser.add_argument("--samples", default="data/processed")
     parser.add_argument("--params", default="params.yaml", help="our models train with its 'train' section")
     parser.add_argument("--seed", type=int, default=42, help="the baseline's random pairs and initialisation")
     parser.add_argument("--out", default=None, help="also write the tables (markdown) and results (JSON next to it)")
-    parser.add_argument("--child", choices=SYSTEMS + ("ablations", "peak"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=SYSTEMS + ("ablations", "backbones", "peak"), help=argparse.SUPPRESS)
     parser.add_argument("--out-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_epochs is None:
@@ -101,7 +109,7 @@ def main() -> None:
         Path(args.out_json).write_text(json.dumps(run_child(args)))
         return
 
-    from report import ablation_table, pinning_table, systems_table, write
+    from report import ablation_table, backbone_table, pinning_table, systems_table, write
     from roofline import combine_peaks, machine, peak_line
 
     started = time.perf_counter()
@@ -126,11 +134,16 @@ def main() -> None:
         say("running ablations ...")
         ablations = child("ablations", args)["rows"]
         report += "\n\n" + ablation_table(ablations)
+    backbones = None
+    if args.backbones:
+        say("running backbones ...")
+        backbones = child("backbones", args)["rows"]
+        report += "\n\n" + backbone_table(backbones)
     report += f"\n\nBenchmark wall time: {time.perf_counter() - started:.0f} s"
     print(report)
     if args.out:
         write(args.out, report, {"machine": info, "peak": peak, "results": results, "native_kernels": native,
-                                 "ablations": ablations})
+                                 "ablations": ablations, "backbones": backbones})
 
 
 if __name__ == "__main__":

@@ -77,6 +77,22 @@ def ablation_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def backbone_table(rows: list[dict]) -> str:
+    """The torchvision backbones against compact (`backbones.py`): figures and ratios from one run."""
+    reference = rows[0]
+    lines = [f"Backbones, contrastive model, one network, P x K batches, {reference['threads']} threads; "
+             f"ratios against {reference['backbone']} at {reference['input']} in the same run "
+             "(s/epoch: training steps and the validation that ends the epoch; random weights, which train and "
+             "embed as fast as ImageNet's):", "",
+             "| backbone | input | MFLOP/face | train faces/s | s/epoch | embed faces/s | train vs compact "
+             "| s/epoch vs compact | embed vs compact |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['backbone']} | {r['input']} | {r['flops_per_face'] / 1e6:.1f} | {r['train_faces_per_s']:.0f} | "
+              f"{r['seconds_per_epoch']:.2f} | {r['embed_faces_per_s']:.0f} | {r['train_vs_compact']:.3f}x | "
+              f"{r['epoch_vs_compact']:.1f}x | {r['embed_vs_compact']:.3f}x |" for r in rows]
+    return "\n".join(lines)
+
+
 def write(out: str, report: str, data: dict) -> None:
     """The report as markdown at `out`, and everything measured as JSON next to it."""
     path = Path(out)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install facesim with its test extra into it (if pyproject.toml
+# Create .venv (if missing) and install facesim with its test and dlib extras into it (if pyproject.toml
 # or scripts/constraints.txt changed since the last install). Sourced by scripts/repro.sh and scripts/test.sh; idempotent.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,7 +16,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "facesim: installing facesim and its dependencies into .venv (torch alone is large; first time takes minutes)"
     .venv/bin/python -m pip install --quiet --upgrade pip
     # the versions the committed results were computed with (see the file's header)
-    .venv/bin/python -m pip install --quiet -c scripts/constraints.txt -e '.[test]'
+    .venv/bin/python -m pip install --quiet -c scripts/constraints.txt -e '.[test,dlib]'
     echo "$wanted" > "$stamp"
 else
     echo "facesim: .venv is up to date with pyproject.toml"

@@ -1,5 +1,6 @@
-"""DVC stage `fold@<model>-<fold>-<seed>` of cv/dvc.yaml: train one model on every group of people but
-one, with one training seed, and score it on the people of the group it never saw."""
+"""DVC stage `fold@<backbone>-<model>-<fold>-<seed>` of cv/dvc.yaml: train one model of one backbone
+(`cv.backbones`) on every group of people but one, with one training seed, and score it on the people of the
+group it never saw."""
 
 import argparse
 import json
@@ -7,7 +8,7 @@ import json
 from facesim.core.atomic import staged_outputs
 from facesim.pipeline.cv import cv_config, load_cv_params, run_fold
 from facesim.pipeline.fetch import content_digest
-from facesim.core.models import MODELS
+from facesim.core.models import MODELS, require_backbone
 from facesim.pipeline.sample import list_faces
 from facesim.mlops.tracking import group_key, stage_run
 from facesim.core.params import load_section
@@ -17,7 +18,9 @@ from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic, run_stage
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml",
-                        help="params file; reads 'cv', 'train' with 'cv.train' over it, and 'runtime'")
+                        help="params file; reads 'cv', 'train' with 'cv.train' and 'cv.backbones.<backbone>' "
+                             "over it, and 'runtime'")
+    parser.add_argument("--backbone", required=True, help="which of cv.backbones (its train keys) to train")
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--fold", required=True, type=int, help="which group of people is held out (1-based)")
     parser.add_argument("--seed", required=True, type=int, help="the training seed (one of cv.seeds)")
@@ -27,10 +30,11 @@ def main() -> None:
     args = parser.parse_args()
     pin_arithmetic(load_section(RuntimeParams, args.params, "runtime"))  # before any tensor
 
-    cv, train = load_cv_params(args.params)
+    cv, train = load_cv_params(args.params, args.backbone)
+    require_backbone(train)  # no MLflow run for a fold that cannot start (weights or dlib missing)
     faces = list_faces(args.faces, "training") + list_faces(args.faces, "testing")
-    config = cv_config(cv, train)
-    run_params = {"model": args.model, "fold": args.fold, "seed": args.seed, **train.resolved(args.model)}
+    config = cv_config(cv, train, args.backbone)
+    run_params = {"cv_backbone": args.backbone, "model": args.model, "fold": args.fold, "seed": args.seed, **train.resolved(args.model)}
     with stage_run("cv_fold", run_params, tags={"data_digest": content_digest(args.faces)},
                    group=group_key(config), group_name="cv") as run:
         result = run_fold(cv, train, args.model, args.fold, args.seed, faces, args.faces)

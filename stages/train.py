@@ -2,7 +2,7 @@
 
 import argparse
 
-from facesim.core.models import MODELS
+from facesim.core.models import MODELS, require_backbone
 from facesim.core.params import load_section
 from facesim.mlops.tracking import stage_run
 from facesim.pipeline.fetch import content_digest
@@ -25,6 +25,7 @@ def main() -> None:
     pin_arithmetic(load_section(RuntimeParams, args.params, "runtime"))  # before any tensor
 
     params = load_section(TrainParams, args.params, "train")
+    require_backbone(params)  # no MLflow run for a stage that cannot start (weights or dlib missing)
     samples = {"train": args.train, "val": args.val, "val_pairs": args.val_pairs}
     with stage_run("train", params.resolved(args.model), tags={"data_digest": content_digest(args.faces)}) as run:
         result = train_and_save(args.model, params, args.faces, samples, args.checkpoint, args.history, run)

@@ -23,9 +23,11 @@ from facesim.pipeline.fetch import content_digest
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["fetch", "sample", "train@contrastive", "train@triplet", "evaluate@contrastive",
           "evaluate@triplet", "robustness@contrastive", "robustness@triplet", "render"]
-# the cross-validation pipeline of the copy: 2 folds x 1 seed x 2 models, then the summary
-CV_STAGES = ([f"fold@{model}-{fold}-1" for model in ("contrastive", "triplet") for fold in (1, 2)]
-             + ["summary@contrastive", "summary@triplet"])
+# the cross-validation pipeline of the copy: 2 backbones x 2 models x 2 folds x 1 seed, then the summaries
+CV_BACKBONES = ("compact", "dlib")
+CV_STAGES = ([f"fold@{backbone}-{model}-{fold}-1" for backbone in CV_BACKBONES for model in ("contrastive", "triplet")
+              for fold in (1, 2)]
+             + [f"summary@{backbone}-{model}" for backbone in CV_BACKBONES for model in ("contrastive", "triplet")])
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +50,8 @@ def _tiny_params(digest: str) -> dict:
     params["train"]["contrastive"].update(people_per_batch=4, faces_per_person=3, epochs=0, members=1)
     params["render"]["dpi"] = 40
     params["cv"].update(folds=[1, 2], seeds=[1], train={"epochs": 1, "triplet": {"epochs": 1}})
+    # the dlib backbone as params.yaml has it: dlib describes the tiny faces (no face found in any)
+    assert set(params["cv"]["backbones"]) == set(CV_BACKBONES)
     return params
 
 
@@ -75,6 +79,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
         # The stages run `python`: the interpreter running the tests, with the copy's src first.
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         PYTHONPATH=str(repo / "src"),
+        FACESIM_CACHE=str(tmp / "cache"),
         GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
     )
     _run(["git", "init", "-q"], repo, env)
@@ -125,17 +130,19 @@ def test_cross_validation_is_a_pipeline_of_its_own(pipeline: dict) -> None:
         assert f"Running stage 'cv/dvc.yaml:{stage}'" in pipeline["cv"].stdout or \
             f"Running stage '{stage}'" in pipeline["cv"].stdout, stage
     assert "Running stage 'train@" not in pipeline["cv"].stdout  # the main pipeline was up to date
-    for model in ("contrastive", "triplet"):
-        for fold in (1, 2):
-            row = json.loads((repo / f"reports/cv/folds/{model}/fold{fold}-seed1.json").read_text())
-            assert (row["model"], row["fold"], row["seed"]) == (model, fold, 1)
-            assert (repo / f"reports/cv/roc/{model}/fold{fold}-seed1.csv").stat().st_size > 0
     files = next(iter(pipeline["metrics"].values()))["data"]
-    for model in ("contrastive", "triplet"):
-        details = json.loads((repo / f"reports/cv/{model}_details.json").read_text())
-        assert details["runs"] == 2
-        assert f"reports/cv/{model}.json" in files  # `dvc metrics show` lists it
-        assert files[f"reports/cv/{model}.json"]["data"]["eer"] == details["mean"]["eer"]
+    for backbone in CV_BACKBONES:
+        for model in ("contrastive", "triplet"):
+            for fold in (1, 2):
+                row = json.loads((repo / f"reports/cv/{backbone}/folds/{model}/fold{fold}-seed1.json").read_text())
+                assert (row["model"], row["fold"], row["seed"]) == (model, fold, 1)
+                assert (repo / f"reports/cv/{backbone}/roc/{model}/fold{fold}-seed1.csv").stat().st_size > 0
+            details = json.loads((repo / f"reports/cv/{backbone}/{model}_details.json").read_text())
+            assert details["runs"] == 2
+            assert f"reports/cv/{backbone}/{model}.json" in files  # `dvc metrics show` lists it
+            assert files[f"reports/cv/{backbone}/{model}.json"]["data"]["eer"] == details["mean"]["eer"]
+    # the dlib descriptors were computed once, by the first dlib stage, and read from the cache after
+    assert len(list((repo.parent / "cache" / "dlib").rglob("*.npy"))) == 110
 
 
 def test_second_repro_has_nothing_to_do(pipeline: dict) -> None:
@@ -162,12 +169,12 @@ def test_one_mlflow_run_per_stage(pipeline: dict) -> None:
     main = [r for r in runs if r.data.tags.get("facesim_stage") not in ("cv_fold", "cv_summary")]
     assert sorted(r.info.run_name for r in main) == sorted(STAGES)
     assert all(r.info.status == "FINISHED" for r in runs)
-    # each fold is a child of one parent run, which the summary logged into
+    # each fold is a child of its backbone's parent run, which the summaries logged into
     folds = [r for r in runs if r.data.tags.get("facesim_stage") == "cv_fold"]
     parents = {r.data.tags["mlflow.parentRunId"] for r in folds}
-    assert len(folds) == 4 and len(parents) == 1
-    parent = client.get_run(parents.pop())
-    assert parent.info.run_name == "cv" and "triplet.mean.eer" in parent.data.metrics
+    assert len(folds) == 8 and len(parents) == 2
+    for parent in map(client.get_run, parents):
+        assert parent.info.run_name == "cv" and "triplet.mean.eer" in parent.data.metrics
     by_name = {r.info.run_name: r for r in runs}
     assert by_name["fetch"].data.metrics["images"] == 110
     assert by_name["sample"].data.params["seed"] == "42"

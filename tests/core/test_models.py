@@ -117,7 +117,7 @@ def test_embedding_net_rejects_bad_input(shape):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(backbone="vgg"), "train.backbone must be one of compact, resnet18, got 'vgg'"),
+        (dict(backbone="vgg"), "train.backbone must be one of compact, resnet18, efficientnet_b0, dlib, got 'vgg'"),
         (dict(embedding_dim=0), "train.embedding_dim"),
         (dict(embedding_dim=True), "train.embedding_dim"),
         (dict(channels=()), "train.channels"),
@@ -227,7 +227,8 @@ def test_fold_batchnorm_of_one_pair_by_hand():
 @pytest.mark.parametrize(
     "config",
     [ModelConfig(input_height=40, input_width=32), ModelConfig(**SMALL_COMPACT, convs_per_block=2, normalize=True),
-     ModelConfig(backbone="resnet18", embedding_dim=16)],
+     ModelConfig(backbone="resnet18", embedding_dim=16),
+     ModelConfig(backbone="efficientnet_b0", embedding_dim=16, frozen_blocks=2)],
 )
 def test_fold_batchnorm_gives_the_same_embeddings_and_leaves_the_model_alone(config):
     torch.manual_seed(0)

@@ -150,6 +150,28 @@ def test_load_cv_params_names_a_bad_cv_train_key(tmp_path: Path, override: dict,
         load_cv_params(write_params(tmp_path, {"train": override}))
 
 
+def test_load_cv_params_puts_a_backbones_keys_over_cv_train(tmp_path: Path):
+    path = write_params(tmp_path, {
+        "train": {"lr": 0.01, "triplet": {"epochs": 150}},
+        "backbones": {"compact": {}, "dlib": {"backbone": "dlib", "lr": 0.0001, "triplet": {"margin": 0.3}}},
+    })
+    _, compact = load_cv_params(path, "compact")
+    assert (compact.backbone, compact.lr, compact.triplet.epochs) == ("compact", 0.01, 150)
+    _, dlib = load_cv_params(path, "dlib")
+    assert (dlib.backbone, dlib.lr, dlib.triplet.epochs, dlib.triplet.margin) == ("dlib", 0.0001, 150, 0.3)
+    assert load_cv_params(path)[1] == compact  # no backbone named: cv.train over train only
+
+
+@pytest.mark.parametrize(("cv", "backbone", "named"), [
+    ({"backbones": {"compact": {}}}, "dlib", "cv.backbones has no 'dlib'"),
+    ({"backbones": {"dlib": {"lrr": 1}}}, "dlib", "cv.backbones.dlib.lrr"),
+    ({"backbones": ["compact"]}, "compact", "cv.backbones must map a name"),
+])
+def test_load_cv_params_names_a_bad_backbone(tmp_path: Path, cv: dict, backbone: str, named: str):
+    with pytest.raises(ParamsError, match=named.replace(".", r"\.").replace("(", r"\(")):
+        load_cv_params(write_params(tmp_path, cv), backbone)
+
+
 # One fold of 11 people (s1-s11) with 6 faces each in 3 groups, trained one epoch: the smallest fold that
 # still has validation people of its own to calibrate on.
 FOLD_CV = CVParams(subject_groups=3, folds=(1, 2, 3), seeds=(1, 2), similar_per_image=1, dissimilar_per_image=1,
@@ -215,6 +237,13 @@ def test_run_fold_refuses_a_fold_beyond_the_groups(tmp_path: Path):
     faces = list_faces(faces_dir, "training")
     with pytest.raises(ParamsError, match="fold 4"):
         run_fold(CVParams(subject_groups=3, folds=(1, 2, 3)), TINY, "triplet", 4, 1, faces, faces_dir)
+
+
+def test_run_fold_stops_before_any_work_without_the_imagenet_weights(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    train = dataclasses.replace(TINY, backbone="efficientnet_b0", pretrained="imagenet")
+    with pytest.raises(FileNotFoundError, match=r"train.pretrained: imagenet needs .*efficientnet_b0_rwightman"):
+        run_fold(CVParams(subject_groups=3, folds=(1, 2, 3)), train, "triplet", 1, 1, [], tmp_path / "no_faces")
 
 
 def write_fold_files(folder: Path, rows: list[dict]) -> None:

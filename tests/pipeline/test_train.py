@@ -4,6 +4,7 @@ the loss history out (all or none), both logged to the run. The loop itself is t
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,45 @@ def test_train_and_save_names_a_missing_table(stage_inputs, tmp_path: Path):
     with pytest.raises(FileNotFoundError, match=r"nowhere\.csv: not found \(run the sample stage first\)"):
         train_and_save("triplet", TINY, faces_dir, inputs, tmp_path / "m.pt", tmp_path / "h.csv")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_and_save_stops_before_any_work_without_the_imagenet_weights(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    params = dataclasses.replace(TINY, backbone="resnet18", pretrained="imagenet")
+    nowhere = {role: tmp_path / "no.csv" for role in ("train", "val", "val_pairs")}  # never read
+    with pytest.raises(FileNotFoundError, match=r"train.pretrained: imagenet needs .*torch_home/hub/checkpoints/"
+                                                r"resnet18-f37072fd.pth"):
+        train_and_save("contrastive", params, tmp_path / "no_faces", nowhere, tmp_path / "m.pt", tmp_path / "h.csv")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_and_save_stops_before_any_work_without_dlib(tmp_path: Path, monkeypatch):
+    from facesim.core import dlib_face
+
+    monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib now raises ImportError
+    dlib_face.dlib_faces.cache_clear()
+    params = dataclasses.replace(TINY, backbone="dlib", embedding_dim=128)
+    nowhere = {role: tmp_path / "no.csv" for role in ("train", "val", "val_pairs")}  # never read
+    try:
+        with pytest.raises(dlib_face.DlibUnavailable, match=r"train.backbone 'dlib' needs dlib: pip install"):
+            train_and_save("contrastive", params, tmp_path / "no_faces", nowhere, tmp_path / "m.pt", tmp_path / "h.csv")
+    finally:
+        dlib_face.dlib_faces.cache_clear()
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_the_dlib_backbone_trains_a_head_on_descriptors(stage_inputs, tmp_path: Path, monkeypatch):
+    pytest.importorskip("dlib", reason="the dlib extra is not installed (pip install -e '.[dlib]')")
+    monkeypatch.setenv("FACESIM_CACHE", str(tmp_path / "cache"))
+    faces_dir, samples = stage_inputs
+    params = dataclasses.replace(TINY, backbone="dlib", embedding_dim=16, augment=True)
+    train_and_save("triplet", params, faces_dir, train_samples(samples, "triplet"), tmp_path / "m.pt",
+                   tmp_path / "h.csv")
+    model, checkpoint = load_checkpoint(tmp_path / "m.pt")
+    assert checkpoint["preprocess"]["features"] == "dlib"
+    assert checkpoint["model_config"]["backbone"] == "dlib"
+    assert model(torch.zeros(3, 128)).shape == (3, 16)
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) > 0  # every face described once, kept
 
 
 def test_contrastive_validates_on_the_validation_pairs_only(stage_inputs, tmp_path: Path):

@@ -48,6 +48,9 @@ class Preprocess:
     # variance, so that a darker, brighter or flatter photo of a face gives the same input
     normalization: str = "fixed"
     trim_borders: bool = False  # cut away uniform rows and columns at the edges (a frame, a mat)
+    # "pixels": the prepared picture (N, 1, height, width); "dlib": dlib's 128-d descriptor of the face
+    # (N, 128; `facesim.core.dlib_face`), which a `dlib` backbone's head takes instead of pixels
+    features: str = "pixels"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,12 +82,19 @@ def trim_uniform_borders(pixels: np.ndarray, spread: int = BORDER_SPREAD, keep: 
 
 
 def prepare_images(images: Iterable[Image.Image], preprocess: Preprocess) -> torch.Tensor:
-    """Grey, resize (antialiased bilinear) and normalise: (N, 1, height, width) float32."""
+    """Grey, resize (antialiased bilinear) and normalise: (N, 1, height, width) float32 (features "dlib":
+    dlib's descriptors, (N, 128) float32)."""
     return prepare_pixels([grey_pixels(image) for image in images], preprocess)
 
 
 def prepare_pixels(pixels: Sequence[np.ndarray], preprocess: Preprocess) -> torch.Tensor:
     """`prepare_images` of (height, width) uint8 grey arrays (`facesim.core.images.load_pixels`), in their order."""
+    if preprocess.features == "dlib":  # the frozen dlib network finds, aligns and describes the face itself
+        from facesim.core.dlib_face import describe
+
+        return torch.from_numpy(describe(pixels).vectors)
+    if preprocess.features != "pixels":
+        raise ValueError(f"preprocess.features must be 'pixels' or 'dlib', got {preprocess.features!r}")
     if preprocess.trim_borders:
         pixels = [trim_uniform_borders(array) for array in pixels]
     size = (preprocess.height, preprocess.width)
@@ -110,7 +120,7 @@ class FaceSet:
 
     paths: list[str]
     subjects: list[str]
-    tensor: torch.Tensor  # (N, 1, H, W) prepared images, in `paths` order
+    tensor: torch.Tensor  # (N, 1, H, W) prepared images (or (N, 128) dlib descriptors), in `paths` order
 
     @classmethod
     def load(cls, root: str | os.PathLike, paths: Iterable[str], preprocess: Preprocess) -> "FaceSet":

@@ -16,9 +16,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from facesim.core.backbones import (
+    check_frozen_blocks,
+    imagenet_state_dict,
+    require_pretrained_weights,
+    torchvision_backbone,
+)
 from facesim.core.data import INPUT_HEIGHT, INPUT_WIDTH
+from facesim.core.dlib_face import DESCRIPTOR_SIZE, dlib_faces
 
-BACKBONES = ("compact", "resnet18")
+# compact: our small CNN; resnet18 / efficientnet_b0: torchvision's, from scratch or ImageNet-pretrained;
+# dlib: dlib's face-trained ResNet, frozen, as a 128-d descriptor per face (`facesim.core.dlib_face`),
+# with a small trained head on top
+BACKBONES = ("compact", "resnet18", "efficientnet_b0", "dlib")
+TORCHVISION_BACKBONES = ("resnet18", "efficientnet_b0")
+PRETRAINED = ("none", "imagenet")
 MODELS = ("contrastive", "triplet")  # the two Siamese models: what their loss makes them
 MIN_INPUT_SIDE = 16
 
@@ -27,7 +39,7 @@ MIN_INPUT_SIDE = 16
 class ModelConfig:
     """Shape of the embedding network; saved in checkpoints via to_dict()."""
 
-    backbone: str = "compact"  # "compact" (small CNN for CPUs) or "resnet18" (random init)
+    backbone: str = "compact"  # one of BACKBONES
     embedding_dim: int = 64  # length of the face embedding
     input_height: int = INPUT_HEIGHT  # face height in pixels fed to the network (ORL originals are 112)
     input_width: int = INPUT_WIDTH  # face width in pixels (ORL originals are 92)
@@ -37,6 +49,10 @@ class ModelConfig:
     # networks of this shape trained apart (each with its own seed); a face's embedding is
     # theirs side by side (`EnsembleNet`), embedding_dim x members numbers
     members: int = 1
+    # torchvision backbones: their starting weights ("imagenet": torchvision's, from torch's hub cache)
+    pretrained: str = "none"
+    # torchvision backbones: how many early blocks keep their starting weights (0: all are trained)
+    frozen_blocks: int = 0
 
     def validate(self, section: str = "train") -> None:
         """Raise ValueError naming the first bad field as `{section}.{field}`."""
@@ -73,6 +89,15 @@ class ModelConfig:
             raise ValueError(f"{section}.normalize must be true or false, got {self.normalize!r}")
         if not _is_positive_int(self.members):
             raise ValueError(f"{section}.members must be a positive integer, got {self.members!r}")
+        if self.pretrained not in PRETRAINED:
+            raise ValueError(f"{section}.pretrained must be one of {', '.join(PRETRAINED)}, got {self.pretrained!r}")
+        if self.pretrained != "none" and self.backbone not in TORCHVISION_BACKBONES:
+            raise ValueError(f"{section}.pretrained: {self.pretrained} needs a torchvision backbone "
+                             f"({', '.join(TORCHVISION_BACKBONES)}), but {section}.backbone is {self.backbone!r}")
+        if not (isinstance(self.frozen_blocks, int) and not isinstance(self.frozen_blocks, bool)
+                and self.frozen_blocks >= 0):
+            raise ValueError(f"{section}.frozen_blocks must be an integer >= 0, got {self.frozen_blocks!r}")
+        check_frozen_blocks(self.backbone, self.frozen_blocks, section)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists, not tuples) for checkpoints, JSON and MLflow."""
@@ -154,22 +179,28 @@ class CompactCNN(nn.Module):
         return self.head(torch.flatten(self.features(x), start_dim=1))
 
 
-def grey_resnet18(embedding_dim: int) -> nn.Module:
-    """torchvision ResNet-18, randomly initialised, for 1-channel input."""
-    # Imported here: torchvision takes seconds to import, and the compact backbone
-    # (the default, and what `facesim verify` usually loads) does not need it.
-    from torchvision.models import resnet18
+class DescriptorHead(nn.Module):
+    """The trained part of the `dlib` backbone: one linear map of dlib's 128-d face descriptor.
 
-    network = resnet18(weights=None)
-    network.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    # same initialisation torchvision gives its own conv layers
-    nn.init.kaiming_normal_(network.conv1.weight, mode="fan_out", nonlinearity="relu")
-    network.fc = nn.Linear(network.fc.in_features, embedding_dim)
-    return network
+    dlib's network stays frozen (its descriptors are computed once, `facesim.core.dlib_face`);
+    the head starts as the identity (the first `embedding_dim` of the 128 numbers when it is
+    shorter), so training starts from the raw descriptor's distances and moves them only as far
+    as the loss on the training people asks.
+    """
+
+    def __init__(self, embedding_dim: int, in_features: int = DESCRIPTOR_SIZE) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, embedding_dim)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(embedding_dim, in_features))
+            self.linear.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x)
 
 
 class EmbeddingNet(nn.Module):
-    """Maps (N, 1, H, W) faces to (N, embedding_dim) embeddings."""
+    """Maps (N, 1, H, W) faces (the dlib backbone: (N, 128) descriptors) to (N, embedding_dim) embeddings."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -177,14 +208,22 @@ class EmbeddingNet(nn.Module):
         self.config = config
         if config.backbone == "compact":
             self.backbone = CompactCNN(config.embedding_dim, config.channels, convs_per_block=config.convs_per_block)
-        else:
-            self.backbone = grey_resnet18(config.embedding_dim)
+        elif config.backbone == "dlib":
+            self.backbone = DescriptorHead(config.embedding_dim)
+        else:  # resnet18, efficientnet_b0: randomly initialised; build_embedding_net loads ImageNet weights
+            self.backbone = torchvision_backbone(config.backbone, config.embedding_dim, config.frozen_blocks)
         # oneDNN's convolutions run 2-3x faster on CPUs with channels-last (NHWC) tensors;
         # a plain attribute, so a benchmark can switch it off to measure what it gives.
         self.channels_last = True
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.config.backbone == "dlib":
+            if x.dim() != 2 or x.shape[1] != DESCRIPTOR_SIZE or x.shape[0] == 0:
+                raise ValueError(f"expected a non-empty batch of dlib descriptors (N, {DESCRIPTOR_SIZE}), "
+                                 f"got {tuple(x.shape)}")
+            embeddings = self.backbone(x)
+            return F.normalize(embeddings, p=2, dim=1) if self.config.normalize else embeddings
         if x.dim() != 4 or x.shape[1] != 1:
             raise ValueError(f"expected faces of shape (N, 1, H, W), got {tuple(x.shape)}")
         smallest = minimum_input_side(self.config)
@@ -221,9 +260,28 @@ class EnsembleNet(nn.Module):
         return torch.cat([member(x) for member in self.members], dim=1) / math.sqrt(len(self.members))
 
 
-def build_embedding_net(config: ModelConfig) -> EmbeddingNet | EnsembleNet:
-    """Validated config -> freshly initialised network (seed torch before calling)."""
-    return EmbeddingNet(config) if config.members == 1 else EnsembleNet(config)
+def require_backbone(config: ModelConfig | Any) -> None:
+    """Stop before any work when what the backbone needs is not here: the ImageNet weights file of a
+    pretrained torchvision backbone, or the dlib extra. `config`: a ModelConfig or the train params."""
+    require_pretrained_weights(config)
+    if config.backbone == "dlib":
+        dlib_faces()  # loads dlib and its model files once per process, or raises DlibUnavailable
+
+
+def build_embedding_net(config: ModelConfig, load_pretrained: bool = True) -> EmbeddingNet | EnsembleNet:
+    """Validated config -> freshly initialised network (seed torch before calling).
+
+    With `pretrained: imagenet` every member starts from torchvision's ImageNet weights, read
+    from torch's hub cache (`facesim.core.backbones`; a one-line error when the file is
+    missing). `load_pretrained=False` skips them, for a network whose weights come next
+    from a checkpoint: loading a trained model never needs the ImageNet file.
+    """
+    network = EmbeddingNet(config) if config.members == 1 else EnsembleNet(config)
+    if load_pretrained and config.pretrained == "imagenet":
+        state = imagenet_state_dict(config.backbone)
+        for member in network.members if isinstance(network, EnsembleNet) else [network]:
+            member.backbone.load_imagenet(state)
+    return network
 
 
 def count_flops(model: nn.Module, input_height: int, input_width: int) -> int:
@@ -341,7 +399,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     missing = {"model_state", "model_config", "preprocess", "epoch"} - set(checkpoint)
     if missing:
         raise ValueError(f"{path}: not a facesim checkpoint (missing {', '.join(sorted(missing))}); give a .pt file the train stage wrote")
-    model = build_embedding_net(ModelConfig.from_dict(checkpoint["model_config"]))
+    model = build_embedding_net(ModelConfig.from_dict(checkpoint["model_config"]), load_pretrained=False)
     model.load_state_dict(checkpoint["model_state"])
     model.to(device).eval()
     return model, checkpoint

@@ -35,7 +35,7 @@ from facesim.core.metrics import (
     unordered_pair_distances,
     verification_metrics,
 )
-from facesim.core.models import MODELS, embed_all
+from facesim.core.models import MODELS, embed_all, require_backbone
 from facesim.core.params import ParamsError, load_params_file, parse_section, require
 from facesim.pipeline.sample import Face, train_val_tables
 from facesim.mlops.tracking import NULL_RUN, Run
@@ -77,12 +77,15 @@ class CVParams:
                 f"cv.retrieval_k must be a non-empty list of integers >= 1, got {list(self.retrieval_k)}")
 
 
-def load_cv_params(path: str | os.PathLike) -> tuple[CVParams, TrainParams]:
-    """The `cv` section, and the `train` section with the keys of `cv.train` put over it.
+def load_cv_params(path: str | os.PathLike, backbone: str | None = None) -> tuple[CVParams, TrainParams]:
+    """The `cv` section, and the `train` section with the keys of `cv.train` put over it, then those of
+    `cv.backbones.<backbone>` (when `backbone` is given).
 
     Cross-validation need not fit the pipeline's time budget, so `cv.train` may
     train the same recipe longer (or change any other train key); nested
     sections (`triplet`, `contrastive`) are overridden key by key.
+    `cv.backbones` names each backbone the CV compares, with the train keys it
+    needs (the dlib backbone: its head's size and learning rate).
     """
     data = load_params_file(path)
     for section in ("cv", "train"):
@@ -90,9 +93,18 @@ def load_cv_params(path: str | os.PathLike) -> tuple[CVParams, TrainParams]:
             raise ParamsError(f"{path}: missing section '{section}'")
     raw_cv = dict(data["cv"])
     overrides = raw_cv.pop("train", None) or {}
+    backbones = raw_cv.pop("backbones", None) or {}
     cv = parse_section(CVParams, raw_cv, "cv", source=str(path))
-    # parsed alone first, so that a bad key is named as cv.train.<key>
+    # parsed alone first, so that a bad key is named as cv.train.<key> (cv.backbones.<name>.<key>)
     parse_section(TrainParams, overrides, "cv.train", source=str(path), validate=False)
+    if not isinstance(backbones, dict) or not all(isinstance(v or {}, dict) for v in backbones.values()):
+        raise ParamsError(f"{path}: cv.backbones must map a name to the train keys it sets, got {backbones!r}")
+    for name, keys in backbones.items():
+        parse_section(TrainParams, keys or {}, f"cv.backbones.{name}", source=str(path), validate=False)
+    if backbone is not None:
+        if backbone not in backbones:
+            raise ParamsError(f"{path}: cv.backbones has no {backbone!r}; it names {', '.join(map(str, backbones)) or 'none'}")
+        overrides = merge(overrides, backbones[backbone] or {})
     train = parse_section(TrainParams, merge(data["train"], overrides), "train", source=str(path))
     return cv, train
 
@@ -165,6 +177,7 @@ def run_fold(
     """Train `model_name` with training seed `seed` on every group but `fold`'s, and score it on that group."""
     if not 1 <= fold <= cv.subject_groups:
         raise ParamsError(f"fold {fold} is not among the cv.subject_groups={cv.subject_groups} groups")
+    require_backbone(train)  # a missing ImageNet file or dlib stops the fold before any work
     groups = subject_folds([f.subject for f in faces], cv.subject_groups, cv.seed)
     # One random stream per group, whatever the training seed: all seeds of a fold share its pairs.
     rng = np.random.default_rng(np.random.SeedSequence(cv.seed).spawn(cv.subject_groups)[fold - 1])
@@ -192,9 +205,10 @@ def run_fold(
                       epochs_run=len(result.history), seconds=time.perf_counter() - started)
 
 
-def cv_config(cv: CVParams, train: TrainParams) -> dict[str, Any]:
-    """The resolved config of one cross-validation: what its MLflow runs share (and are grouped by)."""
-    return {"cv": asdict(cv), "train": {m: train.resolved(m) for m in cv.models}}
+def cv_config(cv: CVParams, train: TrainParams, backbone: str | None = None) -> dict[str, Any]:
+    """The resolved config of one cross-validation of one backbone: what its MLflow runs share (and are
+    grouped by)."""
+    return {"cv": asdict(cv), "backbone": backbone, "train": {m: train.resolved(m) for m in cv.models}}
 
 
 def summarise_folds(rows: list[dict[str, Any]]) -> dict[str, Any]:

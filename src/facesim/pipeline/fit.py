@@ -119,7 +119,7 @@ def join_members(model_name: str, params: TrainParams, results: list[TrainResult
     """One ensemble from its trained members: their weights in one network, their histories averaged
     epoch by epoch, their training seconds added up epoch by epoch (an ensemble epoch is every member's
     epoch; a member that stopped early adds nothing to the later ones)."""
-    ensemble = build_embedding_net(params.model_config(model_name))
+    ensemble = build_embedding_net(params.model_config(model_name), load_pretrained=False)  # members' weights next
     for member, result in zip(ensemble.members, results):
         member.load_state_dict(result.model.state_dict())
     ensemble.to(next(results[0].model.parameters()).device).eval()
@@ -170,7 +170,7 @@ def _fit_network(
     max_epochs = params.max_epochs(model_name)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
                  if params.lr_schedule == "cosine" else None)
-    augment = params.augmentation if params.augment else None
+    augment = params.augmentation_applied()
     generator = torch.Generator().manual_seed(params.seed)
     images = faces.tensor
 

@@ -9,6 +9,7 @@ import torch
 
 from facesim.core.atomic import staged_outputs
 from facesim.core.data import FaceSet
+from facesim.core.models import require_backbone
 from facesim.mlops.tracking import NULL_RUN, Run
 from facesim.pipeline.fit import TrainResult, fit
 from facesim.pipeline.objectives import OBJECTIVES
@@ -31,6 +32,7 @@ def train_and_save(
     "val_pairs" (the validation pairs, whose ROC AUC is reported every epoch).
     """
     params.loss_params(model_name)  # refuses an unknown model name
+    require_backbone(params)  # a missing ImageNet file or dlib stops the stage before any work
     objective = OBJECTIVES[model_name]
     if objective.val_table == "pairs_val" and os.fspath(samples["val"]) != os.fspath(samples["val_pairs"]):
         raise ValueError(f"{model_name} validates on pairs: its validation CSV and the validation pairs must be "

@@ -46,7 +46,9 @@ class TripletParams:
 class TrainParams:
     seed: int = 42  # model initialisation, batch order and augmentation
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
-    backbone: Literal["compact", "resnet18"] = "compact"
+    backbone: Literal["compact", "resnet18", "efficientnet_b0", "dlib"] = "compact"
+    pretrained: Literal["none", "imagenet"] = "none"  # torchvision backbones: starting weights
+    frozen_blocks: int = 0  # torchvision backbones: early blocks kept at their starting weights
     embedding_dim: int = 64
     channels: tuple[int, ...] = (16, 32, 64, 128)  # compact backbone: width of each conv block
     convs_per_block: int = 1  # compact backbone: 3x3 convs per block
@@ -111,11 +113,19 @@ class TrainParams:
             convs_per_block=self.convs_per_block,
             normalize=self.loss_params(model).normalize,
             members=self.loss_params(model).members,
+            pretrained=self.pretrained,
+            frozen_blocks=self.frozen_blocks,
         )
 
     def preprocess(self) -> Preprocess:
         return Preprocess(height=self.input_height, width=self.input_width, mean=self.pixel_mean, std=self.pixel_std,
-                          normalization=self.normalization, trim_borders=self.trim_borders)
+                          normalization=self.normalization, trim_borders=self.trim_borders,
+                          features="dlib" if self.backbone == "dlib" else "pixels")
+
+    def augmentation_applied(self) -> Augment | None:
+        """The augmentation training applies: none for the dlib backbone, whose frozen network describes
+        each face once (augmentation changes pixels, and its head never sees any)."""
+        return self.augmentation if self.augment and self.backbone != "dlib" else None
 
     def loss_params(self, model: str) -> ContrastiveParams | TripletParams:
         if model not in MODELS:

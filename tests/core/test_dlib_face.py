@@ -1,0 +1,128 @@
+"""facesim.core.dlib_face and the dlib backbone: descriptors, their cache, the head, a checkpoint used as a model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TESTING, needs_orl, random_grey_pixels, tiny_train_params
+from facesim.core import dlib_face
+from facesim.core.data import Preprocess, prepare_pixels
+from facesim.core.images import load_pixels
+from facesim.core.models import DescriptorHead, ModelConfig, build_embedding_net, embed_all
+
+dlib = pytest.importorskip("dlib", reason="the dlib extra is not installed (pip install -e '.[dlib]')")
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FACESIM_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "dlib"
+
+
+def orl(subject: int, image: int) -> np.ndarray:
+    return load_pixels(TESTING / f"s{subject}" / f"{image}.pgm")
+
+
+@needs_orl
+def test_orl_faces_are_found_and_the_same_person_lies_closer(cache: Path):
+    faces = [orl(5, 1), orl(5, 2), orl(6, 1)]
+    described = dlib_face.describe(faces)
+    assert described.vectors.shape == (3, 128) and described.vectors.dtype == np.float32
+    assert described.found.tolist() == [True, True, True]
+    same = np.linalg.norm(described.vectors[0] - described.vectors[1])
+    other = np.linalg.norm(described.vectors[0] - described.vectors[2])
+    # dlib's own rule: the same person below 0.6
+    assert same < 0.6 < other
+
+
+def test_a_picture_without_a_face_is_described_whole_and_counted(cache: Path, capsys: pytest.CaptureFixture):
+    blank = np.full((112, 92), 128, dtype=np.uint8)
+    described = dlib_face.describe([blank, random_grey_pixels(112, 92)])
+    assert described.found.tolist() == [False, False]
+    assert np.isfinite(described.vectors).all()
+    assert "no face found by HOG in 2 of 2 pictures" in capsys.readouterr().err
+
+
+def test_descriptors_come_from_the_cache_the_second_time(cache: Path, monkeypatch: pytest.MonkeyPatch):
+    pixels = [random_grey_pixels(60, 50, seed=1), random_grey_pixels(60, 50, seed=2)]
+    first = dlib_face.describe(pixels)
+    assert len(list(cache.rglob("*.npy"))) == 2
+
+    def no_dlib(self, array):
+        raise AssertionError("dlib ran although the descriptor was cached")
+
+    monkeypatch.setattr(dlib_face.DlibFaces, "describe_one", no_dlib)
+    again = dlib_face.describe(pixels)
+    np.testing.assert_array_equal(again.vectors, first.vectors)
+    np.testing.assert_array_equal(again.found, first.found)
+
+
+def test_a_damaged_cache_entry_is_computed_again(cache: Path):
+    pixels = [random_grey_pixels(60, 50, seed=3)]
+    first = dlib_face.describe(pixels)
+    (entry,) = cache.rglob("*.npy")
+    entry.write_bytes(b"not a numpy file")
+    np.testing.assert_array_equal(dlib_face.describe(pixels).vectors, first.vectors)
+    assert np.load(entry).shape == (129,)
+
+
+def test_without_dlib_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib now raises ImportError
+    dlib_face.dlib_faces.cache_clear()
+    try:
+        with pytest.raises(dlib_face.DlibUnavailable, match=r"pip install -e '\.\[dlib\]'"):
+            dlib_face.describe([random_grey_pixels(20, 20)])
+    finally:
+        dlib_face.dlib_faces.cache_clear()
+
+
+def test_preprocess_features_dlib_gives_descriptors(cache: Path):
+    pixels = [random_grey_pixels(60, 50, seed=4)]
+    prepared = prepare_pixels(pixels, Preprocess(features="dlib"))
+    assert prepared.shape == (1, 128) and prepared.dtype == torch.float32
+    np.testing.assert_array_equal(prepared.numpy(), dlib_face.describe(pixels).vectors)
+    with pytest.raises(ValueError, match="preprocess.features"):
+        prepare_pixels(pixels, Preprocess(features="rgb"))
+
+
+def test_the_head_starts_as_the_identity_on_the_descriptor():
+    x = torch.randn(5, 128)
+    torch.testing.assert_close(DescriptorHead(128)(x), x)
+    torch.testing.assert_close(DescriptorHead(16)(x), x[:, :16])
+    network = build_embedding_net(ModelConfig(backbone="dlib", embedding_dim=128, normalize=True))
+    torch.testing.assert_close(embed_all(network, x), torch.nn.functional.normalize(x, dim=1))
+    with pytest.raises(ValueError, match=r"dlib descriptors \(N, 128\)"):
+        network(torch.zeros(2, 1, 40, 32))
+
+
+def test_the_dlib_backbone_trains_without_augmentation():
+    params = tiny_train_params(backbone="dlib", embedding_dim=128, augment=True)
+    assert params.augmentation_applied() is None
+    assert params.preprocess().features == "dlib"
+    compact = tiny_train_params(augment=True)
+    assert compact.augmentation_applied() == compact.augmentation
+    assert compact.preprocess().features == "pixels"
+
+
+@needs_orl
+def test_a_dlib_checkpoint_is_a_face_model_for_pictures(cache: Path, tmp_path: Path):
+    from facesim.core.inference import from_checkpoint
+
+    config = ModelConfig(backbone="dlib", embedding_dim=128)
+    network = build_embedding_net(config)
+    checkpoint = tmp_path / "dlib.pt"
+    torch.save({"model_state": network.state_dict(), "model_config": config.to_dict(),
+                "preprocess": Preprocess(features="dlib").to_dict(), "epoch": 1}, checkpoint)
+    model = from_checkpoint(checkpoint, threshold=0.6)
+    pictures = [Image.open(TESTING / "s5" / "1.pgm"), Image.open(TESTING / "s5" / "2.pgm"),
+                Image.open(TESTING / "s7" / "1.pgm")]
+    np.testing.assert_allclose(model.embed(pictures), dlib_face.describe([orl(5, 1), orl(5, 2), orl(7, 1)]).vectors,
+                               atol=1e-6)
+    distances = model.distances(pictures[:2], pictures[1:])
+    assert distances[0] < model.threshold < distances[1]
