@@ -10,6 +10,12 @@ Reported per backbone and input size:
 and each as a ratio against compact measured in the same run. Weights are random
 (`pretrained: none`): ImageNet weights change no arithmetic, so they train and embed as fast.
 
+dlib (when its extra is installed): training is its head's on the descriptors (computed once, as the
+pipeline does); "embed faces/s" is what a new face costs, dlib's HOG box, landmarks and ResNet
+(`facesim.core.dlib_face.describe` into an empty cache) and the head, so it compares with the
+others' embedding of prepared faces only loosely: theirs leaves out decoding and resizing, which
+cost far less than dlib's network.
+
 Input sizes: compact at params.yaml's (40x32); the torchvision backbones at 112x92, the ORL faces'
 own size, which leaves their 32x-downsampled last stage a 4x3 map (at 40x32 it is 2x1), and without
 --quick at params.yaml's size too, for a like-for-like comparison.
@@ -18,7 +24,11 @@ own size, which leaves their 32x-downsampled last stage a 4x3 map (at 40x32 it i
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 import sys
+import tempfile
+import time
 
 from measure import best_rate, load_data
 
@@ -31,6 +41,8 @@ def backbone_rows(params, quick: bool) -> list[tuple[str, tuple[int, int]]]:
     rows = [("compact", pipeline), ("resnet18", TORCHVISION_INPUT), ("efficientnet_b0", TORCHVISION_INPUT)]
     if not quick and pipeline != TORCHVISION_INPUT:
         rows += [("resnet18", pipeline), ("efficientnet_b0", pipeline)]
+    if importlib.util.find_spec("dlib") is not None:
+        rows.append(("dlib", pipeline))
     return rows
 
 
@@ -47,7 +59,15 @@ def measure_backbone(args, params, tables, backbone: str, size: tuple[int, int],
     contrastive = dataclasses.replace(params.contrastive, mining="all", members=1, epochs=epochs)
     p = dataclasses.replace(params, backbone=backbone, pretrained="none", frozen_blocks=0, input_height=height,
                             input_width=width, epochs=epochs, patience=0, keep="last", contrastive=contrastive)
-    faces = FaceSet.load(args.faces, face_paths(tables), p.preprocess())
+    if backbone == "dlib":
+        p = dataclasses.replace(p, embedding_dim=128)
+        with tempfile.TemporaryDirectory() as cache:  # every face described anew: what a new face costs
+            os.environ["FACESIM_CACHE"] = cache
+            started = time.perf_counter()
+            faces = FaceSet.load(args.faces, face_paths(tables), p.preprocess())
+            describe_seconds = time.perf_counter() - started
+    else:
+        faces = FaceSet.load(args.faces, face_paths(tables), p.preprocess())
     faces_per_step: list[int] = []
     result = fit("contrastive", p, tables, faces, log=lambda line: print("  " + line, file=sys.stderr, flush=True),
                  on_step=lambda objective, batch: faces_per_step.append(objective.faces_in(batch)))
@@ -55,9 +75,14 @@ def measure_backbone(args, params, tables, backbone: str, size: tuple[int, int],
     steps = len(faces_per_step) // len(result.train_seconds)
     train_seconds = sum(result.train_seconds[1:])
     embed = best_rate(lambda: embed_all(result.model, faces.tensor), len(faces.paths), reps=reps)
+    flops = None  # dlib's network is not ours to count
+    if backbone == "dlib":
+        embed = len(faces.paths) / (describe_seconds + len(faces.paths) / embed)
+    else:
+        flops = count_flops(result.model, height, width)
     return {
         "backbone": backbone, "input": f"{height}x{width}", "threads": torch.get_num_threads(),
-        "flops_per_face": count_flops(result.model, height, width),
+        "flops_per_face": flops,
         "epochs_timed": len(result.train_seconds) - 1, "steps_per_epoch": steps,
         "train_faces_per_s": sum(faces_per_step[steps:]) / train_seconds,
         "seconds_per_epoch": float(result.history["seconds"].iloc[1:].mean()),

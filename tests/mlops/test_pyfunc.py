@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import face_image_bytes, write_tiny_model
+from conftest import TESTING, face_image_bytes, needs_orl, write_tiny_model
 from facesim.core.inference import from_checkpoint
 from facesim.core.models import ModelError
 from facesim.mlops.pyfunc import INPUT_COLUMNS, FaceVerifier, decode_image, encode_image
@@ -101,3 +101,26 @@ def test_a_model_without_a_threshold_is_refused_when_loaded(tmp_path: Path):
         loaded_verifier(tmp_path / "no threshold", metrics={"auc": 0.9})
     with pytest.raises(ModelError, match="no distance threshold"):
         loaded_verifier(tmp_path / "no metrics", metrics=None)
+
+
+@needs_orl
+def test_the_served_dlib_backbone_verifies_real_faces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A dlib checkpoint served: photos framed and described by dlib, then the head, as in training."""
+    pytest.importorskip("dlib", reason="the dlib extra is not installed (pip install -e '.[dlib]')")
+    import torch
+
+    from facesim.core.data import Preprocess
+    from facesim.core.models import ModelConfig, build_embedding_net
+
+    monkeypatch.setenv("FACESIM_CACHE", str(tmp_path / "cache"))
+    config = ModelConfig(backbone="dlib", embedding_dim=128)  # the head as it starts: dlib's own distances
+    checkpoint = tmp_path / "dlib.pt"
+    torch.save({"model_state": build_embedding_net(config).state_dict(), "model_config": config.to_dict(),
+                "preprocess": Preprocess(features="dlib").to_dict(), "epoch": 1}, checkpoint)
+    (tmp_path / "metrics.json").write_text(json.dumps({"threshold": 0.6}))  # dlib's rule: below 0.6, same
+    verifier = FaceVerifier()
+    verifier.load_context(SimpleNamespace(artifacts={"checkpoint": str(checkpoint),
+                                                     "metrics": str(tmp_path / "metrics.json")}))
+    s5a, s5b, s6 = (encode_image(TESTING / p) for p in ("s5/1.pgm", "s5/2.pgm", "s6/1.pgm"))
+    answer = verifier.predict(None, table((s5a, s5b), (s5a, s6)))
+    assert answer["same_person"].tolist() == [True, False]

@@ -1,0 +1,69 @@
+"""The raw dlib descriptor, no head, on the cross-validation folds: the peer the dlib backbone's head must beat.
+
+Every fold exactly as `cv/dvc.yaml` scores it (`facesim.pipeline.cv`): the same subject groups,
+the same validation people drawn from the fold's seen people to calibrate the threshold on,
+every unordered pair and every retrieval query among the unseen group's faces, the same metric
+functions. Only the embedding differs: dlib's 128 numbers as they are (`Preprocess(features="dlib")`,
+read from the descriptor cache when computed before). Nothing is trained, so there are no seeds.
+
+    python benchmarks/dlib_raw.py [--params params.yaml] [--faces data/raw/faces] [--out benchmarks/results/dlib_raw.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from facesim.core.data import FaceSet, Preprocess
+from facesim.core.metrics import calibration_threshold
+from facesim.pipeline.cv import (
+    FOLD_METRICS,
+    fold_tables,
+    load_cv_params,
+    subject_folds,
+    unseen_metrics,
+    validation_faces,
+)
+from facesim.pipeline.sample import list_faces
+
+
+def raw_folds(params_path: str, faces_dir: str) -> list[dict]:
+    cv, _ = load_cv_params(params_path)
+    faces = list_faces(faces_dir, "training") + list_faces(faces_dir, "testing")
+    everyone = FaceSet.load(faces_dir, [f.path for f in faces], Preprocess(features="dlib"))
+    groups = subject_folds([f.subject for f in faces], cv.subject_groups, cv.seed)
+    streams = np.random.SeedSequence(cv.seed).spawn(cv.subject_groups)
+    rows = []
+    for fold in cv.folds:
+        unseen = set(groups[fold - 1])
+        rng = np.random.default_rng(streams[fold - 1])  # as run_fold draws the fold's tables
+        tables = fold_tables([f for f in faces if f.subject not in unseen], cv, rng)
+        calibration = everyone.subset(validation_faces(tables))
+        test = everyone.subset([f.path for f in faces if f.subject in unseen])
+        threshold = calibration_threshold(calibration.tensor.numpy(), np.asarray(calibration.subjects))
+        metrics, _ = unseen_metrics(test.tensor.numpy(), test.subjects, threshold, cv.retrieval_k)
+        rows.append({"fold": fold, **metrics})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--faces", default="data/raw/faces")
+    parser.add_argument("--out", default="benchmarks/results/dlib_raw.json")
+    args = parser.parse_args()
+    rows = raw_folds(args.params, args.faces)
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in FOLD_METRICS}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"mean": mean, "folds": rows}, indent=2) + "\n", encoding="utf-8")
+    print(f"raw dlib descriptor, {len(rows)} folds: EER {mean['eer']:.4%} (per fold "
+          f"{' / '.join(format(r['eer'], '.2%') for r in rows)}), AUC {mean['roc_auc']:.5f}, "
+          f"P@1 {mean['precision_at_1']:.4f}, P@5 {mean['precision_at_5']:.4f}, mAP {mean['map']:.4f}, "
+          f"accuracy {mean['accuracy']:.4f} (best {mean['best_accuracy']:.4f})")
+
+
+if __name__ == "__main__":
+    main()
