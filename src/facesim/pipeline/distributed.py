@@ -67,7 +67,8 @@ class World:
         """Rank 0's `flag` on every process (whether to stop training): they never part ways."""
         if self.size == 1:
             return flag
-        decision = torch.tensor([int(flag)])
+        on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None  # NCCL: GPU
+        decision = torch.tensor([int(flag)], device=on)
         dist.broadcast(decision, src=0)
         return bool(decision.item())
 

@@ -35,7 +35,7 @@ from facesim.core.params import require
 from facesim.pipeline.sample import list_faces, load_tables
 from facesim.mlops.registry import register_model
 from facesim.mlops.tracking import NULL_RUN, Run
-from facesim.core.models import embed_all, load_checkpoint
+from facesim.core.models import embed_all, inference_device, load_checkpoint
 
 PREDICTION_COLUMNS = ["set", "image1", "image2", "subject1", "subject2", "label", "distance", "predicted"]
 
@@ -94,6 +94,7 @@ def evaluate_model(
     "embeddings" (CSV). Returns the details.
     """
     model, checkpoint = load_checkpoint(checkpoint_path)
+    model.to(inference_device(checkpoint))  # CUDA when present, as in training (train.device)
     preprocess = Preprocess(**checkpoint["preprocess"])
     tables = load_tables(pair_paths)
     val, test = tables["pairs_val"], tables["pairs_test"]

@@ -24,7 +24,7 @@ from PIL import Image, ImageFilter
 from facesim.core.atomic import staged_outputs
 from facesim.core.data import Preprocess, prepare_pixels
 from facesim.core.images import decode_pixels, load_pixels
-from facesim.core.models import embed_all, load_checkpoint, read_threshold
+from facesim.core.models import embed_all, inference_device, load_checkpoint, read_threshold
 from facesim.pipeline.sample import list_faces
 from facesim.mlops.tracking import NULL_RUN, Run
 
@@ -180,6 +180,7 @@ def evaluate_robustness(
     """
     threshold = read_threshold(metrics_path)
     model, checkpoint = load_checkpoint(checkpoint_path)
+    model.to(inference_device(checkpoint))  # CUDA when present, as in training (train.device)
     preprocess = Preprocess(**checkpoint["preprocess"])
     faces = list_faces(faces_dir, "testing")
     pixels = [load_pixels(Path(faces_dir) / f.path) for f in faces]
