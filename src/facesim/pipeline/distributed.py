@@ -45,8 +45,6 @@ from torch import nn
 
 from facesim.core.params import ParamsError
 
-# Set by torchrun in every process it starts; the first tells this process it runs under torchrun.
-TORCHRUN_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -77,6 +75,7 @@ SINGLE = World()
 
 
 def under_torchrun() -> bool:
+    """Whether torchrun started this process (it sets these, and RANK, MASTER_ADDR, MASTER_PORT, in each)."""
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
@@ -131,6 +130,8 @@ def process_group(processes: int, device: torch.device, timeout_s: float = 1800)
         return
     started = not dist.is_initialized()
     if started:
+        if device.type == "cuda":
+            torch.cuda.set_device(world.local_rank)  # before NCCL starts: each process on its own GPU
         dist.init_process_group(backend_for(device), timeout=datetime.timedelta(seconds=timeout_s))
     try:
         yield world
