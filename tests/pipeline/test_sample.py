@@ -426,3 +426,23 @@ def test_all_faces_lists_both_layouts(tmp_path: Path, faces_dir: Path) -> None:
     people_dir = write_people_dir(tmp_path / "people", PEOPLE)
     faces = all_faces(people_dir, "people")
     assert len(faces) == 34 and {f.subject for f in faces} == set(PEOPLE)
+
+
+def test_held_out_faces_are_the_faces_of_the_test_pairs_once_each_in_natural_order():
+    from facesim.pipeline.sample import held_out_faces
+
+    pairs = pd.DataFrame({"image1": ["p/s10/1.png", "p/s2/3.png", "p/s2/1.png"],
+                          "image2": ["p/s2/1.png", "p/s10/1.png", "p/s2/3.png"],
+                          "subject1": ["s10", "s2", "s2"], "subject2": ["s2", "s10", "s2"], "label": [0, 0, 1]})
+    faces = held_out_faces(pairs)
+    assert [(f.path, f.subject) for f in faces] == [("p/s2/1.png", "s2"), ("p/s2/3.png", "s2"),
+                                                    ("p/s10/1.png", "s10")]
+
+
+def test_split_layout_held_out_faces_are_the_testing_folder(faces_dir: Path):
+    """For the split layout the test pairs name every face of testing/: evaluate and robustness see what
+    they saw when they listed that folder."""
+    from facesim.pipeline.sample import held_out_faces
+
+    tables = build_samples(SampleParams(), faces_dir)
+    assert held_out_faces(tables["pairs"]["test"]) == list_faces(faces_dir, "testing")

@@ -32,7 +32,7 @@ from facesim.core.metrics import (
     verification_metrics,
 )
 from facesim.core.params import require
-from facesim.pipeline.sample import list_faces, load_tables
+from facesim.pipeline.sample import held_out_faces, load_tables
 from facesim.mlops.registry import register_model
 from facesim.mlops.tracking import NULL_RUN, Run
 from facesim.core.models import embed_all, inference_device, load_checkpoint
@@ -98,7 +98,7 @@ def evaluate_model(
     preprocess = Preprocess(**checkpoint["preprocess"])
     tables = load_tables(pair_paths)
     val, test = tables["pairs_val"], tables["pairs_test"]
-    test_paths = [f.path for f in list_faces(faces_dir, "testing")]
+    test_paths = [f.path for f in held_out_faces(test)]
 
     calibration_faces = FaceSet.load(faces_dir, pd.concat([val["image1"], val["image2"]]), preprocess)
     test_faces = FaceSet.load(faces_dir, test_paths, preprocess)

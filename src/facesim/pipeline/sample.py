@@ -374,6 +374,17 @@ def load_tables(paths: dict[str, str | os.PathLike]) -> dict[str, pd.DataFrame]:
 FACE_COLUMNS = ("image1", "image2", "anchor", "positive", "negative")  # the columns of the CSVs that name a face
 
 
+def held_out_faces(test_pairs: pd.DataFrame) -> list[Face]:
+    """The held-out faces: every face the test pairs name, once each, in natural order, with its person.
+
+    The sample stage decides who is held out (the `testing` folder, or `sample.held_out` /
+    `held_out_fraction`) and draws test pairs for every held-out image, so the stages after it read
+    the held-out faces from its test pairs whatever the layout."""
+    people = {path: subject for column, subject_column in (("image1", "subject1"), ("image2", "subject2"))
+              for path, subject in zip(test_pairs[column], test_pairs[subject_column])}
+    return [Face(path=path, subject=str(people[path])) for path in sorted(people, key=natural_key)]
+
+
 def face_paths(tables: dict[str, pd.DataFrame]) -> pd.Series:
     """Every face the sample tables name (with repeats), as paths relative to the faces folder."""
     return pd.concat([table[column] for table in tables.values() for column in table.columns
