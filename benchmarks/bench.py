@@ -4,6 +4,7 @@
     python benchmarks/bench.py                  # the baseline's full 100 epochs (~15 minutes)
     python benchmarks/bench.py --ablations      # also: what each speed-up gives, one at a time
     python benchmarks/bench.py --backbones      # also: resnet18 and efficientnet_b0 against compact
+    python benchmarks/bench.py --scale [--sizes 400 20000 200000]   # only: faces beyond memory (scale.py)
 
 Every system runs in a fresh process of its own, one after the other, on the
 same faces and the same validation and test pairs (the sample stage's CSVs),
@@ -56,6 +57,10 @@ def run_child(args) -> dict:
         from backbones import run_backbones
 
         return run_backbones(args)
+    if args.child == "scale":
+        from scale import run_scale
+
+        return run_scale(args)
     if args.child == "peak":
         from roofline import run_peak
 
@@ -65,7 +70,7 @@ def run_child(args) -> dict:
     return run_ours(args, args.child)
 
 
-def child(name: str, args, native_kernels: bool = False) -> dict:
+def child(name: str, args, native_kernels: bool = False, extra: tuple[str, ...] = ()) -> dict:
     """Run one system in a fresh process; its JSON result comes back through a file.
 
     Each child pins its arithmetic as the pipeline's stages do (facesim.pipeline.runtime); with
@@ -76,7 +81,7 @@ def child(name: str, args, native_kernels: bool = False) -> dict:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--child", name, "--out-json", str(out), "--faces", args.faces,
                "--samples", args.samples, "--params", args.params, "--baseline-epochs", str(args.baseline_epochs),
-               "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
+               "--seed", str(args.seed)] + (["--quick"] if args.quick else []) + list(extra)
         started = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=REPO, env=env)
         result = json.loads(out.read_text())
@@ -86,6 +91,24 @@ def child(name: str, args, native_kernels: bool = False) -> dict:
 
 def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def run_scale_benchmark(args) -> None:
+    """Each size in memory, then memory-mapped (the first memmap run of a size builds its cache)."""
+    from report import write
+    from scale import MODES, default_data_folder, scale_table
+
+    data = args.scale_data or default_data_folder()
+    rows = []
+    for size in args.sizes:
+        for mode in MODES:
+            say(f"scale: {size} faces, {mode} ...")
+            rows.append(child("scale", args, extra=("--size", str(size), "--mode", mode, "--steps", str(args.steps),
+                                                    "--scale-data", data)))
+    report = scale_table(rows)
+    print(report)
+    if args.out:
+        write(args.out, report, {"scale": rows})
 
 
 def main() -> None:
@@ -100,13 +123,24 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml", help="our models train with its 'train' section")
     parser.add_argument("--seed", type=int, default=42, help="the baseline's random pairs and initialisation")
     parser.add_argument("--out", default=None, help="also write the tables (markdown) and results (JSON next to it)")
-    parser.add_argument("--child", choices=SYSTEMS + ("ablations", "backbones", "peak"), help=argparse.SUPPRESS)
+    parser.add_argument("--scale", action="store_true",
+                        help="only measure training on synthetic data sets of --sizes faces, in memory and memory-mapped")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[400, 20_000, 200_000], help="--scale: data set sizes")
+    parser.add_argument("--steps", type=int, default=30, help="--scale: timed training steps per run")
+    parser.add_argument("--scale-data", default=None,
+                        help="--scale: folder for the synthetic faces and their cache, reused (default: <tmp>/facesim-scale)")
+    parser.add_argument("--child", choices=SYSTEMS + ("ablations", "backbones", "peak", "scale"), help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--out-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_epochs is None:
         args.baseline_epochs = 5 if args.quick else 100
     if args.child:
         Path(args.out_json).write_text(json.dumps(run_child(args)))
+        return
+    if args.scale:
+        run_scale_benchmark(args)
         return
 
     from report import ablation_table, backbone_table, pinning_table, systems_table, write

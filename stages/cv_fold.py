@@ -9,7 +9,7 @@ from facesim.core.atomic import staged_outputs
 from facesim.pipeline.cv import cv_config, load_cv_params, run_fold
 from facesim.pipeline.fetch import content_digest
 from facesim.core.models import MODELS, require_backbone
-from facesim.pipeline.sample import list_faces
+from facesim.pipeline.sample import SampleParams, all_faces
 from facesim.mlops.tracking import group_key, stage_run
 from facesim.core.params import load_section
 from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic, run_stage
@@ -19,7 +19,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml",
                         help="params file; reads 'cv', 'train' with 'cv.train' and 'cv.backbones.<backbone>' "
-                             "over it, and 'runtime'")
+                             "over it, 'runtime' and sample.layout")
     parser.add_argument("--backbone", required=True, help="which of cv.backbones (its train keys) to train")
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--fold", required=True, type=int, help="which group of people is held out (1-based)")
@@ -32,7 +32,8 @@ def main() -> None:
 
     cv, train = load_cv_params(args.params, args.backbone)
     require_backbone(train)  # no MLflow run for a fold that cannot start (weights or dlib missing)
-    faces = list_faces(args.faces, "training") + list_faces(args.faces, "testing")
+    # every person of either layout (sample.layout): the folds deal them into groups themselves
+    faces = all_faces(args.faces, load_section(SampleParams, args.params, "sample").layout)
     config = cv_config(cv, train, args.backbone)
     run_params = {"cv_backbone": args.backbone, "model": args.model, "fold": args.fold, "seed": args.seed, **train.resolved(args.model)}
     with stage_run("cv_fold", run_params, tags={"data_digest": content_digest(args.faces)},

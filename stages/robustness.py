@@ -18,6 +18,7 @@ def main() -> None:
     parser.add_argument("--threshold-from", required=True, dest="threshold_from",
                         help="the evaluate stage's metrics JSON, whose calibrated threshold is deployed")
     parser.add_argument("--faces", required=True, help="raw faces directory (data/raw/faces)")
+    parser.add_argument("--test-pairs", required=True, help="the sample stage's test pairs: whose faces are held out")
     parser.add_argument("--metrics", required=True, help="output: acceptance rates (JSON, a DVC metric)")
     parser.add_argument("--table", required=True, help="output: acceptance rates per change (CSV)")
     args = parser.parse_args()
@@ -25,7 +26,8 @@ def main() -> None:
 
     outputs = {"metrics": args.metrics, "table": args.table}
     with stage_run("robustness", {"model": args.model}, tags={"data_digest": content_digest(args.faces)}) as run:
-        metrics = evaluate_robustness(args.model, args.checkpoint, args.threshold_from, args.faces, outputs, run)
+        metrics = evaluate_robustness(args.model, args.checkpoint, args.threshold_from, args.faces,
+                                      args.test_pairs, outputs, run)
     print(f"robustness@{args.model}: worst same-person acceptance {metrics['worst_same']:.3f}, "
           f"worst different-person acceptance {metrics['worst_diff']:.3f}")
 

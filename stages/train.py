@@ -1,10 +1,17 @@
-"""DVC stage `train@<model>`: train the contrastive or the triplet Siamese network."""
+"""DVC stage `train@<model>`: train the contrastive or the triplet Siamese network.
+
+With train.processes > 1 it starts itself again under torchrun, that many processes on this machine
+(DistributedDataParallel); under torchrun started by hand (several machines) it joins their group.
+Only rank 0 logs to MLflow and writes the outputs."""
 
 import argparse
+import contextlib
 
 from facesim.core.models import MODELS, require_backbone
 from facesim.core.params import load_section
-from facesim.mlops.tracking import stage_run
+from facesim.mlops.tracking import NULL_RUN, stage_run
+from facesim.pipeline.distributed import process_group, relaunch_if_needed
+from facesim.pipeline.fit import resolve_device
 from facesim.pipeline.fetch import content_digest
 from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic, run_stage
 from facesim.pipeline.train import train_and_save
@@ -26,11 +33,16 @@ def main() -> None:
 
     params = load_section(TrainParams, args.params, "train")
     require_backbone(params)  # no MLflow run for a stage that cannot start (weights or dlib missing)
+    relaunch_if_needed(params.processes)  # this script again, params.processes times, under torchrun
     samples = {"train": args.train, "val": args.val, "val_pairs": args.val_pairs}
-    with stage_run("train", params.resolved(args.model), tags={"data_digest": content_digest(args.faces)}) as run:
-        result = train_and_save(args.model, params, args.faces, samples, args.checkpoint, args.history, run)
-    print(f"train@{args.model}: best epoch {result.best_epoch} of {len(result.history)}, "
-          f"val_loss {result.best_val_loss:.4f} -> {args.checkpoint}")
+    with process_group(params.processes, resolve_device(params.device)) as world:
+        tracking = (stage_run("train", params.resolved(args.model), tags={"data_digest": content_digest(args.faces)})
+                    if world.is_main else contextlib.nullcontext(NULL_RUN))
+        with tracking as run:
+            result = train_and_save(args.model, params, args.faces, samples, args.checkpoint, args.history, run, world)
+    if world.is_main:
+        print(f"train@{args.model}: best epoch {result.best_epoch} of {len(result.history)}, "
+              f"val_loss {result.best_val_loss:.4f} -> {args.checkpoint}")
 
 
 if __name__ == "__main__":

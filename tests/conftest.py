@@ -141,6 +141,25 @@ def write_faces_dir(
     return root
 
 
+# Formats of `write_people_dir`: Pillow's name, the file suffix, the mode it is saved in.
+PEOPLE_FORMATS = (("PNG", ".png", "L"), ("JPEG", ".jpg", "RGB"), ("PPM", ".pgm", "L"), ("BMP", ".bmp", "RGB"))
+
+
+def write_people_dir(root: str | Path, images: Mapping[str, int], sizes: Sequence[tuple[int, int]] = (IMAGE_SIZE,)) -> Path:
+    """Faces laid out one folder per person, `root/<person>/<k><suffix>`, `images[person]` of them each:
+    the formats of `PEOPLE_FORMATS` in turn (grey PNG, colour JPEG, PGM, colour BMP) and the (width,
+    height) `sizes` in turn, so that one set mixes formats, colour and sizes. Deterministic. Returns `root`."""
+    root = Path(root)
+    for number, (person, count) in enumerate(images.items(), start=1):
+        (root / person).mkdir(parents=True, exist_ok=True)
+        for k in range(1, count + 1):
+            fmt, suffix, mode = PEOPLE_FORMATS[(number + k) % len(PEOPLE_FORMATS)]
+            size = sizes[(number + k) % len(sizes)]
+            image = Image.fromarray(face_pixels(number, k, size)).convert(mode)
+            image.save(root / person / f"{k}{suffix}", format=fmt)
+    return root
+
+
 def build_faces_archive(
     directory: str | Path,
     subjects_training: Sequence[int] = DEFAULT_TRAINING,

@@ -381,3 +381,90 @@ def test_augment_draws_blur_only_when_asked_so_other_settings_keep_their_numbers
 def test_augment_validate_names_the_key(field, value):
     with pytest.raises(ValueError, match=f"train.augmentation.{field}"):
         Augment(**{field: value}).validate()
+
+
+# ---- faces beyond the in-memory limit: the memory-mapped pixel cache ----------------------------------
+
+
+def mixed_faces_dir(root: Path) -> tuple[Path, list[str]]:
+    """30 faces of 3 people in PNG, JPEG (colour) and PGM, of three sizes, one of them uniform grey."""
+    from conftest import write_people_dir
+
+    write_people_dir(root, {"a": 10, "b": 10, "c": 10}, sizes=[(10, 12), (37, 29), (92, 112)])
+    constant_image(128, (20, 20)).save(root / "c" / "flat.png")
+    return root, sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("preprocess", [
+    Preprocess(height=16, width=12, normalization="per_image"),
+    Preprocess(height=16, width=12, normalization="fixed", trim_borders=True),
+])
+def test_memory_mapped_faces_equal_in_memory_faces_bit_for_bit(tmp_path: Path, preprocess: Preprocess) -> None:
+    from facesim.core.data import FacePixels
+
+    root, paths = mixed_faces_dir(tmp_path / "faces")
+    in_memory = FaceSet.load(root, paths, preprocess)
+    mapped = FaceSet.load(root, paths, preprocess, memory_limit_mb=0, cache_dir=tmp_path / "cache")
+    assert isinstance(in_memory.tensor, torch.Tensor) and isinstance(mapped.tensor, FacePixels)
+    assert mapped.tensor.shape == in_memory.tensor.shape and len(mapped.tensor) == len(paths)
+    generator = torch.Generator().manual_seed(0)
+    for size in (1, 5, 17, len(paths)):
+        rows = torch.unique(torch.randint(0, len(paths), (size,), generator=generator))
+        assert torch.equal(mapped.tensor[rows], in_memory.tensor[rows])
+    assert torch.equal(mapped.tensor[3:20], in_memory.tensor[3:20])
+    some = paths[::4]
+    assert torch.equal(mapped.subset(some).tensor[0:len(some)], in_memory.subset(some).tensor)
+
+
+def test_pixel_cache_key_changes_with_preprocessing_and_files(tmp_path: Path) -> None:
+    import os
+
+    from facesim.core.data import pixel_cache_key
+
+    root, paths = mixed_faces_dir(tmp_path / "faces")
+    base = Preprocess(height=16, width=12)
+    key = pixel_cache_key(root, paths, base)
+    assert pixel_cache_key(root, paths, base) == key
+    assert pixel_cache_key(root, paths, Preprocess(height=16, width=12, normalization="per_image")) == key
+    assert pixel_cache_key(root, paths, Preprocess(height=16, width=13)) != key
+    assert pixel_cache_key(root, paths, Preprocess(height=16, width=12, trim_borders=True)) != key
+    assert pixel_cache_key(root, paths[1:], base) != key
+    stat = (root / paths[0]).stat()
+    os.utime(root / paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert pixel_cache_key(root, paths, base) != key
+
+
+def test_a_changed_file_is_decoded_again(tmp_path: Path) -> None:
+    root, paths = mixed_faces_dir(tmp_path / "faces")
+    preprocess = Preprocess(height=8, width=8, normalization="per_image")
+    kw = dict(memory_limit_mb=0, cache_dir=tmp_path / "cache")
+    before = FaceSet.load(root, paths, preprocess, **kw).tensor[0:1]
+    Image.fromarray(random_grey_pixels(12, 10, seed=5)).save(root / paths[0])
+    after = FaceSet.load(root, paths, preprocess, **kw).tensor[0:1]
+    assert not torch.equal(before, after)
+    assert torch.equal(after, FaceSet.load(root, paths, preprocess).tensor[0:1])
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+def test_which_faces_stay_in_memory(monkeypatch) -> None:
+    from facesim.core.data import FACES_IN_MEMORY_ENV, faces_in_memory_mb, fits_in_memory
+
+    orl = Preprocess()  # 40 x 32 floats: 5 KiB a face
+    assert fits_in_memory(400, orl, 512)  # ORL: 2 MiB
+    assert fits_in_memory(20_000, orl, 512)  # 98 MiB
+    assert fits_in_memory(104_857, orl, 512) and not fits_in_memory(104_858, orl, 512)
+    assert not fits_in_memory(200_000, orl, 512)  # 977 MiB: read from the cache
+    monkeypatch.delenv(FACES_IN_MEMORY_ENV, raising=False)
+    assert faces_in_memory_mb() == 512
+    monkeypatch.setenv(FACES_IN_MEMORY_ENV, "64")
+    assert faces_in_memory_mb() == 64
+    monkeypatch.setenv(FACES_IN_MEMORY_ENV, "lots")
+    with pytest.raises(ValueError, match="FACESIM_FACES_IN_MEMORY_MB must be a number of MiB, got 'lots'"):
+        faces_in_memory_mb()
+
+
+def test_a_missing_file_is_named_when_caching(tmp_path: Path) -> None:
+    root, paths = mixed_faces_dir(tmp_path / "faces")
+    with pytest.raises(ImageError, match=r"nobody/1\.png: image file not found"):
+        FaceSet.load(root, paths + ["nobody/1.png"], Preprocess(height=8, width=8), memory_limit_mb=0,
+                     cache_dir=tmp_path / "cache")

@@ -15,6 +15,7 @@ from facesim.core.models import (
     count_flops,
     embed_all,
     fold_batchnorm,
+    inference_device,
     load_checkpoint,
 )
 
@@ -292,3 +293,12 @@ def test_load_checkpoint_names_a_missing_or_foreign_file(tmp_path: Path):
     torch.save({"model_state": {}}, foreign)
     with pytest.raises(ValueError, match="missing epoch, model_config, preprocess"):
         load_checkpoint(foreign)
+
+
+@pytest.mark.parametrize("trained_on, cuda, expected", [
+    ("auto", False, "cpu"), ("auto", True, "cuda"), ("cuda", True, "cuda"), ("cpu", True, "cpu"), (None, True, "cuda"),
+])
+def test_stages_embed_on_cuda_when_present_and_training_allowed_it(monkeypatch, trained_on, cuda, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    checkpoint = {} if trained_on is None else {"params": {"device": trained_on}}
+    assert inference_device(checkpoint) == torch.device(expected)

@@ -276,7 +276,7 @@ def test_corrupt_archive_is_refused_with_a_clear_message(tmp_path, out_dir, make
 def test_archive_without_faces_is_refused(tmp_path, out_dir, make_faces_archive):
     archive = make_faces_archive(tmp_path / "a", subjects_training=(), subjects_testing=())
     assert len(zipfile.ZipFile(archive).namelist()) > 0  # READMEs and folders, but no faces
-    with pytest.raises(FetchError, match=r"holds no data/faces/\{training,testing\}/sN/K\.pgm images"):
+    with pytest.raises(FetchError, match=r"holds no images: no file below fetch.faces_folder 'data/faces' .* fetch.image_pattern "):
         fetch_faces(params_for(archive, OTHER_DIGEST), out_dir)
     assert_nothing_left(out_dir)
 
@@ -360,5 +360,71 @@ def test_validate_accepts_a_digest_as_content_digest_writes_it(tmp_path):
 )
 def test_validate_refuses_out_of_range_values(key, value, expected):
     raw = {"url": "https://example.org/a.zip", "digest": OTHER_DIGEST, key: value}
+    with pytest.raises(ParamsError, match=expected):
+        parse_section(FetchParams, raw, "fetch")
+
+
+# ---- any face set: a local folder, another folder inside the archive, other formats -------------------
+
+PEOPLE_PATTERN = r"[^/]+/[^/]+\.(?i:png|jpe?g|pgm|bmp)"
+
+
+def zip_folder(folder: Path, archive: Path, prefix: str = "") -> Path:
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, prefix + path.relative_to(folder).as_posix())
+    return archive
+
+
+def test_fetch_from_a_local_folder_keeps_only_the_images(tmp_path, out_dir):
+    from conftest import write_people_dir
+
+    source = tmp_path / "my-faces"
+    faces = write_people_dir(source / "photos", {"ann": 3, "bob": 2, "cy": 1}, sizes=[(10, 12), (31, 20)])
+    reference, digest = tree_bytes(faces), content_digest(faces)
+    (source / "photos" / "ann" / "notes.txt").write_text("not a face")
+    (source / "photos" / ".DS_Store").write_bytes(b"\0")
+    (source / "README.md").write_text("not below faces_folder")
+
+    params = params_for(source, digest, faces_folder="photos", image_pattern=PEOPLE_PATTERN)
+    result = fetch_faces(params, out_dir)
+
+    assert tree_bytes(out_dir) == reference
+    assert (result.images, result.subjects) == (6, 3)
+    assert result.source == str(source)
+    assert (source / "photos" / "ann" / "notes.txt").exists()  # the source folder is only read
+
+
+def test_folder_and_its_zip_give_the_same_digest(tmp_path, out_dir):
+    from conftest import write_people_dir
+
+    faces = write_people_dir(tmp_path / "src", {"ann": 2, "bob": 2})
+    digest = content_digest(faces)
+    archive = zip_folder(faces, tmp_path / "faces.zip", prefix="dataset-v1/")
+    kw = dict(faces_folder="", image_pattern=PEOPLE_PATTERN)
+    assert fetch_faces(params_for(archive, digest, **kw), out_dir).digest == digest
+    assert fetch_faces(params_for(faces, digest, **kw), tmp_path / "again" / "faces").digest == digest
+    # a changed byte in the folder no longer matches the pinned digest
+    path = next(faces.rglob("*.png"))
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(FetchError, match="content digest mismatch"):
+        fetch_faces(params_for(faces, digest, **kw), tmp_path / "third" / "faces")
+
+
+def test_local_folder_without_faces_folder_is_named(tmp_path, out_dir):
+    (tmp_path / "src").mkdir()
+    with pytest.raises(FetchError, match=r"no folder 'pictures' \(fetch.faces_folder\)"):
+        fetch_faces(params_for(tmp_path / "src", OTHER_DIGEST, faces_folder="pictures"), out_dir)
+    assert_nothing_left(out_dir)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("faces_folder", "../up", "fetch.faces_folder must be a relative POSIX path"),
+    ("faces_folder", "/abs", "fetch.faces_folder must be a relative POSIX path"),
+    ("image_pattern", "([a-z", "fetch.image_pattern is not a regular expression"),
+])
+def test_validate_refuses_bad_folder_or_pattern(key, value, expected):
+    raw = {"url": "x.zip", "digest": OTHER_DIGEST, key: value}
     with pytest.raises(ParamsError, match=expected):
         parse_section(FetchParams, raw, "fetch")

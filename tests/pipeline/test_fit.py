@@ -319,3 +319,30 @@ def test_an_ensemble_epoch_adds_the_seconds_of_the_members_that_ran_it(data):
     joined = join_members("triplet", with_triplet(TINY, members=3), results)
     assert joined.train_seconds == [111.0, 202.0]
     assert isinstance(joined, TrainResult)
+
+
+@pytest.mark.parametrize("model_name, params", [
+    ("contrastive", dataclasses.replace(TINY, augment=True, normalization="per_image")),
+    ("triplet", with_triplet(TINY, mining="semihard", people_per_batch=4, faces_per_person=3)),
+], ids=["contrastive-csv", "triplet-pk"])
+def test_fit_on_memory_mapped_faces_trains_the_same_model(data, tmp_path, model_name, params):
+    from facesim.core.data import FacePixels, FaceSet
+
+    faces_dir, tables, _ = data
+    kw = dict(log=quiet)
+    in_memory = FaceSet.load(faces_dir, _faces_of(tables), params.preprocess())
+    mapped = FaceSet.load(faces_dir, _faces_of(tables), params.preprocess(), memory_limit_mb=0,
+                          cache_dir=tmp_path)
+    assert isinstance(mapped.tensor, FacePixels)
+    first = fit(model_name, params, tables, in_memory, **kw)
+    second = fit(model_name, params, tables, mapped, **kw)
+    pd.testing.assert_frame_equal(first.history.drop(columns="seconds"), second.history.drop(columns="seconds"),
+                                  check_exact=True)
+    for name, tensor in first.checkpoint["model_state"].items():
+        assert torch.equal(tensor, second.checkpoint["model_state"][name]), name
+
+
+def _faces_of(tables) -> list[str]:
+    return sorted({path for table in tables.values() for column in ("image1", "image2", "anchor", "positive",
+                                                                    "negative") if column in table
+                   for path in table[column]})

@@ -112,7 +112,8 @@ def test_evaluate_robustness_end_to_end(tmp_path: Path):
     evaluate_metrics = tmp_path / "contrastive.json"
     evaluate_metrics.write_text(json.dumps({"threshold": 0.5}))
     paths = {"metrics": tmp_path / "out" / "robustness.json", "table": tmp_path / "out" / "robustness.csv"}
-    metrics = evaluate_robustness("contrastive", checkpoint, evaluate_metrics, faces_dir, paths)
+    metrics = evaluate_robustness("contrastive", checkpoint, evaluate_metrics, faces_dir, outputs["pairs"]["test"],
+                                  paths)
     assert json.loads(paths["metrics"].read_text()) == metrics
     table = pd.read_csv(paths["table"], keep_default_na=False)
     assert metrics == pytest.approx({"worst_same": table["same_person_acceptance"].min(),
@@ -129,8 +130,8 @@ def test_evaluate_robustness_end_to_end(tmp_path: Path):
 def test_evaluate_robustness_without_a_threshold_names_the_file(tmp_path: Path):
     missing = tmp_path / "contrastive.json"
     with pytest.raises(FileNotFoundError, match="contrastive.json.*evaluate stage"):
-        evaluate_robustness("contrastive", tmp_path / "model.pt", missing, tmp_path, {"metrics": tmp_path / "m.json",
-                                                                                      "table": tmp_path / "t.csv"})
+        evaluate_robustness("contrastive", tmp_path / "model.pt", missing, tmp_path, tmp_path / "pairs_test.csv",
+                            {"metrics": tmp_path / "m.json", "table": tmp_path / "t.csv"})
 
 
 def test_case_names_are_valid_mlflow_metric_names():

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import write_people_dir
 from facesim.core.params import ParamsError, parse_section
 from facesim.pipeline.sample import (
     PAIR_COLUMNS,
@@ -27,9 +28,11 @@ from facesim.pipeline.sample import (
     Face,
     SampleError,
     SampleParams,
+    all_faces,
     build_samples,
     list_faces,
     make_pairs,
+    split_faces,
     split_rows,
     write_samples,
 )
@@ -86,7 +89,7 @@ def test_list_faces_without_the_group_is_a_sample_error(tmp_path: Path) -> None:
     with pytest.raises(SampleError, match="run the fetch stage first"):
         list_faces(tmp_path, "training")
     (tmp_path / "testing" / "s1").mkdir(parents=True)
-    with pytest.raises(SampleError, match="no sN/K.pgm images"):
+    with pytest.raises(SampleError, match="no <person>/<image> files"):
         list_faces(tmp_path, "testing")
 
 
@@ -320,3 +323,126 @@ def test_write_samples_with_a_missing_output_writes_nothing(faces_dir: Path, tmp
     with pytest.raises(ValueError, match="triplets.val"):
         write_samples(DEFAULTS, faces_dir, outputs)
     assert not (tmp_path / "out").exists()
+
+
+# ---- layout "people": one folder per person, any format ----------------------------------------------
+
+PEOPLE = {**{f"person{i}": 4 for i in range(1, 9)}, "single1": 1, "single2": 1}
+
+
+def people_params(**kw) -> SampleParams:
+    base = dict(layout="people", similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1,
+                test_similar_per_image=1, test_dissimilar_per_image=1, test_triplets_per_image=1)
+    return SampleParams(**{**base, **kw})
+
+
+def test_people_layout_holds_out_the_named_people(tmp_path: Path) -> None:
+    faces_dir = write_people_dir(tmp_path / "faces", PEOPLE, sizes=[(10, 12), (23, 17)])
+    tables = build_samples(people_params(held_out=("person2", "person7", "single2")), faces_dir)
+
+    test_people = set(tables["pairs"]["test"][["subject1", "subject2"]].to_numpy().ravel())
+    assert test_people == {"person2", "person7", "single2"}
+    for split in ("train", "val"):
+        for kind, columns in (("pairs", ["subject1", "subject2"]),
+                              ("triplets", ["anchor_subject", "positive_subject", "negative_subject"])):
+            seen = set(tables[kind][split][columns].to_numpy().ravel())
+            assert not seen & test_people, (kind, split)
+    # every format and size of the folder is named by its relative path
+    named = set(tables["pairs"]["train"]["image1"]) | set(tables["pairs"]["train"]["image2"])
+    assert {Path(p).suffix for p in named} == {".png", ".jpg", ".pgm", ".bmp"}
+    assert all((faces_dir / p).is_file() for p in named)
+
+
+def test_single_image_people_are_negatives_only(tmp_path: Path) -> None:
+    faces_dir = write_people_dir(tmp_path / "faces", PEOPLE)
+    tables = build_samples(people_params(held_out=("person1", "person2")), faces_dir)
+    pairs = pd.concat([tables["pairs"]["train"], tables["pairs"]["val"]])
+    triplets = pd.concat([tables["triplets"]["train"], tables["triplets"]["val"]])
+    single_people = {"single1", "single2"}
+    # no same-person pair and no anchor or positive of a single-image person ...
+    same = pairs[pairs["label"] == 1]
+    assert not set(same["subject1"]) & single_people
+    assert not (set(triplets["anchor_subject"]) | set(triplets["positive_subject"])) & single_people
+    # ... but their faces are negatives: in different-person pairs (one pair each of their own) and triplets
+    different = pairs[pairs["label"] == 0]
+    assert single_people <= set(different["subject1"]) | set(different["subject2"])
+    assert [f.subject for f in list_faces(faces_dir)].count("single1") == 1
+    # every other training face is an anchor exactly once (triplets_per_image=1)
+    assert len(triplets) == 6 * 4
+
+
+def test_held_out_fraction_draws_people_with_the_seed(tmp_path: Path) -> None:
+    faces_dir = write_people_dir(tmp_path / "faces", {f"p{i}": 3 for i in range(1, 21)})
+
+    def held_out(seed: int) -> set[str]:
+        _, testing = split_faces(people_params(held_out_fraction=0.25, seed=seed), faces_dir)
+        return {f.subject for f in testing}
+
+    assert len(held_out(1)) == 5
+    assert held_out(1) == held_out(1)
+    assert held_out(1) != held_out(2)
+
+
+def test_people_layout_gives_byte_identical_csvs_twice(tmp_path: Path) -> None:
+    faces_dir = write_people_dir(tmp_path / "faces", PEOPLE)
+    params = people_params(held_out_fraction=0.3)
+    first = write_samples(params, faces_dir, output_paths(tmp_path / "a"))
+    second = write_samples(params, faces_dir, output_paths(tmp_path / "b"))
+    assert first == second
+    for name in ("pairs_train", "pairs_test", "triplets_val"):
+        assert (tmp_path / "a" / f"{name}.csv").read_bytes() == (tmp_path / "b" / f"{name}.csv").read_bytes()
+
+
+def test_unknown_held_out_person_is_named(tmp_path: Path) -> None:
+    faces_dir = write_people_dir(tmp_path / "faces", PEOPLE)
+    with pytest.raises(SampleError, match="sample.held_out names nobody9"):
+        build_samples(people_params(held_out=("person1", "nobody9")), faces_dir)
+
+
+def test_held_out_fraction_too_small_is_named(tmp_path: Path) -> None:
+    faces_dir = write_people_dir(tmp_path / "faces", PEOPLE)
+    with pytest.raises(SampleError, match="held_out_fraction keeps 0 of 10 people"):
+        build_samples(people_params(held_out_fraction=0.01), faces_dir)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"layout": "flat"}, "sample.layout must be one of split, people"),
+        ({"held_out": ["s1"]}, "are for sample.layout 'people'"),
+        ({"layout": "people"}, "exactly one of sample.held_out"),
+        ({"layout": "people", "held_out": ["a"], "held_out_fraction": 0.1}, "exactly one of sample.held_out"),
+        ({"layout": "people", "held_out_fraction": 1.0}, "sample.held_out_fraction must be in"),
+        ({"layout": "people", "held_out": ["a", "a"]}, "names a person twice"),
+    ],
+)
+def test_bad_layout_params_name_the_key(raw, message) -> None:
+    with pytest.raises(ParamsError, match=message):
+        parse_section(SampleParams, raw, "sample")
+
+
+def test_all_faces_lists_both_layouts(tmp_path: Path, faces_dir: Path) -> None:
+    assert len(all_faces(faces_dir, "split")) == 110
+    people_dir = write_people_dir(tmp_path / "people", PEOPLE)
+    faces = all_faces(people_dir, "people")
+    assert len(faces) == 34 and {f.subject for f in faces} == set(PEOPLE)
+
+
+def test_held_out_faces_are_the_faces_of_the_test_pairs_once_each_in_natural_order():
+    from facesim.pipeline.sample import held_out_faces
+
+    pairs = pd.DataFrame({"image1": ["p/s10/1.png", "p/s2/3.png", "p/s2/1.png"],
+                          "image2": ["p/s2/1.png", "p/s10/1.png", "p/s2/3.png"],
+                          "subject1": ["s10", "s2", "s2"], "subject2": ["s2", "s10", "s2"], "label": [0, 0, 1]})
+    faces = held_out_faces(pairs)
+    assert [(f.path, f.subject) for f in faces] == [("p/s2/1.png", "s2"), ("p/s2/3.png", "s2"),
+                                                    ("p/s10/1.png", "s10")]
+
+
+def test_split_layout_held_out_faces_are_the_testing_folder(faces_dir: Path):
+    """For the split layout the test pairs name every face of testing/: evaluate and robustness see what
+    they saw when they listed that folder."""
+    from facesim.pipeline.sample import held_out_faces
+
+    tables = build_samples(SampleParams(), faces_dir)
+    assert held_out_faces(tables["pairs"]["test"]) == list_faces(faces_dir, "testing")

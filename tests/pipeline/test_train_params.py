@@ -46,11 +46,25 @@ def test_train_params_parse_from_a_section():
         ({"input_height": 8}, "train.input_height"),
         ({"lr_schedule": "step"}, "train.lr_schedule"),
         ({"augmentation": {"max_scale": 1.0}}, "train.augmentation.max_scale"),
+        ({"processes": 0}, "train.processes"),
+        ({"processes": -2}, "train.processes"),
+        ({"processes": 1.5}, "train.processes"),
+        ({"processes": True}, "train.processes"),
+        ({"precision": "fp64"}, "train.precision"),
+        ({"precision": "fp16", "device": "cpu"}, "train.precision"),
     ],
 )
 def test_train_params_refuse_bad_values_naming_the_key(raw, key):
     with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
         parse_section(TrainParams, raw, "train")
+
+
+def test_one_process_in_float32_is_the_default_and_is_recorded():
+    params = parse_section(TrainParams, {}, "train")
+    assert (params.processes, params.precision) == (1, "fp32")
+    assert TINY.resolved("contrastive")["processes"] == 1 and TINY.resolved("contrastive")["precision"] == "fp32"
+    parse_section(TrainParams, {"processes": 4, "precision": "bf16", "device": "cpu"}, "train")
+    parse_section(TrainParams, {"precision": "fp16", "device": "auto"}, "train")  # CUDA checked when training
 
 
 def test_resolved_config_holds_the_models_loss_only():

@@ -8,10 +8,17 @@ and the command line alike: it stacks the 8-bit grey pixels of same-sized
 pictures and resizes each stack in one torch call (bilinear, antialiased like
 Pillow's resize, and like it rounded to whole grey levels), then normalises.
 Files are read by `facesim.core.images`.
+
+Faces that would take more than `FACES_IN_MEMORY_MB` as model input (about
+100,000 faces at 40x32) are not held in memory: their resized 8-bit pixels are
+written once to a memory-mapped file in the cache folder (`$FACESIM_CACHE/faces/`,
+keyed by the files' paths, sizes and times and the preprocessing), and a batch
+is normalised when it is read (`FacePixels`), giving the same numbers bit for bit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -24,11 +31,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from facesim.core.array_cache import cache_root, cached_array
 from facesim.core.images import ImageError, grey_pixels, load_pixels
 
 
 # The default model input, as params.yaml sets it: ORL's 92x112 faces at 32x40 (9 MFLOP a face).
 INPUT_HEIGHT, INPUT_WIDTH = 40, 32
+
+# Faces whose prepared float32 pixels would take more than this many MiB are read from the uint8
+# memory-mapped cache instead (FACESIM_FACES_IN_MEMORY_MB overrides it; the numbers are the same either
+# way, only memory and speed differ). ORL's 400 faces take 2 MiB.
+FACES_IN_MEMORY_MB = 512
+FACES_IN_MEMORY_ENV = "FACESIM_FACES_IN_MEMORY_MB"
+_CACHE_VERSION = 1  # bump when the cached pixels of the same files and preprocessing would change
 
 
 @dataclass(frozen=True)
@@ -95,17 +110,28 @@ def prepare_pixels(pixels: Sequence[np.ndarray], preprocess: Preprocess) -> torc
         return torch.from_numpy(describe(pixels).vectors)
     if preprocess.features != "pixels":
         raise ValueError(f"preprocess.features must be 'pixels' or 'dlib', got {preprocess.features!r}")
+    return normalise(resize_pixels(pixels, preprocess).float(), preprocess)
+
+
+def resize_pixels(pixels: Sequence[np.ndarray], preprocess: Preprocess) -> torch.Tensor:
+    """(height, width) uint8 grey arrays, borders trimmed if asked and resized: (N, 1, height, width) uint8."""
     if preprocess.trim_borders:
         pixels = [trim_uniform_borders(array) for array in pixels]
     size = (preprocess.height, preprocess.width)
     rows_by_shape: dict[tuple[int, ...], list[int]] = {}
     for row, array in enumerate(pixels):
         rows_by_shape.setdefault(array.shape, []).append(row)
-    batch = torch.empty(len(pixels), 1, *size)
+    batch = torch.empty(len(pixels), 1, *size, dtype=torch.uint8)
     for rows in rows_by_shape.values():
         stack = torch.from_numpy(np.stack([pixels[row] for row in rows])).unsqueeze(1)
         # on uint8 torch resizes in integer arithmetic like Pillow, and 2-3x faster than on floats
-        batch[rows] = F.interpolate(stack, size=size, mode="bilinear", antialias=True, align_corners=False).float()
+        batch[rows] = F.interpolate(stack, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return batch
+
+
+def normalise(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """Resized grey levels (N, 1, H, W) float32 as model input, in place; each face on its own, so that
+    a face gives the same numbers whichever batch it comes in."""
     if preprocess.normalization == "per_image":
         flat = batch.view(len(batch), -1)
         # a uniform picture has no contrast to scale: it stays all zeros rather than dividing by zero
@@ -114,19 +140,97 @@ def prepare_pixels(pixels: Sequence[np.ndarray], preprocess: Preprocess) -> torc
     return batch.div_(255.0).sub_(preprocess.mean).div_(preprocess.std)
 
 
+class FacePixels:
+    """Resized 8-bit faces (N, 1, H, W), e.g. memory-mapped, read like the tensor of model input they
+    stand for: indexing (rows as a long tensor, a slice) returns those faces normalised, float32."""
+
+    def __init__(self, pixels: np.ndarray, preprocess: Preprocess):
+        self.pixels, self.preprocess = pixels, preprocess
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.pixels.shape)
+
+    def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.numpy()
+        # np.array copies: a slice of a read-only memory map is no tensor torch may own
+        return normalise(torch.from_numpy(np.array(self.pixels[index])).float(), self.preprocess)
+
+    def subset(self, rows: torch.Tensor) -> "FacePixels":
+        """The faces of `rows`, copied into memory as 8-bit pixels."""
+        return FacePixels(np.ascontiguousarray(self.pixels[rows.numpy()]), self.preprocess)
+
+
+def faces_in_memory_mb() -> float:
+    """The limit above which faces are read from the disk cache: $FACESIM_FACES_IN_MEMORY_MB or 512."""
+    value = os.environ.get(FACES_IN_MEMORY_ENV)
+    try:
+        return float(value) if value else FACES_IN_MEMORY_MB
+    except ValueError:
+        raise ValueError(f"{FACES_IN_MEMORY_ENV} must be a number of MiB, got {value!r}") from None
+
+
+def fits_in_memory(faces: int, preprocess: Preprocess, limit_mb: float) -> bool:
+    """Whether `faces` prepared as model input (float32) take at most `limit_mb` MiB."""
+    return faces * preprocess.height * preprocess.width * 4 <= limit_mb * 2**20
+
+
+def pixel_cache_key(root: str | os.PathLike, paths: Sequence[str], preprocess: Preprocess) -> str:
+    """What the cached pixels of `paths` depend on: each file's path, size and modification time, and
+    the preprocessing that comes before normalisation (which is applied when reading)."""
+    digest = hashlib.sha256(repr((_CACHE_VERSION, preprocess.height, preprocess.width,
+                                  preprocess.trim_borders)).encode())
+    root = Path(root)
+    for path in paths:
+        stat = (root / path).stat()
+        digest.update(f"{len(path)}:{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def cached_face_pixels(root: str | os.PathLike, paths: Sequence[str], preprocess: Preprocess,
+                       cache_dir: str | os.PathLike | None = None) -> FacePixels:
+    """The faces of `paths` (relative to `root`) from the memory-mapped cache under `cache_dir`
+    (default $FACESIM_CACHE/faces), decoded and resized the first time only, a chunk at a time."""
+    root = Path(root)
+    try:
+        key = pixel_cache_key(root, paths, preprocess)
+    except FileNotFoundError as exc:
+        raise ImageError(f"{exc.filename}: image file not found") from None
+
+    def fill(start: int, stop: int) -> np.ndarray:
+        return resize_pixels([load_pixels(root / p) for p in paths[start:stop]], preprocess).numpy()
+
+    pixels = cached_array(Path(cache_dir) if cache_dir is not None else cache_root() / "faces", key,
+                          (len(paths), 1, preprocess.height, preprocess.width), np.uint8, fill)
+    return FacePixels(pixels, preprocess)
+
+
 @dataclass
 class FaceSet:
     """Images by relative path, decoded and prepared once: `tensor[index[path]]`."""
 
     paths: list[str]
     subjects: list[str]
-    tensor: torch.Tensor  # (N, 1, H, W) prepared images (or (N, 128) dlib descriptors), in `paths` order
+    # (N, 1, H, W) prepared images (or (N, 128) dlib descriptors), in `paths` order; `FacePixels` (read
+    # the same way) for faces beyond the in-memory limit
+    tensor: torch.Tensor | FacePixels
 
     @classmethod
-    def load(cls, root: str | os.PathLike, paths: Iterable[str], preprocess: Preprocess) -> "FaceSet":
+    def load(cls, root: str | os.PathLike, paths: Iterable[str], preprocess: Preprocess, *,
+             memory_limit_mb: float | None = None, cache_dir: str | os.PathLike | None = None) -> "FaceSet":
+        """The faces of `paths`, all prepared in memory, or, when they would take more than
+        `memory_limit_mb` (default `faces_in_memory_mb()`), read from the disk cache in `cache_dir`."""
         unique = sorted(set(paths))
         root = Path(root)
-        tensor = prepare_pixels([load_pixels(root / p) for p in unique], preprocess)
+        limit = faces_in_memory_mb() if memory_limit_mb is None else memory_limit_mb
+        if preprocess.features != "pixels" or fits_in_memory(len(unique), preprocess, limit):
+            tensor = prepare_pixels([load_pixels(root / p) for p in unique], preprocess)
+        else:
+            tensor = cached_face_pixels(root, unique, preprocess, cache_dir)
         return cls(paths=unique, subjects=[Path(p).parent.name for p in unique], tensor=tensor)
 
     def __post_init__(self) -> None:
@@ -146,7 +250,8 @@ class FaceSet:
     def subset(self, paths: Sequence[str]) -> "FaceSet":
         """The rows of `paths`, in that order, without decoding anything again."""
         rows = self.rows(paths)
-        return FaceSet(paths=list(paths), subjects=[self.subjects[i] for i in rows.tolist()], tensor=self.tensor[rows])
+        tensor = self.tensor.subset(rows) if isinstance(self.tensor, FacePixels) else self.tensor[rows]
+        return FaceSet(paths=list(paths), subjects=[self.subjects[i] for i in rows.tolist()], tensor=tensor)
 
     def subject_ids(self) -> torch.Tensor:
         """An integer id per row, equal for the same subject."""

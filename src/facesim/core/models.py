@@ -388,6 +388,13 @@ def read_threshold(metrics_path: str | os.PathLike) -> float:
     return float(threshold)
 
 
+def inference_device(checkpoint: dict[str, Any]) -> torch.device:
+    """Where a pipeline stage embeds with a trained model: CUDA when there is one and the model was trained
+    with `train.device` auto or cuda, else the CPU (embeddings always come back on the CPU)."""
+    wanted = checkpoint.get("params", {}).get("device", "auto")
+    return torch.device("cuda" if wanted in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[EmbeddingNet, dict[str, Any]]:
     """The embedding network of a checkpoint written by `facesim.pipeline.train.train_and_save`, in eval mode."""
     try:

@@ -184,7 +184,7 @@ def run_fold(
     unseen = set(groups[fold - 1])
     seen_faces = [f for f in faces if f.subject not in unseen]
     tables = fold_tables(seen_faces, cv, rng)
-    params = replace(train, seed=seed)
+    params = replace(train, seed=seed, processes=1)  # a fold trains in one process: folds run side by side
     everyone = FaceSet.load(faces_dir, [f.path for f in faces], params.preprocess())
     seen = everyone.subset([f.path for f in seen_faces])
     test = everyone.subset([f.path for f in faces if f.subject in unseen])

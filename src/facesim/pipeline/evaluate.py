@@ -32,10 +32,10 @@ from facesim.core.metrics import (
     verification_metrics,
 )
 from facesim.core.params import require
-from facesim.pipeline.sample import list_faces, load_tables
+from facesim.pipeline.sample import held_out_faces, load_tables
 from facesim.mlops.registry import register_model
 from facesim.mlops.tracking import NULL_RUN, Run
-from facesim.core.models import embed_all, load_checkpoint
+from facesim.core.models import embed_all, inference_device, load_checkpoint
 
 PREDICTION_COLUMNS = ["set", "image1", "image2", "subject1", "subject2", "label", "distance", "predicted"]
 
@@ -94,10 +94,11 @@ def evaluate_model(
     "embeddings" (CSV). Returns the details.
     """
     model, checkpoint = load_checkpoint(checkpoint_path)
+    model.to(inference_device(checkpoint))  # CUDA when present, as in training (train.device)
     preprocess = Preprocess(**checkpoint["preprocess"])
     tables = load_tables(pair_paths)
     val, test = tables["pairs_val"], tables["pairs_test"]
-    test_paths = [f.path for f in list_faces(faces_dir, "testing")]
+    test_paths = [f.path for f in held_out_faces(test)]
 
     calibration_faces = FaceSet.load(faces_dir, pd.concat([val["image1"], val["image2"]]), preprocess)
     test_faces = FaceSet.load(faces_dir, test_paths, preprocess)

@@ -1,9 +1,13 @@
-"""Stage `fetch`: download the ORL faces archive, verify it, publish data/raw/faces.
+"""Stage `fetch`: download a faces archive (or copy a local folder), verify it, publish data/raw/faces.
 
-The archive is GitHub's zip of the pinned commit of
-Ruturaj123/Face-Similarity-Siamese-Network; only its `data/faces/**.pgm`
-images are kept. Their content digest is pinned in params.yaml, so a mirror
-and the real URL give the same bytes in `data/raw/`, or the stage fails.
+By default the archive is GitHub's zip of the pinned commit of
+Ruturaj123/Face-Similarity-Siamese-Network (the ORL faces); only the files
+below `fetch.faces_folder` (`data/faces`) whose path there matches
+`fetch.image_pattern` (`training|testing/sN/K.pgm`) are kept. Any other face
+set laid out as one folder per person works the same way, from a zip archive
+or a local folder. The content digest of the kept files is pinned in
+params.yaml, so a mirror and the real URL give the same bytes in `data/raw/`,
+or the stage fails.
 """
 
 from __future__ import annotations
@@ -23,14 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from facesim.core.atomic import staged_outputs
-from facesim.core.params import require
+from facesim.core.params import ParamsError, require
 from facesim.mlops.tracking import NULL_RUN, Run
 
 # The environment variable that replaces params' fetch.url (a mirror, an offline copy).
 DATA_URL_ENV = "FACESIM_DATA_URL"
 
-# Images kept from the archive: data/faces/{training,testing}/s<N>/<K>.pgm
-_IMAGE_PATH = re.compile(r"^(training|testing)/s\d+/\d+\.pgm$")
+# The ORL images kept by default: data/faces/{training,testing}/s<N>/<K>.pgm (the archive also holds a
+# K.pgm.png copy of each and READMEs, which are left out)
+ORL_FACES_FOLDER = "data/faces"
+ORL_IMAGE_PATTERN = r"(training|testing)/s\d+/\d+\.pgm"
 _CHUNK = 1 << 20
 
 
@@ -40,8 +46,13 @@ class FetchError(RuntimeError):
 
 @dataclass(frozen=True)
 class FetchParams:
-    url: str  # the published archive; FACESIM_DATA_URL overrides it
+    url: str  # a zip archive (http(s)://, file:// or a path) or a local folder; FACESIM_DATA_URL overrides it
     digest: str  # "sha256:<hex>" over the extracted images (see content_digest)
+    # where the faces lie inside the archive (below GitHub's '<repo>-<commit>/' folder, if any) or the
+    # folder: a relative POSIX path, "" or "." for the top
+    faces_folder: str = ORL_FACES_FOLDER
+    # the files kept: a regular expression their path below faces_folder matches in full
+    image_pattern: str = ORL_IMAGE_PATTERN
     max_bytes: int = 100_000_000  # refuse archives (and their unpacked images) beyond this size
     timeout_s: float = 60.0  # per network attempt
     retries: int = 3  # network attempts after the first one
@@ -55,6 +66,23 @@ class FetchParams:
         require(self.max_bytes > 0, f"fetch.max_bytes must be positive, got {self.max_bytes}")
         require(self.timeout_s > 0, f"fetch.timeout_s must be positive, got {self.timeout_s}")
         require(self.retries >= 0, f"fetch.retries must be >= 0, got {self.retries}")
+        folder = PurePosixPath(self.faces_folder or ".")
+        require(not folder.is_absolute() and ".." not in folder.parts and "\\" not in self.faces_folder,
+                f"fetch.faces_folder must be a relative POSIX path inside the archive or folder, "
+                f"got {self.faces_folder!r}")
+        try:
+            re.compile(self.image_pattern)
+        except re.error as exc:
+            raise ParamsError(f"fetch.image_pattern is not a regular expression ({exc}): "
+                              f"{self.image_pattern!r}") from None
+
+    def folder_parts(self) -> tuple[str, ...]:
+        """faces_folder as path parts; () for the top."""
+        return tuple(part for part in PurePosixPath(self.faces_folder or ".").parts if part != ".")
+
+    def keeps(self, rel: str) -> bool:
+        """Whether the file at `rel` (below faces_folder, POSIX) is one of the images."""
+        return re.fullmatch(self.image_pattern, rel) is not None
 
 
 @dataclass(frozen=True)
@@ -109,7 +137,7 @@ def download(source: str, dest: Path, *, max_bytes: int, timeout_s: float, retri
     local = _local_path(source)
     if local is not None:
         if not local.is_file():
-            raise FetchError(f"{source}: no such archive file")
+            raise FetchError(f"{source}: no such archive file or folder")
         with local.open("rb") as src, dest.open("wb") as out:
             return _copy_capped(src, out, max_bytes, source)
 
@@ -138,8 +166,8 @@ def download(source: str, dest: Path, *, max_bytes: int, timeout_s: float, retri
     )
 
 
-def _faces_path(name: str) -> PurePosixPath | None:
-    """The path below data/faces/ of an archive member, or None for members we do not keep.
+def _faces_path(name: str, params: FetchParams) -> PurePosixPath | None:
+    """The path below faces_folder of an archive member, or None for members we do not keep.
 
     Raises FetchError for members that could escape the extraction directory.
     """
@@ -148,24 +176,32 @@ def _faces_path(name: str) -> PurePosixPath | None:
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if ".." in parts:
         raise FetchError(f"archive member {name!r} points outside the archive ('..'); refused")
+    folder = params.folder_parts()
     # GitHub's archives put everything under one '<repo>-<commit>/' folder.
     for start in range(min(2, len(parts))):
-        if parts[start : start + 2] == ("data", "faces"):
-            rel = PurePosixPath(*parts[start + 2 :]) if len(parts) > start + 2 else None
-            if rel is not None and _IMAGE_PATH.match(rel.as_posix()):
-                return rel
-            return None
+        if parts[start : start + len(folder)] == folder:
+            rel = parts[start + len(folder) :]
+            if rel and params.keeps("/".join(rel)):
+                return PurePosixPath(*rel)
+            if folder:
+                return None
     return None
 
 
-def extract_faces(archive: Path, dest: Path, *, max_bytes: int, source: str) -> int:
+def _no_images(source: str, params: FetchParams) -> FetchError:
+    return FetchError(f"{source}: holds no images: no file below fetch.faces_folder '{params.faces_folder}' "
+                      f"has a path there that matches fetch.image_pattern {params.image_pattern}")
+
+
+def extract_faces(archive: Path, dest: Path, *, params: FetchParams, source: str) -> int:
     """Extract the kept images of `archive` into `dest`; return their total size."""
+    max_bytes = params.max_bytes
     try:
         with zipfile.ZipFile(archive) as zf:
-            members = [(info, _faces_path(info.filename)) for info in zf.infolist() if not info.is_dir()]
+            members = [(info, _faces_path(info.filename, params)) for info in zf.infolist() if not info.is_dir()]
             kept = [(info, rel) for info, rel in members if rel is not None]
             if not kept:
-                raise FetchError(f"{source}: archive holds no data/faces/{{training,testing}}/sN/K.pgm images")
+                raise _no_images(source, params)
             total = sum(info.file_size for info, _ in kept)
             if total > max_bytes:
                 raise FetchError(f"{source}: images unpack to {total} bytes > fetch.max_bytes={max_bytes}; refused")
@@ -176,6 +212,34 @@ def extract_faces(archive: Path, dest: Path, *, max_bytes: int, source: str) -> 
                     shutil.copyfileobj(src, out, _CHUNK)  # zipfile checks each member's CRC here
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
         raise FetchError(f"{source}: not a readable zip archive (corrupt or truncated?): {exc}") from None
+    return total
+
+
+def copy_faces(folder: Path, dest: Path, *, params: FetchParams, source: str) -> int:
+    """Copy the kept images below `folder`/faces_folder into `dest`; return their total size.
+
+    Symbolic links are not followed out of the folder: a linked file is copied as the file it names,
+    a linked folder is not entered."""
+    top = folder.joinpath(*params.folder_parts())
+    if not top.is_dir():
+        raise FetchError(f"{source}: no folder {params.faces_folder!r} (fetch.faces_folder) in it")
+    kept = []
+    for directory, subdirs, files in os.walk(top):
+        subdirs.sort()
+        for name in sorted(files):
+            path = Path(directory) / name
+            rel = path.relative_to(top).as_posix()
+            if params.keeps(rel) and path.is_file():
+                kept.append((path, rel))
+    if not kept:
+        raise _no_images(source, params)
+    total = sum(path.stat().st_size for path, _ in kept)
+    if total > params.max_bytes:
+        raise FetchError(f"{source}: images add up to {total} bytes > fetch.max_bytes={params.max_bytes}; refused")
+    for path, rel in kept:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
     return total
 
 
@@ -190,18 +254,24 @@ def fetch_faces(params: FetchParams, out_dir: str | os.PathLike, run: Run = NULL
     out_dir = Path(out_dir)
     source = resolve_source(params.url)
     with staged_outputs(out_dir) as (staged,):
-        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=staged.parent) as tmp:
-            archive = Path(tmp) / "archive.zip"
-            download(source, archive, max_bytes=params.max_bytes, timeout_s=params.timeout_s, retries=params.retries)
-            size = extract_faces(archive, staged, max_bytes=params.max_bytes, source=source)
+        local = _local_path(source)
+        if local is not None and local.is_dir():
+            size = copy_faces(local, staged, params=params, source=source)
+        else:
+            with tempfile.TemporaryDirectory(prefix=".fetch-", dir=staged.parent) as tmp:
+                archive = Path(tmp) / "archive.zip"
+                download(source, archive, max_bytes=params.max_bytes, timeout_s=params.timeout_s,
+                         retries=params.retries)
+                size = extract_faces(archive, staged, params=params, source=source)
         digest = content_digest(staged)
         if digest != params.digest:
             raise FetchError(
                 f"{source}: content digest mismatch: expected {params.digest} (fetch.digest), "
-                f"got {digest}; the archive is not the pinned ORL faces: point fetch.url or FACESIM_DATA_URL at them "
+                f"got {digest}; these are not the faces params.yaml pins: point fetch.url or FACESIM_DATA_URL at them, "
+                f"or pin the new digest if the new faces are meant "
                 f"(nothing was written to {out_dir})"
             )
-        images = sorted(staged.rglob("*.pgm"))
+        images = sorted(p for p in staged.rglob("*") if p.is_file())
         result = FetchResult(
             source=source,
             digest=digest,

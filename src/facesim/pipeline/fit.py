@@ -5,6 +5,11 @@ it needs are embedded once each, augmented as a whole batch. Validation runs
 after every epoch; the best epoch's weights are kept (or the last epoch's,
 `keep: last`) and training stops after `patience` epochs without a better
 validation loss (never, with patience 0).
+
+With `world` (several processes, `facesim.pipeline.distributed`) each process runs
+this same loop on the same batches, embedding its share of each batch's faces; only
+rank 0 logs. With `train.precision` bf16 or fp16 the network's forward pass runs
+under autocast (fp16 with a loss scaler); validation always runs in float32.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from facesim.core.data import FaceSet
 from facesim.core.models import EmbeddingNet, EnsembleNet, build_embedding_net, embed_all
 from facesim.core.params import ParamsError
 from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.pipeline.distributed import SINGLE, World, check_precision, rank_device, training_forward
 from facesim.pipeline.objectives import OBJECTIVES, Batch, Objective
 from facesim.pipeline.train_params import TrainParams
 
@@ -38,6 +44,10 @@ OnStep = Callable[[Objective, Batch], None]
 
 def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _silent(_line: str) -> None:
+    pass
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,17 +110,22 @@ def fit(
     log: Log = _to_stderr,
     on_step: OnStep | None = None,
     objectives: Mapping[str, type[Objective]] = OBJECTIVES,
+    world: World = SINGLE,
 ) -> TrainResult:
     """Train `model_name` ('contrastive' or 'triplet') on faces already in memory: one network, or
     `params.<model>.members` networks one after the other, each with its own seed, joined into one
     `EnsembleNet` (a member's per-epoch MLflow metrics are then `member<k>.train_loss`, ...).
-    `objectives` maps a model name to its Objective class (benchmarks swap one in)."""
+    `objectives` maps a model name to its Objective class (benchmarks swap one in). `world`: this
+    process's place among the processes training together (each returns the same result; only
+    rank 0 logs and reports to `run`)."""
     members = params.loss_params(model_name).members  # refuses an unknown model name
     objective = objectives[model_name]
+    if not world.is_main:
+        run, log = NULL_RUN, _silent
     if members == 1:
-        return _fit_network(model_name, objective, params, tables, faces, run, log, on_step)
+        return _fit_network(model_name, objective, params, tables, faces, run, log, on_step, world=world)
     results = [_fit_network(model_name, objective, replace(params, seed=member_seed(params.seed, i)), tables, faces,
-                            run, log, on_step, member=i + 1)
+                            run, log, on_step, member=i + 1, world=world)
                for i in range(members)]
     return join_members(model_name, params, results)
 
@@ -157,13 +172,18 @@ def _fit_network(
     log: Log,
     on_step: OnStep | None,
     member: int | None = None,
+    world: World = SINGLE,
 ) -> TrainResult:
     """Train one network of `model_name` with `params.seed`; `member` numbers it within an ensemble."""
     seed_everything(params.seed)
-    device = resolve_device(params.device)
+    device = rank_device(resolve_device(params.device), world)
+    check_precision(params.precision, device)
     objective = objective_class(params, tables, faces)
     config = replace(params.model_config(model_name), members=1)
     model = build_embedding_net(config).to(device)
+    # what embeds a training batch: the model itself (one process, float32), else through autocast and DDP
+    forward = training_forward(model, params.precision, device, world)
+    scaler = torch.amp.GradScaler(device.type, enabled=params.precision == "fp16")  # disabled: a no-op
     prefix, label = (f"member{member}.", f"train@{model_name} member {member}") if member else ("", f"train@{model_name}")
     # fused: one kernel whose square root is exact; the default (foreach) one differs by CPU model
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=True)
@@ -180,13 +200,14 @@ def _fit_network(
     kept: dict[str, Any] = {}  # the checkpointed epoch: the best one (keep: best) or the last (keep: last)
     for epoch in range(1, max_epochs + 1):
         started = time.perf_counter()
-        model.train()
+        forward.train()
         total, count = 0.0, 0
         for batch in objective.batches(generator):
-            loss = objective.train_loss(model, images, batch, augment, generator)
+            loss = objective.train_loss(forward, images, batch, augment, generator)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             n = objective.batch_size(batch)
             total, count = total + loss.item() * n, count + n
             if on_step is not None:
@@ -202,6 +223,7 @@ def _fit_network(
         history.append(row)
         run.log_metrics({f"{prefix}{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
         improved, stop = stopping.update(scores["val_loss"])
+        stop = world.agree(stop)  # every process stops when rank 0 does
         log(f"{label} epoch {epoch:3d}/{max_epochs}  train_loss {row['train_loss']:.4f}  "
             f"val_loss {scores['val_loss']:.4f}  val_auc {scores['val_roc_auc']:.4f}  "
             f"{row['seconds']:.1f}s{'  *' if improved else ''}")

@@ -24,8 +24,8 @@ from PIL import Image, ImageFilter
 from facesim.core.atomic import staged_outputs
 from facesim.core.data import Preprocess, prepare_pixels
 from facesim.core.images import decode_pixels, load_pixels
-from facesim.core.models import embed_all, load_checkpoint, read_threshold
-from facesim.pipeline.sample import list_faces
+from facesim.core.models import embed_all, inference_device, load_checkpoint, read_threshold
+from facesim.pipeline.sample import held_out_faces, load_tables
 from facesim.mlops.tracking import NULL_RUN, Run
 
 Change = Callable[[np.ndarray], np.ndarray]
@@ -171,17 +171,20 @@ def evaluate_robustness(
     checkpoint_path: str | os.PathLike,
     metrics_path: str | os.PathLike,
     faces_dir: str | os.PathLike,
+    test_pairs_path: str | os.PathLike,
     outputs: dict[str, str | os.PathLike],
     run: Run = NULL_RUN,
 ) -> dict[str, Any]:
-    """The robustness stage: the held-out faces under every change, at the evaluate stage's threshold.
+    """The robustness stage: the held-out faces (those the sample stage's test pairs name) under every
+    change, at the evaluate stage's threshold.
 
     outputs: "metrics" (JSON, a DVC metric), "table" (CSV: family, strength, both acceptance rates).
     """
     threshold = read_threshold(metrics_path)
     model, checkpoint = load_checkpoint(checkpoint_path)
+    model.to(inference_device(checkpoint))  # CUDA when present, as in training (train.device)
     preprocess = Preprocess(**checkpoint["preprocess"])
-    faces = list_faces(faces_dir, "testing")
+    faces = held_out_faces(load_tables({"pairs_test": test_pairs_path})["pairs_test"])
     pixels = [load_pixels(Path(faces_dir) / f.path) for f in faces]
 
     def embed(batch: list[np.ndarray]) -> np.ndarray:

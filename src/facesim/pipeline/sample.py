@@ -2,8 +2,14 @@
 
 Images are named by their path relative to `data/raw/faces`
 (`training/s12/3.pgm`), so the CSVs work in any clone. Training and
-validation files come from the `training/` subjects only; test files from the
-held-out `testing/` subjects only.
+validation files come from the training people only; test files from the
+held-out people only. Two layouts (`sample.layout`): "split", ORL's
+`training/<person>/<image>` and `testing/<person>/<image>`, where the held-out
+people are those of `testing/`; and "people", one folder per person,
+`<person>/<image>`, where `sample.held_out` names the held-out people or
+`sample.held_out_fraction` draws them (seeded). A person with a single image
+has no same-person pair and is never an anchor; their face is still a
+negative (another person's) in pairs and triplets.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from facesim.mlops.tracking import NULL_RUN, Run
 PAIR_COLUMNS = ["image1", "image2", "subject1", "subject2", "label"]
 TRIPLET_COLUMNS = ["anchor", "positive", "negative", "anchor_subject", "positive_subject", "negative_subject"]
 SPLITS = ("train", "val", "test")
+LAYOUTS = ("split", "people")
 
 
 class SampleError(ValueError):
@@ -41,6 +48,11 @@ class SampleParams:
     test_triplets_per_image: int = 2
     val_size: float = 0.2  # share of training pairs/triplets (or subjects) held out for validation
     split_by: Literal["pairs", "subjects"] = "pairs"  # "subjects": validation subjects unseen in training
+    # "split": <group>/<person>/<image> with groups training/ and testing/ (ORL; testing/ is held out);
+    # "people": <person>/<image>, the held-out people named by held_out or drawn by held_out_fraction
+    layout: Literal["split", "people"] = "split"
+    held_out: tuple[str, ...] = ()  # layout "people": the people (folder names) kept for the test set
+    held_out_fraction: float = 0.0  # layout "people": else this share of the people, drawn with `seed`
 
     def validate(self) -> None:
         for name in (
@@ -58,6 +70,20 @@ class SampleParams:
             "sample.similar_per_image and sample.dissimilar_per_image cannot both be 0",
         )
         require(0 < self.val_size < 1, f"sample.val_size must be between 0 and 1 (exclusive), got {self.val_size}")
+        require(self.layout in LAYOUTS, f"sample.layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.layout == "split":
+            require(not self.held_out and self.held_out_fraction == 0,
+                    "sample.held_out and sample.held_out_fraction are for sample.layout 'people'; with 'split' "
+                    "the held-out people are those of the testing/ folder")
+        else:
+            require(bool(self.held_out) != (self.held_out_fraction > 0),
+                    "sample.layout 'people' needs exactly one of sample.held_out (a list of people) and "
+                    f"sample.held_out_fraction (a share of them), got {list(self.held_out)} and "
+                    f"{self.held_out_fraction}")
+            require(0 <= self.held_out_fraction < 1,
+                    f"sample.held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
+            require(len(set(self.held_out)) == len(self.held_out),
+                    f"sample.held_out names a person twice: {list(self.held_out)}")
 
 
 @dataclass(frozen=True)
@@ -66,18 +92,62 @@ class Face:
     subject: str  # e.g. "s12"
 
 
-def list_faces(faces_dir: str | os.PathLike, group: Literal["training", "testing"]) -> list[Face]:
-    """The images of `faces_dir/group/sN/K.pgm`, in natural order (s2 before s10)."""
-    base = Path(faces_dir) / group
+def list_faces(faces_dir: str | os.PathLike, group: Literal["training", "testing"] | None = None) -> list[Face]:
+    """The images `faces_dir/group/<person>/<image>` (group None: `faces_dir/<person>/<image>`), in
+    natural order (s2 before s10). Every file counts (the fetch stage keeps only images), but for hidden
+    ones (.DS_Store)."""
+    base = Path(faces_dir) / group if group else Path(faces_dir)
     if not base.is_dir():
         raise SampleError(f"{base}: directory not found (run the fetch stage first)")
     faces = [
         Face(path=p.relative_to(faces_dir).as_posix(), subject=p.parent.name)
-        for p in base.glob("*/*.pgm")
+        for p in base.glob("*/*") if p.is_file() and not p.name.startswith(".")
     ]
     if not faces:
-        raise SampleError(f"{base}: no sN/K.pgm images found")
+        raise SampleError(f"{base}: no <person>/<image> files found")
     return sorted(faces, key=lambda f: natural_key(f.path))
+
+
+def held_out_people(people: list[str], params: SampleParams, rng: np.random.Generator) -> set[str]:
+    """Layout "people": the people of the test set, `sample.held_out` or drawn by `held_out_fraction`."""
+    if params.held_out:
+        unknown = sorted(set(params.held_out) - set(people), key=natural_key)
+        if unknown:
+            raise SampleError(f"sample.held_out names {', '.join(unknown)}, who have no folder among the "
+                              f"{len(people)} people of the faces")
+        chosen = set(params.held_out)
+    else:
+        n = int(round(len(people) * params.held_out_fraction))
+        chosen = set(rng.permutation(sorted(people, key=natural_key))[:n].tolist())
+    if not 1 <= len(chosen) <= len(people) - 2:
+        raise SampleError(f"sample.held_out / held_out_fraction keeps {len(chosen)} of {len(people)} people for "
+                          "testing; at least 1 must be held out and 2 left for training")
+    return chosen
+
+
+def split_faces(params: SampleParams, faces_dir: str | os.PathLike,
+                rng: np.random.Generator | None = None) -> tuple[list[Face], list[Face]]:
+    """(training faces, held-out faces) as `params.layout` lays them out. `rng` draws the held-out
+    people of `held_out_fraction` (default: the stream `build_samples` uses)."""
+    if params.layout == "split":
+        return list_faces(faces_dir, "training"), list_faces(faces_dir, "testing")
+    everyone = list_faces(faces_dir)
+    rng = rng if rng is not None else held_out_rng(params.seed)
+    held_out = held_out_people(sorted({f.subject for f in everyone}), params, rng)
+    return [f for f in everyone if f.subject not in held_out], [f for f in everyone if f.subject in held_out]
+
+
+def all_faces(faces_dir: str | os.PathLike, layout: Literal["split", "people"] = "split") -> list[Face]:
+    """Every face of every person (cross-validation deals them into groups itself)."""
+    if layout == "split":
+        return list_faces(faces_dir, "training") + list_faces(faces_dir, "testing")
+    return list_faces(faces_dir)
+
+
+def held_out_rng(seed: int) -> np.random.Generator:
+    """The stream that draws held-out people: the third child of `seed`, beside the two of `build_samples`
+    (spawning three gives the same first two as spawning two, so ORL's pairs do not move)."""
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
 
 
 def _by_subject(faces: list[Face]) -> dict[str, list[int]]:
@@ -109,6 +179,8 @@ def make_pairs(
 
     for subject, members in groups.items():
         n = len(members)
+        if n == 1:
+            continue  # no same-person pair: their face is only ever a negative
         if similar_per_image > (n - 1) // 2:
             raise SampleError(
                 f"sample.similar_per_image={similar_per_image} is too large for subject {subject} with {n} "
@@ -152,12 +224,16 @@ def make_pairs(
 
 
 def make_triplets(faces: list[Face], triplets_per_image: int, rng: np.random.Generator) -> pd.DataFrame:
-    """For every image as anchor, triplets with distinct positives (same subject) and random negatives."""
+    """For every image as anchor, triplets with distinct positives (same subject) and random negatives.
+
+    The face of a person with a single image is no anchor (there is no positive) but can be a negative."""
     groups = _by_subject(faces)
     subject_of = np.array([f.subject for f in faces])
     rows: list[tuple[int, int, int]] = []
     for a, face in enumerate(faces):
         positives = [i for i in groups[face.subject] if i != a]
+        if not positives:
+            continue
         negatives = np.flatnonzero(subject_of != face.subject)
         if triplets_per_image > len(positives):
             raise SampleError(
@@ -241,8 +317,7 @@ def build_samples(params: SampleParams, faces_dir: str | os.PathLike) -> dict[st
     """All six tables: {"pairs": {"train": ..., "val": ..., "test": ...}, "triplets": {...}}."""
     # Independent streams, so that changing the test factors never reshuffles training data.
     train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(params.seed).spawn(2))
-    training = list_faces(faces_dir, "training")
-    testing = list_faces(faces_dir, "testing")
+    training, testing = split_faces(params, faces_dir)
 
     fit = train_val_tables(training, params.similar_per_image, params.dissimilar_per_image,
                            params.triplets_per_image, params.val_size, params.split_by, train_rng)
@@ -297,6 +372,17 @@ def load_tables(paths: dict[str, str | os.PathLike]) -> dict[str, pd.DataFrame]:
 
 
 FACE_COLUMNS = ("image1", "image2", "anchor", "positive", "negative")  # the columns of the CSVs that name a face
+
+
+def held_out_faces(test_pairs: pd.DataFrame) -> list[Face]:
+    """The held-out faces: every face the test pairs name, once each, in natural order, with its person.
+
+    The sample stage decides who is held out (the `testing` folder, or `sample.held_out` /
+    `held_out_fraction`) and draws test pairs for every held-out image, so the stages after it read
+    the held-out faces from its test pairs whatever the layout."""
+    people = {path: subject for column, subject_column in (("image1", "subject1"), ("image2", "subject2"))
+              for path, subject in zip(test_pairs[column], test_pairs[subject_column])}
+    return [Face(path=path, subject=str(people[path])) for path in sorted(people, key=natural_key)]
 
 
 def face_paths(tables: dict[str, pd.DataFrame]) -> pd.Series:

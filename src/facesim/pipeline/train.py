@@ -11,6 +11,7 @@ from facesim.core.atomic import staged_outputs
 from facesim.core.data import FaceSet
 from facesim.core.models import require_backbone
 from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.pipeline.distributed import SINGLE, World
 from facesim.pipeline.fit import TrainResult, fit
 from facesim.pipeline.objectives import OBJECTIVES
 from facesim.pipeline.sample import face_paths, load_tables
@@ -25,11 +26,13 @@ def train_and_save(
     checkpoint_path: str | os.PathLike,
     history_path: str | os.PathLike,
     run: Run = NULL_RUN,
+    world: World = SINGLE,
 ) -> TrainResult:
     """The train stage: read the CSVs, fit, log to MLflow, then write checkpoint and history (all or none).
 
     samples: the CSV of each role: "train" and "val" (the model's own pairs or triplets) and
     "val_pairs" (the validation pairs, whose ROC AUC is reported every epoch).
+    world: this process among those training together; only rank 0 logs and writes.
     """
     params.loss_params(model_name)  # refuses an unknown model name
     require_backbone(params)  # a missing ImageNet file or dlib stops the stage before any work
@@ -40,7 +43,9 @@ def train_and_save(
     tables = load_tables({objective.train_table: samples["train"], objective.val_table: samples["val"],
                           "pairs_val": samples["val_pairs"]})
     faces = FaceSet.load(faces_dir, face_paths(tables), params.preprocess())
-    result = fit(model_name, params, tables, faces, run)
+    result = fit(model_name, params, tables, faces, run, world=world)
+    if not world.is_main:
+        return result
     with staged_outputs(checkpoint_path, history_path) as (staged_ckpt, staged_history):
         torch.save(result.checkpoint, staged_ckpt)
         # wall-clock seconds go to MLflow only: in a DVC-tracked file they would change dvc.lock on every run

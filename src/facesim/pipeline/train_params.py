@@ -46,6 +46,12 @@ class TripletParams:
 class TrainParams:
     seed: int = 42  # model initialisation, batch order and augmentation
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
+    # training processes in all (DistributedDataParallel, facesim.pipeline.distributed): the train stage
+    # starts itself under torchrun with this many on one machine; several machines: README
+    processes: int = 1
+    # fp32 | bf16 (autocast, CPUs and GPUs) | fp16 (autocast with a loss scaler, CUDA only): the network's
+    # forward pass in training; the losses, validation and the saved model stay float32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     backbone: Literal["compact", "resnet18", "efficientnet_b0", "dlib"] = "compact"
     pretrained: Literal["none", "imagenet"] = "none"  # torchvision backbones: starting weights
     frozen_blocks: int = 0  # torchvision backbones: early blocks kept at their starting weights
@@ -76,6 +82,12 @@ class TrainParams:
 
     def validate(self) -> None:
         require(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        require(not isinstance(self.processes, bool) and isinstance(self.processes, int) and self.processes >= 1,
+                f"train.processes must be a whole number >= 1, got {self.processes!r}")
+        require(self.precision in ("fp32", "bf16", "fp16"),
+                f"train.precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        require(not (self.precision == "fp16" and self.device == "cpu"),
+                "train.precision fp16 needs CUDA (train.device is cpu); use bf16 or fp32 on CPUs")
         require(self.batch_size >= 2, f"train.batch_size must be >= 2, got {self.batch_size}")
         require(self.lr > 0, f"train.lr must be positive, got {self.lr}")
         require(self.lr_schedule in ("constant", "cosine"),
