@@ -21,6 +21,7 @@ from PIL import Image
 
 from conftest import write_people_dir
 from facesim.core.params import ParamsError, parse_section
+from facesim.pipeline import sample
 from facesim.pipeline.sample import (
     PAIR_COLUMNS,
     SPLITS,
@@ -32,6 +33,7 @@ from facesim.pipeline.sample import (
     build_samples,
     list_faces,
     make_pairs,
+    make_triplets,
     split_faces,
     split_rows,
     write_samples,
@@ -233,11 +235,13 @@ def test_split_by_subjects_gives_every_image_all_its_pairs(faces_dir: Path) -> N
         assert (pairs[pairs["label"] == 0]["image1"].value_counts() == 3).all(), split
 
 
-def test_impossible_dissimilar_pairs_are_a_sample_error() -> None:
-    # 2 subjects x 3 images have only 3 x 3 = 9 different-subject pairs; 6 images x 3 asks for 18.
+def test_more_dissimilar_pairs_than_exist_give_every_one_once() -> None:
+    # 2 subjects x 3 images have only 3 x 3 = 9 different-subject pairs; 6 images x 3 asks for 18:
+    # s1's images take all 9 (3 each), s2's find every partner taken
     faces = [Face(f"training/s{s}/{k}.pgm", f"s{s}") for s in (1, 2) for k in range(1, 4)]
-    with pytest.raises(SampleError, match=r"sample\.dissimilar_per_image"):
-        make_pairs(faces, 1, 3, np.random.default_rng(0))
+    different = make_pairs(faces, 1, 3, np.random.default_rng(0)).query("label == 0")
+    assert len(different) == 9 and len(set(unordered(different))) == 9
+    assert different["image1"].value_counts().to_dict() == {f"training/s1/{k}.pgm": 3 for k in (1, 2, 3)}
 
 
 def test_split_by_subjects_needs_two_subjects_on_each_side(faces_dir: Path) -> None:
@@ -281,17 +285,67 @@ def test_changing_test_factors_leaves_training_files_alone(faces_dir: Path) -> N
 # ---- bad input -------------------------------------------------------------------------------
 
 
-def test_too_many_similar_pairs_is_a_sample_error_naming_the_key(faces_dir: Path) -> None:
+def test_similar_pairs_beyond_the_circulant_design_take_every_pair_once(faces_dir: Path) -> None:
     # 10 images give at most (10 - 1) // 2 = 4 distinct same-subject pairs per image;
     # 4 works: val = round(0.2 x 320) + round(0.2 x 240) = 64 + 48
     assert len(build_samples(dataclasses.replace(DEFAULTS, similar_per_image=4), faces_dir)["pairs"]["val"]) == 112
-    with pytest.raises(SampleError, match=r"sample\.similar_per_image=5 is too large .* at most 4"):
-        build_samples(dataclasses.replace(DEFAULTS, similar_per_image=5), faces_dir)
+    # 5 is more than 10 images allow: each training subject gives all 10 x 9 / 2 = 45 pairs of its images once
+    pairs = make_pairs(list_faces(faces_dir, "training"), 5, 0, np.random.default_rng(0))
+    assert len(pairs) == 8 * 45
+    assert pairs.groupby("subject1").size().to_dict() == {s: 45 for s in TRAINING_SUBJECTS}
+    assert len(set(unordered(pairs))) == 8 * 45
 
 
-def test_too_many_triplets_is_a_sample_error_naming_the_key(faces_dir: Path) -> None:
-    with pytest.raises(SampleError, match=r"sample\.triplets_per_image=10 exceeds the 9 other images of subject s1"):
-        build_samples(dataclasses.replace(DEFAULTS, triplets_per_image=10), faces_dir)
+def test_other_faces_are_ranked_without_listing_them() -> None:
+    # 6 faces, the person's are 2 and 3: the others, in order, are 0, 1, 4, 5
+    np.testing.assert_array_equal(sample._OtherFaces(6, [2, 3])[np.arange(4)], [0, 1, 4, 5])
+    np.testing.assert_array_equal(sample._OtherFaces(6, [0, 5])[np.array([3, 0, 2])], [4, 1, 3])
+    assert sample._OtherFaces(6, [0, 1, 2, 3, 4, 5]).count == 0
+
+
+def test_random_others_end_with_every_other_face() -> None:
+    others = sample._OtherFaces(9, [1, 4])
+    drawn = list(sample._random_others(others, 2, np.random.default_rng(0)))
+    assert len(drawn) == 8 * 6 + 7 and set(drawn) <= {0, 2, 3, 5, 6, 7, 8}
+    assert sorted(drawn[-7:]) == [0, 2, 3, 5, 6, 7, 8]  # after the random draws, all of them in a shuffle
+
+
+def test_beyond_the_balanced_size_different_person_partners_are_drawn_at_random(faces_dir: Path, monkeypatch) -> None:
+    faces = list_faces(faces_dir, "training")  # 80
+    balanced = make_pairs(faces, 3, 3, np.random.default_rng(0))
+    monkeypatch.setattr(sample, "BALANCED_PAIRS_MAX_FACES", 79)
+    drawn = make_pairs(faces, 3, 3, np.random.default_rng(0))
+    pd.testing.assert_frame_equal(drawn[drawn["label"] == 1], balanced[balanced["label"] == 1])  # same pairs alike
+    different = drawn[drawn["label"] == 0]
+    assert len(different) == 80 * 3 and (different.groupby("image1").size() == 3).all()
+    assert (different["subject1"] != different["subject2"]).all()
+    assert len(set(unordered(drawn))) == len(drawn)  # no pair twice, in either order
+    assert not different.equals(balanced[balanced["label"] == 0])
+    pd.testing.assert_frame_equal(drawn, make_pairs(faces, 3, 3, np.random.default_rng(0)))
+
+
+def test_triplets_beyond_the_other_images_take_each_positive_once(faces_dir: Path) -> None:
+    # 10 triplets asked for, 9 other images of each subject: 9 per anchor, each positive once
+    triplets = build_samples(dataclasses.replace(DEFAULTS, test_triplets_per_image=10), faces_dir)["triplets"]["test"]
+    assert len(triplets) == 30 * 9
+    per_anchor = triplets.groupby("anchor")["positive"]
+    assert (per_anchor.nunique() == 9).all() and (per_anchor.size() == 9).all()
+    assert (triplets["negative_subject"] != triplets["anchor_subject"]).all()
+
+
+def test_any_number_of_images_per_person_samples(tmp_path: Path) -> None:
+    # 1, 2, 3 and 6 images with 2 similar pairs and 2 triplets per image, worked out by hand:
+    # same pairs: 1 image none; 2 images their 1 pair; 3 images (3 <= 2 x 2) all 3 pairs; 6 images 6 x 2 = 12
+    counts = {"one": 1, "two": 2, "three": 3, "six": 6}
+    faces = list_faces(write_people_dir(tmp_path / "faces", counts))
+    pairs = make_pairs(faces, 2, 1, np.random.default_rng(0))
+    same = pairs[pairs["label"] == 1]
+    assert same.groupby("subject1").size().to_dict() == {"two": 1, "three": 3, "six": 12}
+    assert len(set(unordered(pairs))) == len(pairs)
+    assert len(pairs[pairs["label"] == 0]) == 12  # one different-person pair per image
+    # triplets: anchors with 1 other image (two) get 1 each, the others 2; "one" is no anchor
+    triplets = make_triplets(faces, 2, np.random.default_rng(0))
+    assert triplets.groupby("anchor_subject").size().to_dict() == {"two": 2 * 1, "three": 3 * 2, "six": 6 * 2}
 
 
 @pytest.mark.parametrize(
