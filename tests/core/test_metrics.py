@@ -268,9 +268,22 @@ def test_mean_average_precision_matches_sklearn_per_query():
     assert retrieval_metrics(embeddings, labels)["map"] == pytest.approx(np.mean(per_query))
 
 
-def test_retrieval_rejects_a_label_with_a_single_item():
-    with pytest.raises(ValueError, match=r"queries \[2\] have no other item"):
-        retrieval_metrics(np.array([[0.0], [1.0], [2.0]]), np.array([0, 0, 1]), ks=(1,))
+def test_a_single_item_label_is_no_query_but_is_ranked():
+    # labels 0 0 1 1 2 at 0, 3, 1, 4, 2 on a line; label 2 (item 4) has no partner and queries nothing
+    embeddings = np.array([[0.0], [3.0], [1.0], [4.0], [2.0]])
+    labels = np.array([0, 0, 1, 1, 2])
+    metrics = retrieval_metrics(embeddings, labels, ks=(1,))
+    # by hand (ties broken by the lower index): query 0 ranks 2, 4, 1, 3 -> AP 1/3, P@1 0
+    # query 1 (3.0) ranks 3 (1.0), 4 (1.0), 2 (2.0), 0 (3.0) -> AP 1/4, P@1 0
+    # query 2 (1.0) ranks 0 (1.0), 4 (1.0), 1 (2.0), 3 (3.0) -> AP 1/4, P@1 0
+    # query 3 (4.0) ranks 1 (1.0), 4 (2.0), 2 (3.0), 0 (4.0) -> AP 1/3, P@1 0
+    assert metrics["precision_at_1"] == 0.0
+    assert metrics["map"] == pytest.approx((1 / 3 + 1 / 4 + 1 / 4 + 1 / 3) / 4)
+    # the lone item is a distractor: without it every query finds its partner one rank sooner
+    alone = retrieval_metrics(embeddings[:4], labels[:4], ks=(1,))["map"]
+    assert alone > metrics["map"]
+    with pytest.raises(ValueError, match="nothing to retrieve"):
+        retrieval_metrics(np.array([[0.0], [1.0]]), np.array([0, 1]), ks=(1,))
 
 
 def test_retrieval_rejects_k_larger_than_the_other_items():
@@ -324,6 +337,15 @@ def test_pair_distances_match_the_distance_matrix():
     first, second = np.array([0, 1, 5]), np.array([3, 1, 2])
     matrix = pairwise_distance_matrix(embeddings)
     assert np.allclose(pair_distances(embeddings, first, second), matrix[first, second])
+
+
+def test_pair_distances_in_chunks_are_the_same_numbers():
+    rng = np.random.default_rng(1)
+    embeddings = rng.normal(size=(20, 5)).astype(np.float32)
+    first, second = rng.integers(20, size=101), rng.integers(20, size=101)
+    whole = pair_distances(embeddings, first, second)
+    np.testing.assert_array_equal(pair_distances(embeddings, first, second, chunk=7), whole)
+    np.testing.assert_array_equal(pair_distances(embeddings, first, second, chunk=101), whole)
 
 
 def test_unordered_pair_distances_by_hand():

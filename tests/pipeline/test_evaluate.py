@@ -12,7 +12,14 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import evaluate_outputs, tiny_train_params, train_samples, write_faces_dir, write_tiny_samples
 from facesim.core.params import ParamsError, parse_section
-from facesim.pipeline.evaluate import PREDICTION_COLUMNS, EvaluateParams, evaluate_embeddings, evaluate_model
+from facesim.pipeline.evaluate import (
+    PREDICTION_COLUMNS,
+    EvaluateParams,
+    calibration_faces,
+    evaluate_embeddings,
+    evaluate_model,
+)
+from facesim.pipeline.sample import Face
 from facesim.pipeline.train import train_and_save
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
@@ -130,6 +137,39 @@ def test_evaluate_params_parse():
 def test_evaluate_params_refuse_bad_retrieval_k(raw):
     with pytest.raises(ParamsError, match=r"evaluate\.(retrieval_k|k)"):
         parse_section(EvaluateParams, raw, "evaluate")
+
+
+def test_calibration_faces_are_all_of_them_up_to_the_limit_then_whole_people() -> None:
+    # people a..f with 3, 1, 4, 2, 5, 3 faces: 18 in all
+    counts = {"a": 3, "b": 1, "c": 4, "d": 2, "e": 5, "f": 3}
+    faces = [Face(f"{person}/{k}.png", person) for person, n in counts.items() for k in range(n)]
+    assert calibration_faces(faces, 18, seed=0) == faces
+    chosen = calibration_faces(faces, 7, seed=0)
+    people = {f.subject for f in chosen}
+    assert len(chosen) <= 7 and len(chosen) == sum(counts[p] for p in people)  # whole people, within the limit
+    assert chosen == [f for f in faces if f.subject in people]  # in their order
+    # the seeded shuffle, by hand: people in natural order, permuted with default_rng(0), taken while they fit
+    order = np.random.default_rng(0).permutation(sorted(counts)).tolist()
+    taken, total = set(), 0
+    for person in order:
+        if total + counts[person] <= 7:
+            taken.add(person)
+            total += counts[person]
+    assert people == taken
+    assert calibration_faces(faces, 7, seed=0) == chosen
+    assert any({f.subject for f in calibration_faces(faces, 7, seed=s)} != people for s in range(1, 6))
+
+
+def test_evaluate_model_reports_a_reduced_calibration_set(stage, tmp_path: Path):
+    metrics = evaluate_model("contrastive", EvaluateParams(max_calibration_faces=25, seed=3), stage["checkpoint"],
+                             stage["faces_dir"], {k: stage["pairs"][k] for k in ("pairs_val", "pairs_test")},
+                             evaluate_outputs(tmp_path / "eval"))
+    val = pd.read_csv(stage["pairs"]["pairs_val"])
+    n_validation = len(set(val["image1"]) | set(val["image2"]))
+    calibration = metrics["calibration"]
+    assert calibration["of_validation_faces"] == n_validation > 25 >= calibration["faces"]
+    assert metrics["validation"]["n_pairs"] == calibration["faces"] * (calibration["faces"] - 1) // 2
+    assert "calibration" not in stage["metrics"]  # all validation faces fit: nothing said
 
 
 # ---- evaluate_model end to end ----------------------------------------------------------

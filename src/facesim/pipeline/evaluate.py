@@ -32,7 +32,8 @@ from facesim.core.metrics import (
     verification_metrics,
 )
 from facesim.core.params import require
-from facesim.pipeline.sample import held_out_faces, load_tables
+from facesim.core.paths import natural_key
+from facesim.pipeline.sample import Face, held_out_faces, load_tables
 from facesim.mlops.registry import register_model
 from facesim.mlops.tracking import NULL_RUN, Run
 from facesim.core.models import embed_all, inference_device, load_checkpoint
@@ -43,10 +44,32 @@ PREDICTION_COLUMNS = ["set", "image1", "image2", "subject1", "subject2", "label"
 @dataclass(frozen=True)
 class EvaluateParams:
     retrieval_k: tuple[int, ...] = (1, 5)  # precision@k reported for each k
+    # the threshold is calibrated on every pair of at most this many validation faces (whole people)
+    max_calibration_faces: int = 5000
+    seed: int = 42  # which validation people calibrate, when they have more faces than that
 
     def validate(self) -> None:
         require(len(self.retrieval_k) > 0 and all(k >= 1 for k in self.retrieval_k),
                 f"evaluate.retrieval_k must be a non-empty list of integers >= 1, got {list(self.retrieval_k)}")
+        require(self.max_calibration_faces >= 2,
+                f"evaluate.max_calibration_faces must be >= 2, got {self.max_calibration_faces}")
+
+
+def calibration_faces(faces: list[Face], max_faces: int, seed: int) -> list[Face]:
+    """The validation faces the threshold is calibrated on: all of them, or beyond `max_faces` every face
+    of people drawn at random (`seed`) while they fit. Every unordered pair of them is scored, so their
+    number bounds the work: 5,000 faces are 12.5M pairs (~1 GB), 40,000 would be 800M."""
+    if len(faces) <= max_faces:
+        return faces
+    counts: dict[str, int] = {}
+    for face in faces:
+        counts[face.subject] = counts.get(face.subject, 0) + 1
+    chosen, total = set(), 0
+    for person in np.random.default_rng(seed).permutation(sorted(counts, key=natural_key)):
+        if total + counts[person] <= max_faces:
+            chosen.add(person)
+            total += counts[person]
+    return [face for face in faces if face.subject in chosen]
 
 
 def evaluate_embeddings(
@@ -100,17 +123,22 @@ def evaluate_model(
     val, test = tables["pairs_val"], tables["pairs_test"]
     test_paths = [f.path for f in held_out_faces(test)]
 
-    calibration_faces = FaceSet.load(faces_dir, pd.concat([val["image1"], val["image2"]]), preprocess)
+    validation = held_out_faces(val)  # every face the validation pairs name
+    calibration = calibration_faces(validation, params.max_calibration_faces, params.seed)
+    calibration_set = FaceSet.load(faces_dir, [f.path for f in calibration], preprocess)
     test_faces = FaceSet.load(faces_dir, test_paths, preprocess)
     test_rows = (*test_faces.table_rows(test, ("image1", "image2")).numpy().T, test["label"].to_numpy())
     test_embeddings = embed_all(model, test_faces.tensor).numpy()
     metrics, distances = evaluate_embeddings(
-        embed_all(model, calibration_faces.tensor).numpy(), calibration_faces.subjects,
+        embed_all(model, calibration_set.tensor).numpy(), calibration_set.subjects,
         test_embeddings, test_faces.subjects, test_rows,
         retrieval_k=params.retrieval_k,
     )
     threshold = metrics["threshold"]
     metrics = {"model": model_name, "best_epoch": checkpoint["epoch"], **metrics}
+    if len(calibration) < len(validation):  # said where it happens only, so small data sets' files stay as they were
+        metrics["calibration"] = {"faces": len(calibration), "of_validation_faces": len(validation),
+                                  "people": len({f.subject for f in calibration})}
 
     first, second = distances["all_pairs_first"], distances["all_pairs_second"]
     predictions = pd.concat([
