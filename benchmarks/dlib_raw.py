@@ -19,14 +19,7 @@ import numpy as np
 
 from facesim.core.data import FaceSet, Preprocess
 from facesim.core.metrics import calibration_threshold
-from facesim.pipeline.cv import (
-    FOLD_METRICS,
-    fold_tables,
-    load_cv_params,
-    subject_folds,
-    unseen_metrics,
-    validation_faces,
-)
+from facesim.pipeline.cv import FOLD_METRICS, fold_split, load_cv_params, unseen_metrics, validation_faces
 from facesim.pipeline.sample import list_faces
 
 
@@ -34,15 +27,11 @@ def raw_folds(params_path: str, faces_dir: str) -> list[dict]:
     cv, _ = load_cv_params(params_path)
     faces = list_faces(faces_dir, "training") + list_faces(faces_dir, "testing")
     everyone = FaceSet.load(faces_dir, [f.path for f in faces], Preprocess(features="dlib"))
-    groups = subject_folds([f.subject for f in faces], cv.subject_groups, cv.seed)
-    streams = np.random.SeedSequence(cv.seed).spawn(cv.subject_groups)
     rows = []
     for fold in cv.folds:
-        unseen = set(groups[fold - 1])
-        rng = np.random.default_rng(streams[fold - 1])  # as run_fold draws the fold's tables
-        tables = fold_tables([f for f in faces if f.subject not in unseen], cv, rng)
-        calibration = everyone.subset(validation_faces(tables))
-        test = everyone.subset([f.path for f in faces if f.subject in unseen])
+        split = fold_split(cv, fold, faces)  # exactly as run_fold splits and samples the fold
+        calibration = everyone.subset(validation_faces(split.tables))
+        test = everyone.subset([f.path for f in split.unseen])
         threshold = calibration_threshold(calibration.tensor.numpy(), np.asarray(calibration.subjects))
         metrics, _ = unseen_metrics(test.tensor.numpy(), test.subjects, threshold, cv.retrieval_k)
         rows.append({"fold": fold, **metrics})

@@ -35,7 +35,9 @@ def main() -> None:
     # every person of either layout (sample.layout): the folds deal them into groups themselves
     faces = all_faces(args.faces, load_section(SampleParams, args.params, "sample").layout)
     config = cv_config(cv, train, args.backbone)
-    run_params = {"cv_backbone": args.backbone, "model": args.model, "fold": args.fold, "seed": args.seed, **train.resolved(args.model)}
+    # the fold's own seed (one of cv.seeds) is the seed it trains with, not train.seed
+    run_params = {**train.resolved(args.model), "cv_backbone": args.backbone, "model": args.model, "fold": args.fold,
+                  "seed": args.seed}
     with stage_run("cv_fold", run_params, tags={"data_digest": content_digest(args.faces)},
                    group=group_key(config), group_name="cv") as run:
         result = run_fold(cv, train, args.model, args.fold, args.seed, faces, args.faces)

@@ -55,14 +55,8 @@ def _tiny_params(digest: str) -> dict:
     return params
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from conftest import build_faces_archive, write_faces_dir
-
-    tmp = tmp_path_factory.mktemp("pipeline")
-    archive = build_faces_archive(tmp / "archive")
-    digest = content_digest(write_faces_dir(tmp / "expected"))
-
+def _repo_copy(tmp: Path, params: dict, env_extra: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    """A git repository at `tmp/repo` with this one's pipeline, code and `params`; the environment to run it in."""
     repo = tmp / "repo"
     repo.mkdir()
     for name in ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
@@ -71,27 +65,40 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (repo / ".dvc").mkdir()
     shutil.copy(REPO / ".dvc" / "config", repo / ".dvc" / "config")
-    (repo / "params.yaml").write_text(yaml.safe_dump(_tiny_params(digest), sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "FACESIM_DATA_URL"))}
     env.update(
-        FACESIM_DATA_URL=str(archive),
         # The stages run `python`: the interpreter running the tests, with the copy's src first.
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         PYTHONPATH=str(repo / "src"),
         FACESIM_CACHE=str(tmp / "cache"),
         GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+        **env_extra,
     )
     _run(["git", "init", "-q"], repo, env)
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "copy"], repo, env)
-    dvc = [sys.executable, "-m", "dvc"]
-    first = _run(dvc + ["repro"], repo, env)
-    second = _run(dvc + ["repro"], repo, env)
-    status = _run(dvc + ["status", "dvc.yaml"], repo, env)
-    cv = _run(dvc + ["repro", "cv/dvc.yaml"], repo, env)
-    metrics = _run(dvc + ["metrics", "show", "--json"], repo, env)
-    table = _run(dvc + ["metrics", "show"], repo, {**env, "COLUMNS": "160"})
+    return repo, env
+
+
+DVC = [sys.executable, "-m", "dvc"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from conftest import build_faces_archive, write_faces_dir
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    archive = build_faces_archive(tmp / "archive")
+    digest = content_digest(write_faces_dir(tmp / "expected"))
+    repo, env = _repo_copy(tmp, _tiny_params(digest), {"FACESIM_DATA_URL": str(archive)})
+    first = _run(DVC + ["repro"], repo, env)
+    second = _run(DVC + ["repro"], repo, env)
+    status = _run(DVC + ["status", "dvc.yaml"], repo, env)
+    cv = _run(DVC + ["repro", "cv/dvc.yaml"], repo, env)
+    metrics = _run(DVC + ["metrics", "show", "--json"], repo, env)
+    table = _run(DVC + ["metrics", "show"], repo, {**env, "COLUMNS": "160"})
     return {"repo": repo, "env": env, "first": first, "second": second, "status": status, "cv": cv,
             "metrics": json.loads(metrics.stdout), "metrics_table": table.stdout}
 
@@ -174,6 +181,7 @@ def test_one_mlflow_run_per_stage(pipeline: dict) -> None:
     folds = [r for r in runs if r.data.tags.get("facesim_stage") == "cv_fold"]
     parents = {r.data.tags["mlflow.parentRunId"] for r in folds}
     assert len(folds) == 8 and len(parents) == 2
+    assert {r.data.params["seed"] for r in folds} == {"1"}  # the fold's training seed (cv.seeds), not train.seed
     for parent in map(client.get_run, parents):
         assert parent.info.run_name == "cv" and "triplet.mean.eer" in parent.data.metrics
     by_name = {r.info.run_name: r for r in runs}
@@ -182,3 +190,44 @@ def test_one_mlflow_run_per_stage(pipeline: dict) -> None:
     assert by_name["train@triplet"].data.params["loss.mining"] == "semihard"
     assert "all_pairs.roc_auc" in by_name["evaluate@contrastive"].data.metrics
     assert all(r.data.tags["git_commit"] != "unknown" for r in runs)
+
+
+# ---- a folder of one's own faces: layout people, examples/params-people.yaml -----------------------------------
+
+# 1 to 6 images each, mixed formats, sizes and colour; three people held out by name (10 faces, one a single image)
+PEOPLE = {"ada": 6, "bo": 5, "cy": 4, "di": 3, "ed": 2, "flo": 1, "gus": 6, "hal": 5, "ivy": 4, "jo": 3, "kit": 2,
+          "lu": 1}
+HELD_OUT = ["cy", "hal", "lu"]
+
+
+@pytest.fixture(scope="module")
+def people_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from conftest import write_people_dir
+
+    tmp = tmp_path_factory.mktemp("people")
+    folder = write_people_dir(tmp / "my-faces" / "photos", PEOPLE, sizes=[(30, 36), (47, 41)])
+    example = yaml.safe_load((REPO / "examples" / "params-people.yaml").read_text())
+    params = _tiny_params(content_digest(folder))
+    params["fetch"] = {**example["fetch"], "url": str(tmp / "my-faces"), "digest": content_digest(folder)}
+    params["sample"] = {**example["sample"], "held_out": HELD_OUT, "held_out_fraction": 0.0}
+    repo, env = _repo_copy(tmp, params, {})
+    return {"repo": repo, "repro": _run(DVC + ["repro"], repo, env)}
+
+
+def test_a_people_folder_runs_every_stage(people_pipeline: dict) -> None:
+    import pandas as pd
+
+    repo = people_pipeline["repo"]
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in people_pipeline["repro"].stdout, stage
+    assert len([p for p in (repo / "data/raw/faces").rglob("*") if p.is_file()]) == sum(PEOPLE.values())
+    test = pd.read_csv(repo / "data/processed/pairs_test.csv")
+    assert set(test["subject1"]) | set(test["subject2"]) == set(HELD_OUT)
+    for name in ("pairs_train", "pairs_val", "triplets_train", "triplets_val"):
+        table = pd.read_csv(repo / f"data/processed/{name}.csv")
+        assert not set(table.filter(like="subject").to_numpy().ravel()) & set(HELD_OUT), name
+    for model in ("contrastive", "triplet"):
+        details = json.loads((repo / f"reports/metrics/{model}_details.json").read_text())
+        assert details["all_pairs"]["n_pairs"] == 10 * 9 // 2  # every pair of the 4 + 5 + 1 held-out faces
+        assert (repo / f"reports/metrics/robustness_{model}.json").is_file()
+    assert (repo / "reports/figures/top5_triplet.png").stat().st_size > 0

@@ -70,3 +70,5 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path: Path) -> None
     assert cache_root() == tmp_path / "c"
     monkeypatch.delenv(CACHE_ENV)
     assert cache_root() == Path.home() / ".cache" / "facesim"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "facesim"

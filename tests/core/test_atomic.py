@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from facesim.core.atomic import staged_outputs, write_text_atomic
+from facesim.core.atomic import staged_outputs, whole_file, write_text_atomic
 
 
 def listing(root: Path) -> dict[str, bytes | None]:
@@ -85,3 +85,18 @@ def test_write_text_atomic(tmp_path: Path) -> None:
     write_text_atomic(target, '{"auc": 0.9}\n')
     assert target.read_text(encoding="utf-8") == '{"auc": 0.9}\n'
     assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
+
+
+def test_whole_file_appears_only_when_written_and_replaces_the_old_one(tmp_path: Path) -> None:
+    target = tmp_path / "cache" / "k.npy"
+    with whole_file(target) as temporary:
+        assert temporary.parent == target.parent and temporary != target
+        temporary.write_bytes(b"new")
+        assert not target.exists()
+    assert target.read_bytes() == b"new"
+    with pytest.raises(RuntimeError, match="killed"):
+        with whole_file(target) as temporary:
+            temporary.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in target.parent.iterdir()] == ["k.npy"]  # no temporary left behind

@@ -9,11 +9,12 @@ not read back with the expected shape and type is computed again.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from facesim.core.atomic import whole_file
 
 # The environment variable naming the cache folder (default ~/.cache/facesim); each kind of array
 # has its own subfolder.
@@ -21,8 +22,9 @@ CACHE_ENV = "FACESIM_CACHE"
 
 
 def cache_root() -> Path:
-    """$FACESIM_CACHE, else ~/.cache/facesim."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "facesim")
+    """$FACESIM_CACHE, else $XDG_CACHE_HOME/facesim, else ~/.cache/facesim."""
+    found = os.environ.get(CACHE_ENV)
+    return Path(found) if found else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "facesim"
 
 
 def _open(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
@@ -49,10 +51,7 @@ def cached_array(
     found = _open(path, shape, dtype)
     if found is not None:
         return found
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{key}.", suffix=".npy.tmp", dir=folder)
-    os.close(handle)
-    try:
+    with whole_file(path) as temporary:
         out = np.lib.format.open_memmap(temporary, mode="w+", dtype=dtype, shape=shape)
         for start in range(0, shape[0], chunk):
             stop = min(start + chunk, shape[0])
@@ -63,10 +62,6 @@ def cached_array(
             out[start:stop] = rows
         out.flush()
         del out
-        os.replace(temporary, path)  # complete, so it may be seen now
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     array = _open(path, shape, dtype)
     if array is None:
         raise OSError(f"{path}: the cached array does not read back as {shape} {dtype}")

@@ -64,6 +64,22 @@ def staged_outputs(*targets: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def whole_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write one file to; when the block exits normally it is
+    renamed onto `path` (so `path` only ever appears complete), when it raises it is deleted."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write a small text file in one step (temporary file, then rename)."""
     with staged_outputs(path) as (staged,):

@@ -28,14 +28,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from facesim.core.array_cache import cache_root
+from facesim.core.atomic import whole_file
 
 DESCRIPTOR_SIZE = 128
 # dlib's HOG detector on the picture, upsampled 0, 1, then 2 times: the first that finds a face wins
@@ -64,9 +65,8 @@ def model_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where descriptors are kept: $FACESIM_CACHE/dlib, else ~/.cache/facesim/dlib (XDG_CACHE_HOME honoured)."""
-    root = os.environ.get("FACESIM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "facesim"
-    return Path(root) / "dlib"
+    """Where descriptors are kept: the `dlib` folder of the facesim cache (`array_cache.cache_root`)."""
+    return cache_root() / "dlib"
 
 
 @dataclass(frozen=True)
@@ -157,13 +157,8 @@ def _read_entry(path: Path) -> np.ndarray | None:
 
 def _write_entry(path: Path, values: np.ndarray) -> None:
     """Write one cache entry atomically; a cache that cannot be written only costs time."""
-    temporary = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".entry-", suffix=".npy", dir=path.parent)
-        with os.fdopen(handle, "wb") as file:
+        with whole_file(path) as temporary, open(temporary, "wb") as file:
             np.save(file, values)
-        os.replace(temporary, path)
     except OSError:
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
+        pass

@@ -133,6 +133,28 @@ def fold_tables(train_faces: list[Face], params: CVParams, rng: np.random.Genera
                             params.triplets_per_image, params.val_size, params.split_by, rng)
 
 
+@dataclass(frozen=True)
+class FoldSplit:
+    """What one fold trains on and what it scores: the same for every training seed of the fold."""
+
+    seen: list[Face]  # the faces of the other groups' people: training and validation
+    unseen: list[Face]  # the faces of the held-out group's people: scored
+    tables: dict[str, pd.DataFrame]  # the pairs and triplets of the seen faces (`fold_tables`)
+
+
+def fold_split(cv: CVParams, fold: int, faces: list[Face]) -> FoldSplit:
+    """Fold `fold`'s split of `faces` (every person of the data): `cv.seed` deals the people into
+    `cv.subject_groups` groups, and draws each fold's tables from a random stream of its own."""
+    if not 1 <= fold <= cv.subject_groups:
+        raise ParamsError(f"fold {fold} is not among the cv.subject_groups={cv.subject_groups} groups")
+    groups = subject_folds([f.subject for f in faces], cv.subject_groups, cv.seed)
+    rng = np.random.default_rng(np.random.SeedSequence(cv.seed).spawn(cv.subject_groups)[fold - 1])
+    unseen = set(groups[fold - 1])
+    seen_faces = [f for f in faces if f.subject not in unseen]
+    return FoldSplit(seen=seen_faces, unseen=[f for f in faces if f.subject in unseen],
+                     tables=fold_tables(seen_faces, cv, rng))
+
+
 def validation_faces(tables: dict[str, pd.DataFrame]) -> list[str]:
     """The faces of the validation pairs, sorted: the people the threshold is calibrated on."""
     val = tables["pairs_val"]
@@ -175,20 +197,15 @@ def run_fold(
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> FoldResult:
     """Train `model_name` with training seed `seed` on every group but `fold`'s, and score it on that group."""
-    if not 1 <= fold <= cv.subject_groups:
-        raise ParamsError(f"fold {fold} is not among the cv.subject_groups={cv.subject_groups} groups")
     require_backbone(train)  # a missing ImageNet file or dlib stops the fold before any work
-    groups = subject_folds([f.subject for f in faces], cv.subject_groups, cv.seed)
-    # One random stream per group, whatever the training seed: all seeds of a fold share its pairs.
-    rng = np.random.default_rng(np.random.SeedSequence(cv.seed).spawn(cv.subject_groups)[fold - 1])
-    unseen = set(groups[fold - 1])
-    seen_faces = [f for f in faces if f.subject not in unseen]
-    tables = fold_tables(seen_faces, cv, rng)
+    split = fold_split(cv, fold, faces)  # whatever the training seed: all seeds of a fold share it
+    tables = split.tables
     params = replace(train, seed=seed, processes=1)  # a fold trains in one process: folds run side by side
     everyone = FaceSet.load(faces_dir, [f.path for f in faces], params.preprocess())
-    seen = everyone.subset([f.path for f in seen_faces])
-    test = everyone.subset([f.path for f in faces if f.subject in unseen])
+    seen = everyone.subset([f.path for f in split.seen])
+    test = everyone.subset([f.path for f in split.unseen])
     calibration = everyone.subset(validation_faces(tables))
+    unseen = {f.subject for f in split.unseen}
 
     started = time.perf_counter()
     result = fit(model_name, params, tables, seen, log=lambda line: None)
