@@ -78,6 +78,17 @@ def test_acceptance_rates_by_hand():
     # different: (0,2) 4.5, (1,2) 2, (2,0) 5, (2,1) 4: at 2, one of four accepted (2 <= 2)
     same, different = acceptance_rates(changed, originals, people, threshold=2.0)
     assert same == pytest.approx(0.5) and different == pytest.approx(0.25)
+    assert acceptance_rates(changed, originals, people, threshold=2.0, rows=1) == (same, different)
+
+
+def test_acceptance_rates_do_not_depend_on_the_block_size():
+    rng = np.random.default_rng(2)
+    originals = rng.normal(size=(23, 4)).astype(np.float32)
+    changed = originals + rng.normal(scale=0.5, size=originals.shape).astype(np.float32)
+    people = np.repeat(np.arange(6), 4)[:23]
+    whole = acceptance_rates(changed, originals, people, 2.5, rows=23)
+    assert 0 < whole[0] < 1 and 0 < whole[1] < 1
+    assert acceptance_rates(changed, originals, people, 2.5, rows=5) == whole
 
 
 def test_measure_with_an_identity_embedding_accepts_all_same_and_no_different():
