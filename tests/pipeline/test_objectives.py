@@ -15,12 +15,14 @@ import torch
 
 from conftest import counting_net, tiny_train_params
 from facesim.core.data import FaceSet
+from facesim.pipeline import objectives
 from facesim.pipeline.objectives import (
     OBJECTIVES,
     ContrastiveObjective,
     TripletObjective,
     embed_rows,
     pair_rows,
+    validation_groups,
 )
 
 # Three people, a b c, with faces 0-3 (a), 4-7 (b), 8-11 (c).
@@ -186,3 +188,32 @@ def test_validate_reports_the_loss_and_the_roc_auc_of_the_validation_pairs():
     assert scores["val_roc_auc"] == 1.0
     # contrastive loss of the validation pairs: same pairs at distance 0, different ones 3 > margin 2 apart
     assert scores["val_loss"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_validation_groups_are_one_batch_up_to_the_limit() -> None:
+    faces, labels = torch.arange(10, 80), torch.arange(70) // 10  # ORL's validation: 7 people x 10 faces
+    groups, weights = validation_groups(faces, labels)
+    assert len(groups) == 1 and torch.equal(groups[0][0], faces) and torch.equal(groups[0][1], labels)
+    assert weights.tolist() == [1.0]  # the loss exactly as one batch gives it
+
+
+def test_validation_groups_deal_whole_people_in_turn(monkeypatch) -> None:
+    monkeypatch.setattr(objectives, "VAL_GROUP_FACES", 8)
+    # people 0..5 with 3 faces each, then person 6 alone with 1: 19 faces -> ceil(19 / 8) = 3 batches;
+    # people dealt 0, 1, 2, 0, 1, 2, 0: batch 0 = people 0, 3, 6 (7 faces), 1 = 1, 4 (6), 2 = 2, 5 (6)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5, 6])
+    faces = torch.arange(100, 119)
+    groups, weights = validation_groups(faces, labels)
+    assert [sorted(set(own.tolist())) for _, own in groups] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert [len(rows) for rows, _ in groups] == [7, 6, 6]
+    assert torch.allclose(weights, torch.tensor([7, 6, 6], dtype=torch.float64) / 19)
+    assert torch.equal(groups[1][0], torch.tensor([103, 104, 105, 112, 113, 114]))
+
+
+def test_validation_groups_leave_out_a_batch_without_a_triplet(monkeypatch) -> None:
+    monkeypatch.setattr(objectives, "VAL_GROUP_FACES", 2)
+    # people 0 (2 faces), 1, 2, 3 (1 face each): 5 faces -> 3 batches: {0, 3}, {1}, {2}; only the first
+    # has a person with 2 faces and another person
+    labels, faces = torch.tensor([0, 0, 1, 2, 3]), torch.arange(5)
+    groups, weights = validation_groups(faces, labels)
+    assert [own.tolist() for _, own in groups] == [[0, 0, 3]] and weights.tolist() == [1.0]

@@ -187,8 +187,8 @@ class TripletObjective(Objective):
         self.val_triplets = faces.table_rows(tables[self.val_table], TRIPLET_COLUMNS)
         if self.mined:
             self.loss_fn = BatchTripletLoss(margin=params.triplet.margin, mining=params.triplet.mining)
-            self.val_pool = torch.unique(self.val_triplets.flatten())
-            self.val_pool_labels = self.subject_ids[self.val_pool]
+            val_pool = torch.unique(self.val_triplets.flatten())
+            self.val_groups, self.val_weights = validation_groups(val_pool, self.subject_ids[val_pool])
         else:
             self.loss_fn = TripletLoss(margin=params.triplet.margin)
 
@@ -210,9 +210,38 @@ class TripletObjective(Objective):
         if not self.mined:
             t = self.val_triplets
             return self.loss_fn(embeddings[t[:, 0]], embeddings[t[:, 1]], embeddings[t[:, 2]])
-        # The training objective over all validation faces as one batch: random
-        # CSV triplets are too easy to tell one epoch from the next.
-        return self.loss_fn(embeddings[self.val_pool], self.val_pool_labels)
+        # The training objective over all validation faces as one batch (or a few, `validation_groups`):
+        # random CSV triplets are too easy to tell one epoch from the next.
+        losses = torch.stack([self.loss_fn(embeddings[rows], labels) for rows, labels in self.val_groups])
+        return (losses * self.val_weights.to(losses)).sum()
+
+
+# The most validation faces one mined triplet batch holds: semihard mining builds (N, N, N) arrays, 67 MB
+# of float32 at 256 faces, 256 GB at 40,000.
+VAL_GROUP_FACES = 256
+
+
+def validation_groups(faces: torch.Tensor, labels: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
+                                                                          torch.Tensor]:
+    """The validation faces as batches of whole people for the mined triplet loss, and each batch's weight
+    (its share of the faces): one batch of all of them up to VAL_GROUP_FACES (ORL's 70), else
+    ceil(faces / VAL_GROUP_FACES) batches, the people dealt in turn. A batch without a valid triplet
+    (fewer than 2 people, or no one with 2 faces) is left out."""
+    groups = max(1, math.ceil(len(faces) / VAL_GROUP_FACES))
+    people = torch.unique(labels)
+    batch_of_person = torch.empty(int(people.max()) + 1, dtype=torch.long)
+    batch_of_person[people] = torch.arange(len(people)) % groups
+    batch_of = batch_of_person[labels]
+    chosen = []
+    for batch in range(groups):
+        rows, own = faces[batch_of == batch], labels[batch_of == batch]
+        counts = torch.unique(own, return_counts=True)[1]
+        if len(counts) >= 2 and bool((counts >= 2).any()):
+            chosen.append((rows, own))
+    if not chosen:
+        chosen = [(faces, labels)]  # the loss says what is missing
+    sizes = torch.tensor([len(rows) for rows, _ in chosen], dtype=torch.float64)
+    return chosen, sizes / sizes.sum()
 
 
 OBJECTIVES: dict[str, type[Objective]] = {"contrastive": ContrastiveObjective, "triplet": TripletObjective}
