@@ -1,9 +1,13 @@
-"""facesim.pipeline.render: the 2-D PCA the embedding figure draws."""
+"""facesim.pipeline.render: the 2-D PCA the embedding figure draws, and how many people the figures show."""
+
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 
-from facesim.pipeline.render import pca_2d
+from facesim.pipeline.render import pca_2d, pca_figure, top_k_figure
 
 
 def test_pca_2d_of_points_on_a_line_by_hand():
@@ -26,3 +30,28 @@ def test_pca_2d_keeps_distances_within_the_plane_of_the_data():
     assert ratio.sum() == pytest.approx(1.0) and ratio[0] > ratio[1]
     original = np.linalg.norm(plane[:, None] - plane[None], axis=2)
     assert np.linalg.norm(points[:, None] - points[None], axis=2) == pytest.approx(original)
+
+
+def held_out_table(people: int, faces: int) -> tuple[pd.DataFrame, np.ndarray]:
+    names = [f"p{i}" for i in range(1, people + 1) for _ in range(faces)]
+    table = pd.DataFrame({"path": [f"{n}/{k % faces}.png" for k, n in enumerate(names)], "person": names})
+    return table, np.random.default_rng(0).normal(size=(len(names), 4))
+
+
+def test_pca_figure_colours_the_first_people_by_name_and_greys_the_rest():
+    table, embeddings = held_out_table(people=12, faces=3)
+    labels = [t.get_text() for t in pca_figure("m", table, embeddings, max_people=4).axes[0].get_legend().get_texts()]
+    assert labels == ["8 other people", "p1", "p2", "p3", "p4"]
+    table, embeddings = held_out_table(people=3, faces=3)
+    labels = [t.get_text() for t in pca_figure("m", table, embeddings, max_people=4).axes[0].get_legend().get_texts()]
+    assert labels == ["p1", "p2", "p3"]  # everyone fits: as before
+
+
+def test_top_k_figure_has_one_row_per_shown_person(tmp_path: Path):
+    table, embeddings = held_out_table(people=12, faces=3)
+    for path in table["path"]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 10), 128).save(tmp_path / path)
+    figure = top_k_figure("m", table, embeddings, tmp_path, k=2, max_people=4)
+    assert len(figure.axes) == 4 * (2 + 1)
+    assert [ax.get_title() for ax in figure.axes[::3]] == ["query p1", "query p2", "query p3", "query p4"]

@@ -31,10 +31,13 @@ SAME_COLOUR, DIFFERENT_COLOUR = "#4575b4", "#f46d43"
 class RenderParams:
     dpi: int = 110
     top_k: int = 5  # neighbours shown per query in top5_<model>.png
+    # held-out people in colour in the PCA figures and as query rows in the top-k ones (the first by name)
+    max_people: int = 10
 
     def validate(self) -> None:
         require(self.dpi >= 30, f"render.dpi must be >= 30, got {self.dpi}")
         require(self.top_k >= 1, f"render.top_k must be >= 1, got {self.top_k}")
+        require(self.max_people >= 1, f"render.max_people must be >= 1, got {self.max_people}")
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,18 @@ def pca_2d(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return centred @ components[:2].T, variance[:2] / variance.sum()
 
 
-def pca_figure(model: str, table: pd.DataFrame, embeddings: np.ndarray) -> Figure:
-    """Held-out embeddings in 2-D by PCA, one colour per person."""
+def pca_figure(model: str, table: pd.DataFrame, embeddings: np.ndarray, max_people: int = 10) -> Figure:
+    """Held-out embeddings in 2-D by PCA (of every face), one colour per person for the first `max_people`
+    people by name, the others' faces small and grey behind them."""
     points, ratio = pca_2d(embeddings)
     fig = Figure(figsize=(6, 5), layout="constrained")
     ax = fig.subplots()
-    for person in _person_order(table["person"]):
+    people = _person_order(table["person"])
+    if len(people) > max_people:
+        rest = (~table["person"].isin(people[:max_people])).to_numpy()
+        ax.scatter(points[rest, 0], points[rest, 1], s=8, color="0.75", alpha=0.5,
+                   label=f"{len(people) - max_people} other people")
+    for person in people[:max_people]:
         mask = (table["person"] == person).to_numpy()
         ax.scatter(points[mask, 0], points[mask, 1], s=40, label=person, alpha=0.85, edgecolors="white")
     ax.set_xlabel(f"PC 1 ({ratio[0]:.1%} of variance)")
@@ -95,10 +104,12 @@ def pca_figure(model: str, table: pd.DataFrame, embeddings: np.ndarray) -> Figur
     return fig
 
 
-def top_k_figure(model: str, table: pd.DataFrame, embeddings: np.ndarray, faces_dir: Path, k: int) -> Figure:
-    """One row per held-out person: their first face as query, then its k closest other faces."""
+def top_k_figure(model: str, table: pd.DataFrame, embeddings: np.ndarray, faces_dir: Path, k: int,
+                 max_people: int = 10) -> Figure:
+    """One row per held-out person (the first `max_people` by name): their first face as query, then its
+    k closest other faces among every held-out face."""
     persons = table["person"].to_numpy()
-    queries = [int(np.flatnonzero(persons == s)[0]) for s in _person_order(persons)]
+    queries = [int(np.flatnonzero(persons == s)[0]) for s in _person_order(persons)[:max_people]]
     neighbours, distances = top_k_neighbours(embeddings, embeddings, k, exclude_self=True)
 
     def face(index: int) -> Image.Image:
@@ -237,9 +248,9 @@ def render_figures(
     figures: dict[str, Figure] = {}
     for outputs in models:
         table, embeddings = _embedding_table(outputs.embeddings)
-        figures[f"pca_{outputs.name}.png"] = pca_figure(outputs.name, table, embeddings)
+        figures[f"pca_{outputs.name}.png"] = pca_figure(outputs.name, table, embeddings, params.max_people)
         figures[f"top{params.top_k}_{outputs.name}.png"] = top_k_figure(
-            outputs.name, table, embeddings, faces_dir, params.top_k)
+            outputs.name, table, embeddings, faces_dir, params.top_k, params.max_people)
         figures[f"distances_{outputs.name}.png"] = distances_figure(outputs)
     figures["roc.png"] = roc_figure(models)
     figures["loss_curves.png"] = loss_figure(models)
