@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from facesim.core.data import FaceSet, Preprocess
-from facesim.core.metrics import calibration_threshold
-from facesim.pipeline.cv import FOLD_METRICS, fold_split, load_cv_params, unseen_metrics, validation_faces
+from facesim.pipeline.calibration import calibrate
+from facesim.pipeline.cv import FOLD_METRICS, fold_split, load_cv_params, load_operating_point, unseen_metrics, validation_faces
 from facesim.pipeline.sample import list_faces
 
 
 def raw_folds(params_path: str, faces_dir: str) -> list[dict]:
     cv, _ = load_cv_params(params_path)
+    target_far = load_operating_point(params_path).target()  # the pipeline's operating point
     faces = list_faces(faces_dir, "training") + list_faces(faces_dir, "testing")
     everyone = FaceSet.load(faces_dir, [f.path for f in faces], Preprocess(features="dlib"))
     rows = []
@@ -32,7 +33,7 @@ def raw_folds(params_path: str, faces_dir: str) -> list[dict]:
         split = fold_split(cv, fold, faces)  # exactly as run_fold splits and samples the fold
         calibration = everyone.subset(validation_faces(split.tables))
         test = everyone.subset([f.path for f in split.unseen])
-        threshold = calibration_threshold(calibration.tensor.numpy(), np.asarray(calibration.subjects))
+        threshold = calibrate(calibration.tensor.numpy(), np.asarray(calibration.subjects), target_far)
         metrics, _ = unseen_metrics(test.tensor.numpy(), test.subjects, threshold, cv.retrieval_k)
         rows.append({"fold": fold, **metrics})
     return rows

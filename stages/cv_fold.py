@@ -6,7 +6,7 @@ import argparse
 import json
 
 from facesim.core.atomic import staged_outputs
-from facesim.pipeline.cv import cv_config, load_cv_params, run_fold
+from facesim.pipeline.cv import cv_config, load_cv_params, load_operating_point, run_fold
 from facesim.pipeline.fetch import content_digest
 from facesim.core.models import MODELS, require_backbone
 from facesim.pipeline.sample import SampleParams, all_faces
@@ -18,9 +18,9 @@ from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic, run_stage
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml",
-                        help="params file; reads 'cv', 'train' with 'cv.train' and 'cv.backbones.<backbone>' "
-                             "over it, 'runtime' and sample.layout")
-    parser.add_argument("--backbone", required=True, help="which of cv.backbones (its train keys) to train")
+                        help="params file; reads 'cv', 'train' with 'cv.train' and 'backbones.<backbone>' "
+                             "over it, the operating point of 'evaluate', 'runtime' and sample.layout")
+    parser.add_argument("--backbone", required=True, help="which of cv.backbones (backbones.<name>: its train keys) to train")
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--fold", required=True, type=int, help="which group of people is held out (1-based)")
     parser.add_argument("--seed", required=True, type=int, help="the training seed (one of cv.seeds)")
@@ -31,16 +31,17 @@ def main() -> None:
     pin_arithmetic(load_section(RuntimeParams, args.params, "runtime"))  # before any tensor
 
     cv, train = load_cv_params(args.params, args.backbone)
+    target_far = load_operating_point(args.params).target()
     require_backbone(train)  # no MLflow run for a fold that cannot start (weights or dlib missing)
     # every person of either layout (sample.layout): the folds deal them into groups themselves
     faces = all_faces(args.faces, load_section(SampleParams, args.params, "sample").layout)
     config = cv_config(cv, train, args.backbone)
     # the fold's own seed (one of cv.seeds) is the seed it trains with, not train.seed
     run_params = {**train.resolved(args.model), "cv_backbone": args.backbone, "model": args.model, "fold": args.fold,
-                  "seed": args.seed}
+                  "seed": args.seed, "target_far": target_far}
     with stage_run("cv_fold", run_params, tags={"data_digest": content_digest(args.faces)},
                    group=group_key(config), group_name="cv") as run:
-        result = run_fold(cv, train, args.model, args.fold, args.seed, faces, args.faces)
+        result = run_fold(cv, train, args.model, args.fold, args.seed, faces, args.faces, target_far)
         with staged_outputs(args.metrics, args.roc) as (metrics_path, roc_path):
             metrics_path.write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
             result.roc.to_csv(roc_path, index=False, lineterminator="\n", float_format="%.6g")

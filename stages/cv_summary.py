@@ -26,7 +26,8 @@ def main() -> None:
     mean, std = figures["mean"], figures["std"]
     print(f"cv@{args.backbone}-{args.model}: EER {mean['eer']:.4f} +- {std['eer']:.4f} over {figures['runs']} runs, "
           f"AUC {mean['roc_auc']:.4f}, P@1 {mean['precision_at_1']:.3f}, accuracy {mean['accuracy']:.4f} "
-          f"(best {mean['best_accuracy']:.4f}), FAR {mean['far']:.4f}, FRR {mean['frr']:.4f}")
+          f"(best {mean['best_accuracy']:.4f}), FAR {mean['far']:.4f}, FRR {mean['frr']:.4f}, "
+          f"TAR at FAR 0.1% {mean['tar_at_far_1e-3']:.4f}, worst calibration gap {figures['worst_calibration_gap']:.4f}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from facesim.core.metrics import (
     best_accuracy,
     calibration_threshold,
     choose_threshold,
+    far_threshold,
     equal_error_rate,
     headline,
     pair_distances,
@@ -25,6 +26,7 @@ from facesim.core.metrics import (
     roc_points,
     top_k_neighbours,
     unordered_pair_distances,
+    tar_at_far,
     verification_metrics,
 )
 
@@ -358,15 +360,80 @@ def test_unordered_pair_distances_by_hand():
         unordered_pair_distances(embeddings[:1], ["P"])
 
 
-def test_headline_picks_the_five_numbers_under_their_short_keys():
+def test_headline_picks_the_headline_numbers_under_their_short_keys():
     # same pairs at 0.1 and 0.4, different at 0.9 and 0.3: at 0.35, 0.1 accepted and 0.9 rejected (right),
     # 0.4 rejected and 0.3 accepted (wrong): accuracy 1/2; 3 of the 4 (same, different) orderings right: AUC 3/4
     verification = verification_metrics(np.array([0.1, 0.4, 0.9, 0.3]), np.array([1, 1, 0, 0]), threshold=0.35)
     retrieval = {"precision_at_1": 0.75, "precision_at_5": 0.5, "map": 0.6}
+    # 1 of 2 different pairs accepted (0.3), 1 of 2 same rejected (0.4); below 0.3 no false accept and 0.1
+    # accepted: TAR 1/2 at FAR 1% and 0.1%
     assert headline(verification, retrieval) == {
-        "accuracy": 0.5, "auc": 0.75, "eer": verification["eer"], "p_at_1": 0.75, "map": 0.6}
+        "far": 0.5, "frr": 0.5, "accuracy": 0.5, "tar_at_far_1e-2": 0.5, "tar_at_far_1e-3": 0.5,
+        "auc": 0.75, "eer": verification["eer"], "p_at_1": 0.75, "map": 0.6}
 
 
 def test_importing_the_metrics_imports_neither_scipy_nor_scikit_learn():
     """`facesim verify` needs neither: both are imported by the functions that use them."""
     assert modules_imported_by("facesim.core.metrics", ["scipy", "sklearn"]) == []
+
+
+def test_far_threshold_allows_floor_of_target_times_different_pairs_by_hand():
+    # 10 different pairs at 1..10, same pairs at 0.5 and 2.5; FAR 0.2 allows 2 false accepts (1 and 2): the
+    # threshold lies between 2.5 (the largest distance below the third different one) and 3
+    distances = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0.5, 2.5], dtype=float)
+    labels = np.array([0] * 10 + [1, 1])
+    assert far_threshold(distances, labels, 0.2) == 2.75
+    assert verification_metrics(distances, labels, 2.75)["far"] == 0.2
+    # FAR 0.1: one false accept (1); below 2 the largest distance is 1
+    assert far_threshold(distances, labels, 0.1) == 1.5
+    # FAR 0.15 still allows one (floor 1.5)
+    assert far_threshold(distances, labels, 0.15) == 1.5
+
+
+def test_far_threshold_with_no_distance_below_the_first_rejected_goes_just_below_it():
+    # one false accept allowed (floor(0.34 x 3)), but the two smallest different pairs tie at 1: accepting
+    # either accepts both, so nothing at 1 is accepted
+    distances, labels = np.array([1.0, 1.0, 2.0, 3.0]), np.array([0, 0, 0, 1])
+    threshold = far_threshold(distances, labels, 0.34)
+    assert threshold < 1.0 and threshold == np.nextafter(1.0, -np.inf)
+
+
+def test_far_threshold_counts_exact_percentages_without_float_loss():
+    # 0.01 x 2100 is 20.999999999999996 in floating point: still 21 false accepts allowed
+    rng = np.random.default_rng(0)
+    different = np.sort(rng.uniform(1, 2, 2100))
+    distances = np.concatenate([different, rng.uniform(0, 1, 300)])
+    labels = np.array([0] * 2100 + [1] * 300)
+    threshold = far_threshold(distances, labels, 0.01)
+    assert different[20] < threshold < different[21]
+
+
+@pytest.mark.parametrize("target", [0.0, 1.0, -0.1, 1.5])
+def test_far_threshold_refuses_a_target_outside_0_1(target):
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        far_threshold(np.array([1.0, 2.0]), np.array([0, 1]), target)
+
+
+def test_far_threshold_refuses_a_target_the_pairs_cannot_resolve():
+    # 0.001 needs 1000 different pairs; here 3
+    with pytest.raises(ValueError, match=r"needs at least 1000 different-person pairs.*got 3.*0\.33"):
+        far_threshold(np.array([1.0, 2.0, 3.0, 0.5]), np.array([0, 0, 0, 1]), 0.001)
+
+
+def test_calibration_threshold_at_a_target_far_by_hand():
+    # faces 0, 1 (person a) and 2, 3, 4 (person b) on a line at 0, 1, 5, 6, 9: different pairs 5, 6, 9, 4, 5, 8;
+    # same 1, 1, 4, 3. FAR 1/6 allows one false accept (4, from 1 to 5): rejected from the second (5 on);
+    # the largest distance below 5 is 4: threshold 4.5
+    embeddings = np.array([[0.0], [1.0], [5.0], [6.0], [9.0]])
+    people = np.array(["a", "a", "b", "b", "b"])
+    assert calibration_threshold(embeddings, people, target_far=1 / 6) == 4.5
+    assert calibration_threshold(embeddings, people) == calibration_threshold(embeddings, people, None)
+
+
+def test_tar_at_far_matches_the_roc_curve_by_hand():
+    # same at 0.1, 0.2, 0.6; different at 0.3, 0.5, 0.9, 1.0
+    distances = np.array([0.1, 0.2, 0.6, 0.3, 0.5, 0.9, 1.0])
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    assert tar_at_far(distances, labels, 0.0) == pytest.approx(2 / 3)  # below 0.3
+    assert tar_at_far(distances, labels, 0.25) == pytest.approx(2 / 3)  # one false accept buys nothing yet
+    assert tar_at_far(distances, labels, 0.5) == pytest.approx(1.0)  # at 0.6: 0.3 and 0.5 accepted

@@ -14,8 +14,10 @@ import yaml
 from conftest import RecordingRun, tiny_train_params, write_faces_dir
 from facesim.pipeline.cv import (
     CVParams,
+    calibration_gap,
     fold_tables,
     load_cv_params,
+    load_operating_point,
     read_fold_results,
     run_fold,
     subject_folds,
@@ -85,23 +87,33 @@ def test_unseen_metrics_match_the_metric_functions_on_all_pairs():
     assert {k: metrics[k] for k in retrieval} == pytest.approx(retrieval)
 
 
-def fold_row(model: str, fold: int, seed: int, eer: float, accuracy: float = 0.9, best: float = 0.92) -> dict:
-    row = {k: 0.5 for k in ("roc_auc", "far", "frr", "precision_at_1", "precision_at_5", "map")}
-    return {"model": model, "fold": fold, "seed": seed, **row, "eer": eer, "accuracy": accuracy,
-            "best_accuracy": best, "threshold": 1.0}
+def fold_row(model: str, fold: int, seed: int, eer: float, accuracy: float = 0.9, best: float = 0.92,
+             far: float = 0.012) -> dict:
+    row = {k: 0.5 for k in ("roc_auc", "frr", "tar_at_far_1e-2", "tar_at_far_1e-3", "precision_at_1",
+                            "precision_at_5", "map")}
+    return {"model": model, "fold": fold, "seed": seed, **row, "eer": eer, "accuracy": accuracy, "far": far,
+            "best_accuracy": best, "threshold": 1.0, "target_far": 0.01,
+            "calibration_gap": calibration_gap({"far": far}, 0.01)}
 
 
 def test_summarise_folds_by_hand():
     # seed 1: folds 0.1, 0.3 (mean 0.2); seed 2: folds 0.2, 0.6 (mean 0.4)
     rows = [fold_row("triplet", 1, 1, 0.1), fold_row("triplet", 2, 1, 0.3),
-            fold_row("triplet", 1, 2, 0.2, accuracy=0.85), fold_row("triplet", 2, 2, 0.6)]
+            fold_row("triplet", 1, 2, 0.2, accuracy=0.85, far=0.035), fold_row("triplet", 2, 2, 0.6)]
     summary = summarise_folds(rows)["triplet"]
     assert summary["mean"]["eer"] == pytest.approx(0.3)
     assert summary["std"]["eer"] == pytest.approx(np.std([0.1, 0.3, 0.2, 0.6]))
     assert summary["seed_std"]["eer"] == pytest.approx(0.1)  # std of 0.2 and 0.4
     assert summary["fold_eer"] == pytest.approx({"fold1": 0.15, "fold2": 0.45})
-    assert summary["worst_calibration_gap"] == pytest.approx(0.07)
+    assert summary["worst_calibration_gap"] == pytest.approx(0.025)  # FAR 0.035 at a target of 0.01
+    assert summary["target_far"] == 0.01 and summary["mean"]["far"] == pytest.approx((3 * 0.012 + 0.035) / 4)
     assert summary["runs"] == 4
+
+
+def test_calibration_gap_is_the_far_miss_at_a_target_and_the_accuracy_loss_at_the_best_accuracy():
+    assert calibration_gap({"far": 0.004}, 0.01) == pytest.approx(0.006)
+    assert calibration_gap({"far": 0.03}, 0.01) == pytest.approx(0.02)
+    assert calibration_gap({"far": 0.03, "accuracy": 0.9, "best_accuracy": 0.95}, None) == pytest.approx(0.05)
 
 
 def test_cv_params_refuse_bad_values_naming_the_key():
@@ -121,6 +133,7 @@ def write_params(tmp_path: Path, cv: dict) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({
         "train": {"epochs": 30, "lr": 0.001, "triplet": {"epochs": 60, "people_per_batch": 16}},
+        "backbones": {"compact": {"backbone": "compact"}},
         "cv": {"subject_groups": 5, **cv},
     }))
     return path
@@ -151,10 +164,10 @@ def test_load_cv_params_names_a_bad_cv_train_key(tmp_path: Path, override: dict,
 
 
 def test_load_cv_params_puts_a_backbones_keys_over_cv_train(tmp_path: Path):
-    path = write_params(tmp_path, {
-        "train": {"lr": 0.01, "triplet": {"epochs": 150}},
-        "backbones": {"compact": {}, "dlib": {"backbone": "dlib", "lr": 0.0001, "triplet": {"margin": 0.3}}},
-    })
+    path = write_params(tmp_path, {"train": {"lr": 0.01, "triplet": {"epochs": 150}}, "backbones": ["compact", "dlib"]})
+    data = yaml.safe_load(path.read_text())
+    data["backbones"]["dlib"] = {"backbone": "dlib", "lr": 0.0001, "triplet": {"margin": 0.3}}
+    path.write_text(yaml.safe_dump(data))
     _, compact = load_cv_params(path, "compact")
     assert (compact.backbone, compact.lr, compact.triplet.epochs) == ("compact", 0.01, 150)
     _, dlib = load_cv_params(path, "dlib")
@@ -162,14 +175,33 @@ def test_load_cv_params_puts_a_backbones_keys_over_cv_train(tmp_path: Path):
     assert load_cv_params(path)[1] == compact  # no backbone named: cv.train over train only
 
 
-@pytest.mark.parametrize(("cv", "backbone", "named"), [
-    ({"backbones": {"compact": {}}}, "dlib", "cv.backbones has no 'dlib'"),
-    ({"backbones": {"dlib": {"lrr": 1}}}, "dlib", "cv.backbones.dlib.lrr"),
-    ({"backbones": ["compact"]}, "compact", "cv.backbones must map a name"),
+@pytest.mark.parametrize(("cv", "backbones", "backbone", "named"), [
+    ({"backbones": ["compact"]}, None, "dlib", "cv.backbones has no 'dlib'"),
+    ({"backbones": ["compact", "dlib"]}, None, "dlib", "backbones has no 'dlib'"),
+    ({"backbones": ["dlib"]}, {"dlib": {"lrr": 1}}, "dlib", "backbones.dlib.lrr"),
+    ({"backbones": ["compact"]}, ["compact"], "compact", "backbones must map a name"),
+    ({"backbones": "compact"}, None, "compact", "cv.backbones"),
 ])
-def test_load_cv_params_names_a_bad_backbone(tmp_path: Path, cv: dict, backbone: str, named: str):
+def test_load_cv_params_names_a_bad_backbone(tmp_path: Path, cv: dict, backbones, backbone: str, named: str):
+    path = write_params(tmp_path, cv)
+    if backbones is not None:
+        data = yaml.safe_load(path.read_text())
+        data["backbones"] = backbones
+        path.write_text(yaml.safe_dump(data))
     with pytest.raises(ParamsError, match=named.replace(".", r"\.").replace("(", r"\(")):
-        load_cv_params(write_params(tmp_path, cv), backbone)
+        load_cv_params(path, backbone)
+
+
+def test_load_operating_point_reads_the_evaluate_sections_two_keys(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"evaluate": {"operating_point": "target_far", "target_far": 0.05,
+                                                 "retrieval_k": [1]}}))
+    assert load_operating_point(path).target() == 0.05
+    path.write_text(yaml.safe_dump({"evaluate": {"operating_point": "best_accuracy", "target_far": 0.05}}))
+    assert load_operating_point(path).target() is None
+    path.write_text(yaml.safe_dump({"evaluate": {"target_far": 1.5}}))
+    with pytest.raises(ParamsError, match=r"evaluate\.target_far must lie strictly between 0 and 1"):
+        load_operating_point(path)
 
 
 # One fold of 11 people (s1-s11) with 6 faces each in 3 groups, trained one epoch: the smallest fold that
@@ -189,7 +221,9 @@ def fold_faces(tmp_path_factory: pytest.TempPathFactory):
 
 def fold(fold_faces, number: int = 2, seed: int = 1):
     faces_dir, faces = fold_faces
-    return run_fold(FOLD_CV, FOLD_TRAIN, "triplet", number, seed, faces, faces_dir, log=lambda line: None)
+    # 2 validation people of 6 faces: 36 different-person pairs resolve a FAR of 1/20
+    return run_fold(FOLD_CV, FOLD_TRAIN, "triplet", number, seed, faces, faces_dir, target_far=0.05,
+                    log=lambda line: None)
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +240,10 @@ def test_run_fold_holds_out_one_group_and_calibrates_on_unseen_validation_people
     for key in ("roc_auc", "eer", "accuracy", "best_accuracy", "far", "frr", "precision_at_1", "map"):
         assert 0.0 <= result.metrics[key] <= 1.0
     assert result.metrics["best_accuracy"] >= result.metrics["accuracy"]
+    # calibrated for a FAR of 5% on the validation people; the gap is how far the unseen people's FAR fell from it
+    assert result.metrics["target_far"] == 0.05 and result.metrics["calibration_far"] <= 0.05
+    assert result.metrics["calibration_gap"] == pytest.approx(abs(result.metrics["far"] - 0.05))
+    assert 0.0 <= result.metrics["tar_at_far_1e-3"] <= result.metrics["tar_at_far_1e-2"] <= 1.0
     assert list(result.roc.columns) == ["fpr", "tpr", "threshold"] and result.roc["fpr"].iloc[-1] == 1.0
     assert n_unseen * (n_unseen - 1) // 2 >= len(result.roc) - 1  # the ROC of the unseen people's pairs
 
@@ -265,7 +303,8 @@ def test_write_summary_reads_exactly_the_runs_asked_for(tmp_path: Path):
     assert json.loads((tmp_path / "out" / "triplet_details.json").read_text()) == json.loads(json.dumps(details))
     # the DVC metric: the evaluate stage's headline keys, and the spread of the EER
     headline = json.loads((tmp_path / "out" / "triplet.json").read_text())
-    assert set(headline) == {"accuracy", "auc", "eer", "p_at_1", "map", "eer_std"}
+    assert set(headline) == {"far", "frr", "accuracy", "tar_at_far_1e-2", "tar_at_far_1e-3", "auc", "eer", "p_at_1",
+                             "map", "eer_std"}
     assert headline["eer"] == pytest.approx(0.2) and headline["eer_std"] == pytest.approx(0.1)
     assert headline["auc"] == details["mean"]["roc_auc"] and headline["p_at_1"] == details["mean"]["precision_at_1"]
     logged, _ = run.metrics[0]  # nested: MLflow's wrapper flattens it to triplet.mean.eer

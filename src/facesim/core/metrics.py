@@ -10,6 +10,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+# The false accept rates at which the true accept rate is reported (face verification's usual points),
+# under the names the metric keys carry: tar_at_far_1e-2, tar_at_far_1e-3.
+REPORTED_FARS = {"1e-2": 0.01, "1e-3": 0.001}
+
 
 def _validate_pairs(
     distances: np.ndarray, labels: np.ndarray, need_both_classes: bool = False
@@ -109,14 +113,54 @@ def choose_threshold(distances: np.ndarray, labels: np.ndarray) -> float:
     return float((unique[best - 1] + unique[best]) / 2.0)
 
 
+def far_threshold(distances: np.ndarray, labels: np.ndarray, target_far: float) -> float:
+    """The largest distance threshold whose false accept rate on these pairs is at most `target_far`
+    (same when distance <= threshold): the most genuine pairs accepted at that FAR.
+
+    It lies midway between the (k+1)-th smallest different-person distance, k = floor(target_far x
+    different pairs), and the largest distance of any pair below it (just below it when none is), as
+    `choose_threshold`'s candidates do. A target needs at least 1 / target_far different-person pairs
+    to be resolved: fewer raise ValueError saying how many there are.
+    """
+    distances, labels = _validate_pairs(distances, labels)
+    if not 0 < target_far < 1:
+        raise ValueError(f"a target false accept rate must lie strictly between 0 and 1, got {target_far}")
+    different = np.sort(distances[labels == 0])
+    if len(different) * target_far < 1:
+        raise ValueError(f"a target FAR of {target_far:g} needs at least {int(np.ceil(1 / target_far))} "
+                         f"different-person pairs to resolve it, got {len(different)} "
+                         f"(the smallest target these pairs resolve is {1 / max(len(different), 1):.2g})")
+    # floor with a little slack, so that 0.01 x 2100 pairs allows 21 false accepts, not 20 (float rounding)
+    first_rejected = different[int(np.floor(len(different) * target_far + 1e-9))]
+    below = distances[distances < first_rejected]
+    if len(below) == 0:
+        return float(np.nextafter(first_rejected, -np.inf))
+    return float((below.max() + first_rejected) / 2.0)
+
+
+def tar_at_far(distances: np.ndarray, labels: np.ndarray, far: float) -> float:
+    """True accept rate at false accept rate `far`, as face verification reports it: the highest share of
+    same-person pairs any threshold accepts while accepting at most `far` of the different-person pairs.
+    With fewer than 1 / far different-person pairs that is the share accepted with no false accept."""
+    fpr, tpr, _ = roc_points(distances, labels)
+    return float(tpr[fpr <= far + 1e-12].max())
+
+
 def best_accuracy(distances: np.ndarray, labels: np.ndarray) -> float:
     """The highest accuracy any threshold reaches on these pairs (what a calibrated one is measured against)."""
     distances, labels = _validate_pairs(distances, labels)
     return float(np.mean((distances <= choose_threshold(distances, labels)) == (labels == 1)))
 
 
-def calibration_threshold(embeddings: np.ndarray, people: np.ndarray) -> float:
-    """The deployed distance threshold: the best accuracy over every unordered pair of these faces.
+def calibrated_threshold(distances: np.ndarray, labels: np.ndarray, target_far: float | None) -> float:
+    """The operating point: the threshold at `target_far` (`far_threshold`), or with None the best accuracy
+    (`choose_threshold`)."""
+    return choose_threshold(distances, labels) if target_far is None else far_threshold(distances, labels, target_far)
+
+
+def calibration_threshold(embeddings: np.ndarray, people: np.ndarray, target_far: float | None = None) -> float:
+    """The deployed distance threshold over every unordered pair of these faces: at `target_far`
+    (`far_threshold`), or with None the best accuracy.
 
     Pass faces of people the model never saw in training (the validation people
     of a subject split): a network pulls its own training people's faces closer
@@ -125,7 +169,7 @@ def calibration_threshold(embeddings: np.ndarray, people: np.ndarray) -> float:
     threshold weighs same- and different-person pairs as a gallery of new people does.
     """
     _, _, same, distances = unordered_pair_distances(embeddings, people)
-    return choose_threshold(distances, same)
+    return calibrated_threshold(distances, same, target_far)
 
 
 def unordered_pair_distances(
@@ -173,6 +217,7 @@ def verification_metrics(
         "f1": float(f1),
         "roc_auc": roc_auc(distances, labels),
         "eer": equal_error_rate(distances, labels),
+        **{f"tar_at_far_{name}": tar_at_far(distances, labels, far) for name, far in REPORTED_FARS.items()},
         "tp": tp,
         "fp": fp,
         "tn": tn,
@@ -270,7 +315,10 @@ def retrieval_metrics(
 
 def headline(verification: dict[str, Any], retrieval: dict[str, Any]) -> dict[str, float]:
     """The few numbers `dvc metrics show` puts side by side for every model and protocol, under the
-    same short keys: accuracy at the calibrated threshold, ROC AUC, EER, precision@1 and mAP. The rest
-    (confusion counts, FAR/FRR, each pair set) goes to a details file beside it."""
-    return {"accuracy": verification["accuracy"], "auc": verification["roc_auc"], "eer": verification["eer"],
+    same short keys: at the calibrated threshold the false accept and false reject rates and the accuracy;
+    the true accept rate at FAR 1% and 0.1%, ROC AUC, EER, precision@1 and mAP. The rest (confusion
+    counts, each pair set) goes to a details file beside it."""
+    return {"far": verification["far"], "frr": verification["frr"], "accuracy": verification["accuracy"],
+            **{f"tar_at_far_{name}": verification[f"tar_at_far_{name}"] for name in REPORTED_FARS},
+            "auc": verification["roc_auc"], "eer": verification["eer"],
             "p_at_1": retrieval["precision_at_1"], "map": retrieval["map"]}

@@ -27,8 +27,8 @@ import pandas as pd
 from facesim.core.atomic import staged_outputs
 from facesim.core.data import FaceSet
 from facesim.core.metrics import (
+    REPORTED_FARS,
     best_accuracy,
-    calibration_threshold,
     headline,
     retrieval_metrics,
     roc_points,
@@ -39,11 +39,13 @@ from facesim.core.models import MODELS, embed_all, require_backbone
 from facesim.core.params import ParamsError, load_params_file, parse_section, require
 from facesim.pipeline.sample import Face, train_val_tables
 from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.pipeline.calibration import OperatingPoint, calibrate
 from facesim.pipeline.fit import fit
-from facesim.pipeline.train_params import TrainParams
+from facesim.pipeline.train_params import TrainParams, backbone_keys, merge
 
 # The figures of one fold the summary averages (all in [0, 1]; lower is better for eer, far, frr).
 FOLD_METRICS = ("roc_auc", "eer", "accuracy", "best_accuracy", "far", "frr",
+                *(f"tar_at_far_{name}" for name in REPORTED_FARS),
                 "precision_at_1", "precision_at_5", "map")
 
 
@@ -61,6 +63,7 @@ class CVParams:
     # "subjects": validation (calibration) people unseen in training, as in the sample stage
     split_by: Literal["pairs", "subjects"] = "subjects"
     retrieval_k: tuple[int, ...] = (1, 5)
+    backbones: tuple[str, ...] = ("compact",)  # names of the top-level backbones section, each one cross-validated
 
     def validate(self) -> None:
         require(self.subject_groups >= 2, f"cv.subject_groups must be >= 2, got {self.subject_groups}")
@@ -75,17 +78,20 @@ class CVParams:
         require(0 < self.val_size < 1, f"cv.val_size must be between 0 and 1 (exclusive), got {self.val_size}")
         require(len(self.retrieval_k) > 0 and all(k >= 1 for k in self.retrieval_k),
                 f"cv.retrieval_k must be a non-empty list of integers >= 1, got {list(self.retrieval_k)}")
+        require(len(self.backbones) > 0 and len(set(self.backbones)) == len(self.backbones),
+                f"cv.backbones must be a non-empty list of distinct backbone names, got {list(self.backbones)}")
 
 
 def load_cv_params(path: str | os.PathLike, backbone: str | None = None) -> tuple[CVParams, TrainParams]:
     """The `cv` section, and the `train` section with the keys of `cv.train` put over it, then those of
-    `cv.backbones.<backbone>` (when `backbone` is given).
+    `backbones.<backbone>` (when `backbone` is given: one of `cv.backbones`).
 
     Cross-validation need not fit the pipeline's time budget, so `cv.train` may
     train the same recipe longer (or change any other train key); nested
-    sections (`triplet`, `contrastive`) are overridden key by key.
-    `cv.backbones` names each backbone the CV compares, with the train keys it
-    needs (the dlib backbone: its head's size and learning rate).
+    sections (`triplet`, `contrastive`) are overridden key by key. The
+    top-level `backbones` section names each backbone with the train keys it
+    needs (the dlib backbone: its head's size and learning rate), for the
+    pipeline and the CV alike.
     """
     data = load_params_file(path)
     for section in ("cv", "train"):
@@ -93,29 +99,25 @@ def load_cv_params(path: str | os.PathLike, backbone: str | None = None) -> tupl
             raise ParamsError(f"{path}: missing section '{section}'")
     raw_cv = dict(data["cv"])
     overrides = raw_cv.pop("train", None) or {}
-    backbones = raw_cv.pop("backbones", None) or {}
     cv = parse_section(CVParams, raw_cv, "cv", source=str(path))
-    # parsed alone first, so that a bad key is named as cv.train.<key> (cv.backbones.<name>.<key>)
+    # parsed alone first, so that a bad key is named as cv.train.<key>
     parse_section(TrainParams, overrides, "cv.train", source=str(path), validate=False)
-    if not isinstance(backbones, dict) or not all(isinstance(v or {}, dict) for v in backbones.values()):
-        raise ParamsError(f"{path}: cv.backbones must map a name to the train keys it sets, got {backbones!r}")
-    for name, keys in backbones.items():
-        parse_section(TrainParams, keys or {}, f"cv.backbones.{name}", source=str(path), validate=False)
+    for name in cv.backbones:
+        backbone_keys(data, name, str(path))  # each named backbone exists and sets train keys only
     if backbone is not None:
-        if backbone not in backbones:
-            raise ParamsError(f"{path}: cv.backbones has no {backbone!r}; it names {', '.join(map(str, backbones)) or 'none'}")
-        overrides = merge(overrides, backbones[backbone] or {})
+        if backbone not in cv.backbones:
+            raise ParamsError(f"{path}: cv.backbones has no {backbone!r}; it names {', '.join(cv.backbones)}")
+        overrides = merge(overrides, backbone_keys(data, backbone, str(path)))
     train = parse_section(TrainParams, merge(data["train"], overrides), "train", source=str(path))
     return cv, train
 
 
-def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """`base` with the keys of `over` put over it, nested dicts key by key."""
-    merged = dict(base)
-    for key, value in over.items():
-        merged[key] = merge(base[key], value) if isinstance(value, Mapping) and isinstance(base.get(key), Mapping) \
-            else value
-    return merged
+def load_operating_point(path: str | os.PathLike) -> OperatingPoint:
+    """The evaluate section's operating point (`evaluate.operating_point`, `evaluate.target_far`): every fold
+    calibrates its threshold as the evaluate stage does."""
+    section = load_params_file(path).get("evaluate") or {}
+    keys = {k: section[k] for k in ("operating_point", "target_far") if k in section}
+    return parse_section(OperatingPoint, keys, "evaluate", source=str(path))
 
 
 def subject_folds(subjects: list[str], folds: int, seed: int) -> list[list[str]]:
@@ -170,12 +172,20 @@ def unseen_metrics(embeddings: np.ndarray, subjects: list[str], threshold: float
     _, _, same, distances = unordered_pair_distances(embeddings, np.asarray(subjects))
     verification = verification_metrics(distances, same, threshold)
     metrics = {
-        **{k: verification[k] for k in ("roc_auc", "eer", "accuracy", "far", "frr")},
+        **{k: verification[k] for k in FOLD_METRICS if k in verification},
         "best_accuracy": best_accuracy(distances, same),
         "threshold": float(threshold),
         **retrieval_metrics(embeddings, np.asarray(subjects), ks=retrieval_k),
     }
     return metrics, (distances, same)
+
+
+def calibration_gap(metrics: dict[str, Any], target_far: float | None) -> float:
+    """How far the unseen people's figures fell from what calibration promised: |realised FAR - target| at a
+    target FAR; at the best-accuracy point, how far accuracy fell below the best any threshold reached."""
+    if target_far is None:
+        return float(metrics["best_accuracy"] - metrics["accuracy"])
+    return float(abs(metrics["far"] - target_far))
 
 
 @dataclass
@@ -194,9 +204,11 @@ def run_fold(
     seed: int,
     faces: list[Face],
     faces_dir: str | os.PathLike,
+    target_far: float | None = 0.01,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> FoldResult:
-    """Train `model_name` with training seed `seed` on every group but `fold`'s, and score it on that group."""
+    """Train `model_name` with training seed `seed` on every group but `fold`'s, calibrate its threshold on
+    the fold's validation people for `target_far` (None: the best accuracy), and score it on that group."""
     require_backbone(train)  # a missing ImageNet file or dlib stops the fold before any work
     split = fold_split(cv, fold, faces)  # whatever the training seed: all seeds of a fold share it
     tables = split.tables
@@ -209,13 +221,20 @@ def run_fold(
 
     started = time.perf_counter()
     result = fit(model_name, params, tables, seen, log=lambda line: None)
-    threshold = calibration_threshold(embed_all(result.model, calibration.tensor).numpy(),
-                                      np.asarray(calibration.subjects))
+    calibration_embeddings = embed_all(result.model, calibration.tensor).numpy()
+    calibration_people = np.asarray(calibration.subjects)
+    threshold = calibrate(calibration_embeddings, calibration_people, target_far)
     metrics, (distances, same) = unseen_metrics(embed_all(result.model, test.tensor).numpy(), test.subjects,
                                                 threshold, cv.retrieval_k)
+    _, _, calibration_same, calibration_distances = unordered_pair_distances(calibration_embeddings,
+                                                                             calibration_people)
+    metrics.update(target_far=target_far,
+                   calibration_far=verification_metrics(calibration_distances, calibration_same, threshold)["far"],
+                   calibration_gap=calibration_gap(metrics, target_far))
     fpr, tpr, thresholds = roc_points(distances, same)
     log(f"cv@{model_name} fold {fold} seed {seed} (unseen {', '.join(sorted(unseen))}): "
-        f"AUC {metrics['roc_auc']:.4f}  EER {metrics['eer']:.4f}  accuracy {metrics['accuracy']:.4f} "
+        f"AUC {metrics['roc_auc']:.4f}  EER {metrics['eer']:.4f}  FAR {metrics['far']:.4f}  FRR {metrics['frr']:.4f}  "
+        f"accuracy {metrics['accuracy']:.4f} "
         f"(best {metrics['best_accuracy']:.4f})  P@1 {metrics['precision_at_1']:.3f}  mAP {metrics['map']:.3f}")
     return FoldResult(metrics={"model": model_name, "fold": fold, "seed": seed, **metrics},
                       roc=pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thresholds}),
@@ -232,7 +251,8 @@ def summarise_folds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per model, over all its (fold, seed) runs: the mean of every fold metric; the (population)
     std of the headline ones across runs; `seed_std`, the std of the per-seed 5-fold mean EER (what
     changing only the training seed moves); each fold's EER averaged over the seeds; and the worst
-    calibration gap, how far accuracy at the deployed threshold fell below the best any threshold reached."""
+    calibration gap (`calibration_gap` of each run: at a target FAR, how far the unseen people's FAR fell
+    from it; at the best-accuracy point, how far accuracy fell below the best any threshold reached)."""
     report: dict[str, Any] = {}
     for model in sorted({row["model"] for row in rows}):
         runs = [r for r in rows if r["model"] == model]
@@ -244,7 +264,8 @@ def summarise_folds(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "std": {k: float(values[k].std()) for k in ("eer", "roc_auc", "precision_at_1")},
             "seed_std": {"eer": float(np.std(seed_means))},
             "fold_eer": {f"fold{f}": float(np.mean([r["eer"] for r in runs if r["fold"] == f])) for f in folds},
-            "worst_calibration_gap": float(np.max(values["best_accuracy"] - values["accuracy"])),
+            "target_far": runs[0]["target_far"],
+            "worst_calibration_gap": float(max(r["calibration_gap"] for r in runs)),
             "runs": len(runs),
         }
     return report
@@ -280,7 +301,9 @@ def write_summary(cv: CVParams, model: str, folds_folder: str | os.PathLike, met
     figures = summarise_folds(read_fold_results(cv, folds_folder, model))[model]
     details = {
         "protocol": f"{cv.subject_groups}-fold subject-disjoint cross-validation, folds {list(cv.folds)} x "
-                    f"training seeds {list(cv.seeds)}; threshold calibrated on each fold's validation people",
+                    f"training seeds {list(cv.seeds)}; threshold calibrated on each fold's validation people "
+                    + (f"for a FAR of {figures['target_far']:g}" if figures["target_far"] is not None else
+                       "for the best accuracy"),
         "model": model,
         **figures,
     }

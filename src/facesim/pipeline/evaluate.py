@@ -1,8 +1,10 @@
 """Stage `evaluate`: verification and retrieval on the held-out subjects.
 
-The distance threshold is calibrated on the faces of the validation pairs:
-the best accuracy over every unordered pair of them (`calibration_threshold`,
-the one mechanism the cross-validation folds use too). With
+The distance threshold is calibrated on the faces of the validation pairs,
+over every unordered pair of them (`calibration_threshold`, the one mechanism
+the cross-validation folds use too): the largest threshold whose false accept
+rate there is at most `evaluate.target_far` (`operating_point: target_far`),
+or the best accuracy (`operating_point: best_accuracy`). With
 `sample.split_by: subjects` those are people the model never saw in
 training, as the users' people will be. It is then applied, unchanged, to the
 test pairs: the sampled ones and all unordered pairs of the held-out faces.
@@ -23,7 +25,6 @@ import pandas as pd
 from facesim.core.atomic import staged_outputs
 from facesim.core.data import FaceSet, Preprocess
 from facesim.core.metrics import (
-    calibration_threshold,
     headline,
     pair_distances,
     retrieval_metrics,
@@ -32,6 +33,7 @@ from facesim.core.metrics import (
     verification_metrics,
 )
 from facesim.core.params import require
+from facesim.pipeline.calibration import OperatingPoint, calibrate
 from facesim.core.paths import natural_key
 from facesim.pipeline.sample import Face, held_out_faces, load_tables
 from facesim.mlops.registry import register_model
@@ -42,13 +44,16 @@ PREDICTION_COLUMNS = ["set", "image1", "image2", "subject1", "subject2", "label"
 
 
 @dataclass(frozen=True)
-class EvaluateParams:
+class EvaluateParams(OperatingPoint):
+    """The evaluate section: the operating point (`OperatingPoint`'s two keys), retrieval and calibration size."""
+
     retrieval_k: tuple[int, ...] = (1, 5)  # precision@k reported for each k
     # the threshold is calibrated on every pair of at most this many validation faces (whole people)
     max_calibration_faces: int = 5000
     seed: int = 42  # which validation people calibrate, when they have more faces than that
 
     def validate(self) -> None:
+        super().validate()
         require(len(self.retrieval_k) > 0 and all(k >= 1 for k in self.retrieval_k),
                 f"evaluate.retrieval_k must be a non-empty list of integers >= 1, got {list(self.retrieval_k)}")
         require(self.max_calibration_faces >= 2,
@@ -79,19 +84,22 @@ def evaluate_embeddings(
     test_subjects: list[str],
     test_pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
     retrieval_k: tuple[int, ...] = (1, 5),
+    target_far: float | None = 0.01,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Metrics from embeddings; test pairs are (row1, row2, label) arrays into the test embeddings.
 
+    target_far: the FAR the threshold is calibrated for on the calibration faces; None: the best accuracy.
     Returns the metrics dict and, per pair set, the distances (for predictions and plots).
     """
     people = np.asarray(calibration_subjects)
-    threshold = calibration_threshold(calibration_embeddings, people)
+    threshold = calibrate(calibration_embeddings, people, target_far)
     _, _, cal_same, cal_d = unordered_pair_distances(calibration_embeddings, people)
     test_d = pair_distances(test_embeddings, test_pairs[0], test_pairs[1])
     subjects = np.asarray(test_subjects)
     first, second, same, all_d = unordered_pair_distances(test_embeddings, subjects)
     metrics = {
         "threshold": threshold,
+        "target_far": target_far,  # None: the best accuracy
         "validation": verification_metrics(cal_d, cal_same, threshold),
         "test": verification_metrics(test_d, test_pairs[2], threshold),
         "all_pairs": verification_metrics(all_d, same, threshold),
@@ -132,7 +140,7 @@ def evaluate_model(
     metrics, distances = evaluate_embeddings(
         embed_all(model, calibration_set.tensor).numpy(), calibration_set.subjects,
         test_embeddings, test_faces.subjects, test_rows,
-        retrieval_k=params.retrieval_k,
+        retrieval_k=params.retrieval_k, target_far=params.target(),
     )
     threshold = metrics["threshold"]
     metrics = {"model": model_name, "best_epoch": checkpoint["epoch"], **metrics}

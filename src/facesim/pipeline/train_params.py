@@ -8,12 +8,14 @@ the metrics.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from facesim.core.data import INPUT_HEIGHT, INPUT_WIDTH, Augment, Preprocess
 from facesim.core.models import MODELS, ModelConfig
-from facesim.core.params import ParamsError, require
+from facesim.core.params import ParamsError, load_params_file, parse_section, require
 
 
 @dataclass(frozen=True)
@@ -149,3 +151,36 @@ class TrainParams:
         common = {k: v for k, v in asdict(self).items() if k not in MODELS}
         common["channels"] = list(self.channels)
         return {"model": model, **common, "loss": asdict(self.loss_params(model))}
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with the keys of `over` put over it, nested dicts key by key."""
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = merge(base[key], value) if isinstance(value, Mapping) and isinstance(base.get(key), Mapping) \
+            else value
+    return merged
+
+
+def backbone_keys(data: Mapping[str, Any], backbone: str, source: str = "params.yaml") -> dict[str, Any]:
+    """The train keys backbone `backbone` sets (`backbones.<backbone>` of the params file's `data`), each
+    checked against the train section's schema so that a bad one is named as backbones.<backbone>.<key>."""
+    backbones = data.get("backbones")
+    if not isinstance(backbones, dict) or not all(isinstance(v or {}, dict) for v in backbones.values()):
+        raise ParamsError(f"{source}: backbones must map a name to the train keys it sets, got {backbones!r}")
+    if backbone not in backbones:
+        raise ParamsError(f"{source}: backbones has no {backbone!r}; it names "
+                          f"{', '.join(map(str, backbones)) or 'none'}")
+    keys = backbones[backbone] or {}
+    parse_section(TrainParams, keys, f"backbones.{backbone}", source=source, validate=False)
+    return keys
+
+
+def load_train_params(path: str | os.PathLike, backbone: str) -> TrainParams:
+    """The train section with the keys of `backbones.<backbone>` put over it: what the pipeline's
+    train@<backbone>-<model> stages train with."""
+    data = load_params_file(path)
+    if not isinstance(data.get("train"), dict):
+        raise ParamsError(f"{path}: missing section 'train'")
+    return parse_section(TrainParams, merge(data["train"], backbone_keys(data, backbone, str(path))), "train",
+                         source=str(path))
