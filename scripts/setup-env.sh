@@ -21,3 +21,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
 else
     echo "facesim: .venv is up to date with pyproject.toml"
 fi
+
+# `dvc plots show` and `dvc plots diff` pages that draw offline: DVC's HTML template with Vega, Vega-Lite and
+# vega-embed inlined from the npm packages pinned in .dvc/offline-plots/pins.json (see .dvc/offline-plots/README.md). Built
+# once per pin change; without npm the plots load Vega from the CDN, as DVC's own page does.
+.venv/bin/python -m facesim.app.offline_plots || echo "facesim: continuing; dvc plots pages need the network" >&2

@@ -10,9 +10,11 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-MODEL_HELP = ("'contrastive' or 'triplet' (models/<name>.pt, threshold from reports/metrics/<name>.json), "
+MODEL_HELP = ("'best' (of the models the pipeline trained, the lowest cross-validation EER), a model the "
+              "pipeline trained, <backbone>-<loss> such as dlib-triplet or compact-contrastive (models/<name>.pt, "
+              "threshold from reports/metrics/<name>.json; 'contrastive' and 'triplet' are the compact ones), "
               "a checkpoint PATH (.pt; threshold from a .json of the same name beside it, or --threshold) "
-              "or an MLflow model URI, e.g. models:/facesim-contrastive@champion (default: %(default)s)")
+              "or an MLflow model URI, e.g. models:/facesim-dlib-triplet@champion (default: %(default)s)")
 FACE = "data/raw/faces/testing/s5/1.pgm"
 DEBUG_ENV = "FACESIM_DEBUG"  # the stage scripts' switch too
 DEBUG_HELP = "on failure, also print the Python traceback (as FACESIM_DEBUG=1 does)"
@@ -60,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                      f"facesim verify {FACE} data/raw/faces/testing/s6/1.pgm --json")
     verify.add_argument("image_a", metavar="IMAGE_A", help=f"first face image, e.g. {FACE}")
     verify.add_argument("image_b", metavar="IMAGE_B", help="second face image, e.g. photo.jpg")
-    common(verify, "contrastive")
+    common(verify, "best")
 
     search = command("search", "the k gallery faces closest to a query face",
                      f"facesim search {FACE} --gallery data/raw/faces/testing -k 5 --figure top5.png")
@@ -73,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="also draw the query and its matches, like the top-5 figure, e.g. --figure out.png")
     search.add_argument("--no-cache", action="store_true",
                         help="embed every gallery face now, neither reading nor writing the cache in .facesim-cache/")
-    common(search, "triplet")
+    common(search, "best")
 
     embed = command("embed", "write the embeddings of images to a CSV or .npy file",
                     "facesim embed data/raw/faces/testing/s5 photo.png --out embeddings.npy")
@@ -84,7 +86,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="output: .csv (columns path, person, e0..eN) or .npy (the N x D matrix, rows in "
                             "the order listed with --json), e.g. --out embeddings.csv")
     embed.add_argument("--no-cache", action="store_true", help="neither read nor write the cache in .facesim-cache/")
-    common(embed, "triplet", threshold=False)
+    common(embed, "best", threshold=False)
+
+    ui = command("ui", "MLflow's UI on the project's runs, with their headline metrics (see facesim.app.ui)",
+                 "facesim ui --port 5001")
+    ui.add_argument("--port", type=int, default=5000, help="port to serve on (default: %(default)s), e.g. --port 5001")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address to serve on (default: %(default)s, this machine only), e.g. --host 0.0.0.0")
+    ui.add_argument("--no-browser", action="store_true", help="only print the URL, do not open a browser")
+    ui.add_argument("--root", metavar="DIR", help="the facesim repository (default: the first folder from here "
+                                                  "upward with a dvc.yaml), e.g. --root ~/facesim")
     return parser
 
 
@@ -120,6 +131,10 @@ def _search_text(result) -> str:
 
 
 def _run(args: argparse.Namespace) -> str:
+    if args.command == "ui":
+        from facesim.app.ui import serve
+
+        return serve(args.root, host=args.host, port=args.port, browser=not args.no_browser)
     from facesim.app import api
 
     if args.command == "verify":
