@@ -1,4 +1,4 @@
-"""DVC stage `evaluate@<model>`: verification and retrieval metrics on the held-out subjects."""
+"""DVC stage `evaluate@<backbone>-<model>`: verification and retrieval metrics on the held-out subjects."""
 
 import argparse
 import dataclasses
@@ -7,14 +7,14 @@ from facesim.pipeline.evaluate import EvaluateParams, evaluate_model
 from facesim.pipeline.fetch import content_digest
 from facesim.core.params import load_section
 from facesim.mlops.tracking import stage_run
-from facesim.core.models import MODELS
 from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic, run_stage
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file; this stage reads 'evaluate' and 'runtime'")
-    parser.add_argument("--model", required=True, choices=MODELS)
+    parser.add_argument("--model", required=True,
+                        help="the model's name, <backbone>-<loss> (e.g. dlib-triplet): its registered name is facesim-<name>")
     parser.add_argument("--checkpoint", required=True, help="the train stage's checkpoint (.pt)")
     parser.add_argument("--faces", required=True, help="raw faces directory (data/raw/faces)")
     parser.add_argument("--val-pairs", required=True, help="validation pairs: their faces calibrate the threshold")
@@ -33,8 +33,10 @@ def main() -> None:
     config = {"model": args.model, **dataclasses.asdict(params)}
     with stage_run("evaluate", config, tags={"data_digest": content_digest(args.faces)}) as run:
         metrics = evaluate_model(args.model, params, args.checkpoint, args.faces, pairs, outputs, run)
-    print(f"evaluate@{args.model}: threshold {metrics['threshold']:.3f}, "
-          f"all-pairs AUC {metrics['all_pairs']['roc_auc']:.4f}, EER {metrics['all_pairs']['eer']:.4f}, "
+    held_out = metrics["all_pairs"]
+    print(f"evaluate@{args.model}: threshold {metrics['threshold']:.3f} (validation FAR {metrics['validation']['far']:.4f}, "
+          f"FRR {metrics['validation']['frr']:.4f}), held-out FAR {held_out['far']:.4f}, FRR {held_out['frr']:.4f}, "
+          f"AUC {held_out['roc_auc']:.4f}, EER {held_out['eer']:.4f}, "
           f"test accuracy {metrics['test']['accuracy']:.4f}, precision@1 {metrics['retrieval']['precision_at_1']:.3f}")
 
 

@@ -1,9 +1,8 @@
-"""DVC stage `robustness@<model>`: the held-out faces under ordinary photo changes, at the deployed threshold."""
+"""DVC stage `robustness@<backbone>-<model>`: the held-out faces under ordinary photo changes, at the deployed threshold."""
 
 import argparse
 
 from facesim.pipeline.fetch import content_digest
-from facesim.core.models import MODELS
 from facesim.pipeline.robustness import evaluate_robustness
 from facesim.core.params import load_section
 from facesim.mlops.tracking import stage_run
@@ -13,7 +12,7 @@ from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic, run_stage
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file; this stage reads 'runtime'")
-    parser.add_argument("--model", required=True, choices=MODELS)
+    parser.add_argument("--model", required=True, help="the model's name, <backbone>-<loss> (e.g. dlib-triplet)")
     parser.add_argument("--checkpoint", required=True, help="the train stage's checkpoint (.pt)")
     parser.add_argument("--threshold-from", required=True, dest="threshold_from",
                         help="the evaluate stage's metrics JSON, whose calibrated threshold is deployed")

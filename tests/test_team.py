@@ -121,8 +121,8 @@ def test_push_fills_the_remote(team: dict) -> None:
 
 def test_pull_brings_what_git_does_not(team: dict) -> None:
     # every cached output (faces, sample CSVs, models, predictions) came through the remote
-    assert {"data/raw/faces", "data/processed/pairs_train.csv", "models/contrastive.pt",
-            "models/triplet.pt"} <= set(team["cached"])
+    assert {"data/raw/faces", "data/processed/pairs_train.csv", "models/compact-contrastive.pt",
+            "models/dlib-triplet.pt"} <= set(team["cached"])
     assert "reports/figures" in team["in_git"]  # cache: false outputs travel with git
     assert sorted(team["missing_before_pull"]) == sorted(team["cached"])
     for out in team["cached"]:
@@ -145,5 +145,5 @@ def test_clone_is_up_to_date(team: dict) -> None:
 
 def test_metrics_are_the_same(team: dict) -> None:
     files = next(iter(team["metrics"]["a"].values()))["data"]
-    assert {"reports/metrics/contrastive.json", "reports/metrics/triplet.json"} <= set(files)
+    assert {"reports/metrics/compact-contrastive.json", "reports/metrics/dlib-triplet.json"} <= set(files)
     assert team["metrics"]["b"] == team["metrics"]["a"]

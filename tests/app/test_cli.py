@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, TESTING, face, real, write_dvc_lock, write_tiny_model
+from conftest import REPO, TESTING, TINY_THRESHOLD, face, real, write_dvc_lock, write_tiny_model
+from facesim.app.api import best_model
 from facesim.app.cli import main
 
 S5_1, S5_2, S6_1 = (str(TESTING / p) for p in ("s5/1.pgm", "s5/2.pgm", "s6/1.pgm"))
@@ -42,13 +43,20 @@ def one_line_failure(err: str, command: str) -> str:
 # ---- the real models on real test faces ------------------------------------------------------------
 
 
+def best_label(root: Path) -> tuple[str, str]:
+    """The model `best` picks in `root` and the name it goes by: its own and its cross-validation EER."""
+    name, eer = best_model(root)
+    return name, f"{name} (the most accurate by cross-validation EER, {eer:.2%})"
+
+
 @real
 def test_verify_same_person(capsys):
-    threshold = json.loads((REPO / "reports" / "metrics" / "contrastive.json").read_text())["threshold"]
+    best, label = best_label(REPO)  # no --model: the lowest cross-validation EER
+    threshold = json.loads((REPO / "reports" / "metrics" / f"{best}.json").read_text())["threshold"]
     code, out, err = run(capsys, "verify", S5_1, S5_2, "--root", str(REPO))
     assert code == 0 and err == ""
     lines = dict(line.split(maxsplit=1) for line in out.splitlines() if not line.startswith("image"))
-    assert lines["model"] == "contrastive"
+    assert lines["model"] == label
     assert lines["threshold"].startswith(f"{threshold:.4f} (calibrated on people unseen in training")
     assert lines["verdict"].startswith("same person: ") and "below the threshold" in lines["verdict"]
     assert float(lines["distance"]) < threshold
@@ -56,10 +64,10 @@ def test_verify_same_person(capsys):
 
 @real
 def test_verify_different_people_as_json(capsys):
-    code, out, _ = run(capsys, "verify", S5_1, S6_1, "--model", "triplet", "--root", str(REPO), "--json")
+    code, out, _ = run(capsys, "verify", S5_1, S6_1, "--model", "compact-triplet", "--root", str(REPO), "--json")
     result = json.loads(out)
-    threshold = json.loads((REPO / "reports" / "metrics" / "triplet.json").read_text())["threshold"]
-    assert code == 0 and result["model"] == "triplet" and result["threshold"] == threshold
+    threshold = json.loads((REPO / "reports" / "metrics" / "compact-triplet.json").read_text())["threshold"]
+    assert code == 0 and result["model"] == "compact-triplet" and result["threshold"] == threshold
     assert result["same_person"] is False and result["distance"] > threshold
     assert result["margin"] == pytest.approx(result["distance"] - threshold)
     assert set(result) == {"image_a", "image_b", "model", "distance", "threshold", "threshold_source",
@@ -80,7 +88,7 @@ def test_search_text_json_and_figure(capsys, tmp_path: Path):
 
     code, out, _ = run(capsys, "search", S6_1, "-k", "3", "--root", str(REPO), "--no-cache", "--json")
     result = json.loads(out)
-    assert code == 0 and result["model"] == "triplet" and result["query_person"] == "s6"
+    assert code == 0 and result["model"] == best_label(REPO)[1] and result["query_person"] == "s6"
     assert [m["person"] for m in result["matches"]] == ["s6"] * 3
     assert [m["distance"] for m in result["matches"]] == pytest.approx([float(row[1]) for row in rows], abs=1e-4)
 
@@ -92,9 +100,10 @@ def test_embed_csv(capsys, tmp_path: Path):
                        "--no-cache")
     from facesim.core.models import load_checkpoint
 
-    config = load_checkpoint(REPO / "models" / "triplet.pt")[1]["model_config"]
+    best, label = best_label(REPO)  # no --model: the lowest cross-validation EER
+    config = load_checkpoint(REPO / "models" / f"{best}.pt")[1]["model_config"]
     dims = config["embedding_dim"] * config.get("members", 1)  # an ensemble's members side by side
-    assert code == 0 and out.strip() == f"11 embeddings ({dims} dimensions, triplet) written to {out_file}"
+    assert code == 0 and out.strip() == f"11 embeddings ({dims} dimensions, {label}) written to {out_file}"
     table = pd.read_csv(out_file)
     assert table["person"].tolist() == ["s7"] * 10 + ["s5"] and table.shape == (11, 2 + dims)
 
@@ -192,7 +201,9 @@ def test_help_explains_each_argument_with_an_example(capsys, command):
     assert "example:" in text and f"facesim {command} " in text
     for option in ("--model", "--root", "--json"):
         assert option in text
-    assert "models:/facesim-contrastive@champion" in "".join(text.split())  # wrapping may break it at the dash
+    flat = "".join(text.split())  # wrapping may break a line at a dash
+    assert "models:/facesim-dlib-triplet@champion" in flat and "(default:best)" in flat
+    assert "<backbone>-<loss>suchasdlib-tripletorcompact-contrastive" in flat
 
 
 def test_bad_arguments_exit_with_usage(capsys):
@@ -236,38 +247,77 @@ def test_a_missing_image_is_one_line_saying_what_to_do(capsys, tiny_repo: Path, 
 @pytest.mark.parametrize("recorded", [False, True], ids=["not-in-dvc-lock", "in-dvc-lock"])
 def test_a_missing_model_says_what_dvc_lock_records(capsys, tiny_repo: Path, monkeypatch, recorded: bool):
     monkeypatch.chdir(tiny_repo)  # the repository found from the working directory, as a user runs it
-    (tiny_repo / "models" / "triplet.pt").unlink()
+    (tiny_repo / "models" / "compact-triplet.pt").unlink()
     if recorded:
-        write_dvc_lock(tiny_repo, {"fetch": ["data/raw/faces"], "train@contrastive": ["models/contrastive.pt"],
-                                   "train@triplet": ["models/triplet.pt"]})
+        write_dvc_lock(tiny_repo, {"fetch": ["data/raw/faces"],
+                                   "train@compact-contrastive": ["models/compact-contrastive.pt"],
+                                   "train@compact-triplet": ["models/compact-triplet.pt"]})
     a, b = (str(face(tiny_repo, 5, i)) for i in (1, 2))
-    code, out, err = run(capsys, "verify", a, b, "--model", "triplet")
-    assert code == 1 and out == ""
-    if recorded:
-        assert one_line_failure(err, "verify") == (
-            "facesim verify: models/triplet.pt: missing, though dvc.lock records it (stage train@triplet); "
-            "`dvc checkout models/triplet.pt` brings it back from the DVC cache (or `dvc pull` from a remote, "
-            "`dvc repro` rebuilds it)")
-    else:
-        assert one_line_failure(err, "verify") == (
-            "facesim verify: models/triplet.pt: checkpoint not found; run `dvc repro` to train it")
+    for model in ("compact-triplet", "triplet"):  # the short name is the compact model
+        code, out, err = run(capsys, "verify", a, b, "--model", model)
+        assert code == 1 and out == ""
+        if recorded:
+            assert one_line_failure(err, "verify") == (
+                "facesim verify: models/compact-triplet.pt: missing, though dvc.lock records it (stage "
+                "train@compact-triplet); `dvc checkout models/compact-triplet.pt` brings it back from the DVC cache "
+                "(or `dvc pull` from a remote, `dvc repro` rebuilds it)")
+        else:
+            assert one_line_failure(err, "verify") == (
+                "facesim verify: models/compact-triplet.pt: checkpoint not found; run `dvc repro` to train it")
 
 
 def test_missing_metrics_say_what_dvc_lock_records(capsys, tiny_repo: Path, monkeypatch):
-    (tiny_repo / "reports" / "metrics" / "contrastive.json").unlink()
-    write_dvc_lock(tiny_repo, {"evaluate@contrastive": ["reports/metrics/contrastive.json"]})
+    # the model 'best' picks (conftest: compact-triplet) has lost its metrics
+    (tiny_repo / "reports" / "metrics" / "compact-triplet.json").unlink()
+    write_dvc_lock(tiny_repo, {"evaluate@compact-triplet": ["reports/metrics/compact-triplet.json"]})
     elsewhere = tiny_repo / "data"
     monkeypatch.chdir(elsewhere)  # below the repository: paths shown from here, dvc told where to run
     code, _, err = run(capsys, "verify", "raw/faces/testing/s5/1.pgm", "raw/faces/testing/s5/2.pgm")
     line = one_line_failure(err, "verify")
     assert code == 1 and line.startswith(
-        f"facesim verify: {tiny_repo / 'reports' / 'metrics' / 'contrastive.json'}: missing, though dvc.lock "
-        f"records it (stage evaluate@contrastive), so contrastive has no distance threshold; `dvc checkout "
-        f"reports/metrics/contrastive.json` (in {tiny_repo}) brings it back from the DVC cache")
+        f"facesim verify: {tiny_repo / 'reports' / 'metrics' / 'compact-triplet.json'}: missing, though dvc.lock "
+        f"records it (stage evaluate@compact-triplet), so compact-triplet has no distance threshold; `dvc checkout "
+        f"reports/metrics/compact-triplet.json` (in {tiny_repo}) brings it back from the DVC cache")
     assert line.endswith(", or pass one with --threshold (threshold= in Python)")
     # search needs no threshold: it still runs
-    code, out, _ = run(capsys, "search", "raw/faces/testing/s5/1.pgm", "-k", "1", "--model", "contrastive")
-    assert code == 0 and "model      contrastive, threshold none" in out
+    code, out, _ = run(capsys, "search", "raw/faces/testing/s5/1.pgm", "-k", "1")
+    assert code == 0 and ("model      compact-triplet (the most accurate by cross-validation EER, 6.25%), "
+                          "threshold none") in out
+
+
+# ---- the default model: 'best' --------------------------------------------------------------------------------
+
+
+def test_verify_without_a_model_says_which_it_chose_and_its_threshold(capsys, tiny_repo: Path, monkeypatch):
+    monkeypatch.chdir(tiny_repo)
+    code, out, err = run(capsys, "verify", str(face(tiny_repo, 5, 1)), str(face(tiny_repo, 5, 1)))
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    # conftest: compact-triplet's CV EER (6.25%) is below compact-contrastive's (12.5%)
+    assert lines[2] == "model      compact-triplet (the most accurate by cross-validation EER, 6.25%)"
+    assert lines[3] == "distance   0.0000"  # a face against itself
+    assert lines[4] == (f"threshold  {TINY_THRESHOLD:.4f} (calibrated on people unseen in training, "
+                        "reports/metrics/compact-triplet.json)")
+    assert lines[5].startswith("verdict    same person: 0.0500 below the threshold (100% of it)")
+    assert json.loads(run(capsys, "verify", str(face(tiny_repo, 5, 1)), str(face(tiny_repo, 6, 1)),
+                          "--json")[1])["model"] == lines[2].split(maxsplit=1)[1]
+
+
+def test_without_a_model_to_rank_the_default_says_what_to_run(capsys, tiny_repo: Path, monkeypatch):
+    monkeypatch.chdir(tiny_repo)
+    for loss in ("contrastive", "triplet"):
+        (tiny_repo / "reports" / "cv" / "compact" / f"{loss}.json").unlink()
+    a = str(face(tiny_repo, 5, 1))
+    for argv in (["verify", a, a], ["search", a, "-k", "1"], ["embed", a, "--out", str(tiny_repo / "e.csv")]):
+        code, out, err = run(capsys, *argv)
+        assert code == 1 and out == ""
+        assert one_line_failure(err, argv[0]) == (
+            f"facesim {argv[0]}: .: no trained model with a cross-validation summary (models/<backbone>-<loss>.pt "
+            "and reports/cv/<backbone>/<loss>.json) to pick the most accurate from; run `dvc repro` (and `dvc repro "
+            "cv/dvc.yaml`), or name one with --model, e.g. --model compact-triplet")
+    # a model named outright still works
+    code, out, _ = run(capsys, "verify", a, a, "--model", "compact-contrastive", "--json")
+    assert code == 0 and json.loads(out)["model"] == "compact-contrastive"
 
 
 @pytest.mark.parametrize("debug", [[], ["--debug"], ["env"], ["after"]], ids=["plain", "--debug", "FACESIM_DEBUG",

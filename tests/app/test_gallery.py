@@ -62,7 +62,7 @@ def test_the_cache_file_keeps_vectors_by_key_across_instances(tmp_path: Path):
 
 def test_cache_for_is_none_when_asked_for_none_or_outside_a_repository(tiny_repo: Path, tmp_path_factory,
                                                                         monkeypatch):
-    model = api.load_model("triplet", root=tiny_repo)
+    model = api.load_model("compact-triplet", root=tiny_repo)
     assert cache_for(model, tiny_repo, cache=False) is None
     assert cache_for(model, tiny_repo, cache=True).path == tiny_repo / CACHE_DIR / f"{model.digest}.npz"
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
@@ -90,13 +90,13 @@ def test_cache_hit_then_miss_after_a_file_changes(tiny_repo: Path):
 
 def test_cache_is_per_model(tiny_repo: Path):
     query = face(tiny_repo, 5, 1)
-    api.search(query, root=tiny_repo, model="triplet")
-    other = api.search(query, root=tiny_repo, model="contrastive")
+    api.search(query, root=tiny_repo, model="compact-triplet")
+    other = api.search(query, root=tiny_repo, model="compact-contrastive")
     assert (other.embedded, other.cached) == (30, 0)
     assert len(list((tiny_repo / CACHE_DIR).glob("*.npz"))) == 2
     # a retrained checkpoint (other bytes) misses as well
-    write_tiny_model(tiny_repo / "models" / "triplet.pt", threshold=None, seed=7)
-    assert api.search(query, root=tiny_repo, model="triplet").embedded == 30
+    write_tiny_model(tiny_repo / "models" / "compact-triplet.pt", threshold=None, seed=7)
+    assert api.search(query, root=tiny_repo, model="compact-triplet").embedded == 30
 
 
 def test_a_damaged_cache_is_rebuilt(tiny_repo: Path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REGISTERED, TESTING, needs_orl, write_tiny_model
+from conftest import REGISTERED, REGISTERED_MODEL, TESTING, needs_orl, write_tiny_model
 from facesim.app import api
 from facesim.core.inference import file_digest
 from facesim.mlops.registry import (
@@ -33,8 +33,8 @@ def client(registry):
 
 
 def register(registry, metrics):
-    with stage_run("evaluate", {"model": "contrastive"}, root=registry["root"]) as run:
-        return register_model(run, "contrastive", registry["checkpoint"], metrics)
+    with stage_run("evaluate", {"model": REGISTERED_MODEL}, root=registry["root"]) as run:
+        return register_model(run, REGISTERED_MODEL, registry["checkpoint"], metrics)
 
 
 def with_validation(metrics: dict, **values: float) -> dict:
@@ -71,7 +71,7 @@ def test_the_rule_reads_validation_auc_then_accuracy_from_the_tags_a_version_get
     assert champion_key(tags(0.9, 0.8) | {"validation.accuracy": "n/a"}) is None
     with pytest.raises(ValueError, match="validation.roc_auc"):
         should_promote({"test.accuracy": "1.0"}, None)
-    assert registered_name("triplet") == "facesim-triplet"
+    assert registered_name("dlib-triplet") == "facesim-dlib-triplet"  # facesim-<backbone>-<loss>
 
 
 def test_version_tags_keep_numbers_exact():
@@ -95,7 +95,7 @@ def test_register_model_does_nothing_for_a_run_that_logs_nowhere(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     checkpoint = write_tiny_model(tmp_path / "tiny.pt")
     assert NULL_RUN.run_id is None
-    assert register_model(NULL_RUN, "contrastive", checkpoint, {"threshold": 0.5}) is None
+    assert register_model(NULL_RUN, "compact-contrastive", checkpoint, {"threshold": 0.5}) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.json", "tiny.pt"]  # no mlflow.db, no mlruns
 
 

@@ -187,7 +187,7 @@ def test_grouped_runs_share_one_parent_and_a_summary_logs_into_it(store: str, ml
 def test_a_failing_stage_ends_its_run_as_failed(store: str, mlflow_store: Path, monkeypatch) -> None:
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.setenv("DVC_STAGE", "train@triplet")
+    monkeypatch.setenv("DVC_STAGE", "train@compact-triplet")
     monkeypatch.setenv("DVC_EXP_NAME", "hefty-rift")  # as `dvc exp run` sets it
     with pytest.raises(ZeroDivisionError):
         with stage_run("train", {"lr": 0.001}, root=mlflow_store) as run:
@@ -196,8 +196,8 @@ def test_a_failing_stage_ends_its_run_as_failed(store: str, mlflow_store: Path, 
 
     logged = MlflowClient(tracking_uri=store).get_run(run.run_id)
     assert logged.info.status == "FAILED"
-    assert logged.info.run_name == "train@triplet"
-    assert (logged.data.tags["dvc_stage"], logged.data.tags["facesim_stage"]) == ("train@triplet", "train")
+    assert logged.info.run_name == "train@compact-triplet"
+    assert (logged.data.tags["dvc_stage"], logged.data.tags["facesim_stage"]) == ("train@compact-triplet", "train")
     assert logged.data.tags["dvc_experiment"] == "hefty-rift"
     assert logged.data.params == {"lr": "0.001"}
     import mlflow

@@ -262,17 +262,19 @@ def test_the_train_stage_starts_itself_under_torchrun(tmp_path):
     train = {"device": "cpu", "processes": 2, "input_height": 16, "input_width": 16, "channels": [4, 8],
              "embedding_dim": 8, "augment": True, "epochs": 2, "batch_size": 16,
              "contrastive": {"mining": "all", "people_per_batch": 4}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": train, "runtime": {"threads": 1}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": train, "runtime": {"threads": 1},
+                                                          "backbones": {"compact": {"backbone": "compact"}}}))
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     done = subprocess.run(
-        [sys.executable, str(REPO / "stages" / "train.py"), "--model", "contrastive", "--faces", str(faces),
-         "--train", str(samples["pairs"]["train"]), "--val", str(samples["pairs"]["val"]),
-         "--val-pairs", str(samples["pairs"]["val"]), "--checkpoint", "models/contrastive.pt",
+        [sys.executable, str(REPO / "stages" / "train.py"), "--backbone", "compact", "--model", "contrastive",
+         "--faces", str(faces), "--pairs-train", str(samples["pairs"]["train"]),
+         "--pairs-val", str(samples["pairs"]["val"]), "--triplets-train", str(samples["triplets"]["train"]),
+         "--triplets-val", str(samples["triplets"]["val"]), "--checkpoint", "models/contrastive.pt",
          "--history", "history.csv"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stdout.count("train@contrastive: best epoch") == 1
+    assert done.stdout.count("train@compact-contrastive: best epoch") == 1
     checkpoint = torch.load(tmp_path / "models" / "contrastive.pt", weights_only=False)
     assert checkpoint["params"]["processes"] == 2
     import mlflow

@@ -27,8 +27,14 @@ pytestmark = pytest.mark.usefixtures("torch_global_state")
 # ---- evaluate_embeddings by hand ------------------------------------------------------
 
 # Calibration: the faces of the validation people, P at x = 0 and 1, Q at x = 5 and 8. All 6 unordered
-# pairs: same P-P = 1, Q-Q = 3; different 0-5 = 5, 0-8 = 8, 1-5 = 4, 1-8 = 7. Accepting the k smallest
-# distances, k = 2 gets all 6 right: threshold (3 + 4) / 2 = 3.5, calibration accuracy 1.
+# pairs: same P-P = 1, Q-Q = 3; different 0-5 = 5, 0-8 = 8, 1-5 = 4, 1-8 = 7. Best accuracy (target_far
+# None): accepting the k smallest distances, k = 2 gets all 6 right: threshold (3 + 4) / 2 = 3.5,
+# calibration accuracy 1. The hand tests below about other things use this threshold.
+# At a target FAR: the 4 different-person distances sorted are 4, 5, 7, 8; a target resolves only with
+# at least 1 / target_far of them (target_far >= 1/4). target_far 1/4 allows floor(4/4) = 1 false
+# accept: the first rejected different pair is 5, the largest distance below it 4, threshold
+# (4 + 5) / 2 = 4.5 (accepts 1, 3 and 4: FAR 1/4, FRR 0, accuracy 5/6). target_far 1/2 allows 2: the
+# first rejected is 7, the largest below it 5, threshold 6.
 CAL_EMBEDDINGS = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0], [8.0, 0.0]])
 CAL_SUBJECTS = ["P", "P", "Q", "Q"]
 
@@ -60,20 +66,78 @@ TEST_SUBJECTS = ["A", "A", "B", "B", "C", "C"]
 # AUC: same {1, 2, 3} vs different {5, 3}: 5 wins and one tie -> 5.5/6 = 11/12
 # EER: ROC (0, 1/3), (0, 2/3), (1/2, 1): t/2 = (1 - t)/3, t = 2/5 -> EER 1/5
 TEST_PAIRS = (np.array([0, 2, 0, 4, 1]), np.array([1, 3, 2, 5, 2]), np.array([1, 1, 0, 1, 0]))
+# TAR at FAR 1% and 0.1%: far fewer than 100 different pairs in every set, so the share of same pairs
+# accepted with no false accept. Calibration: same 1, 3 both below every different pair -> 1. Test and
+# all pairs: same 1 and 2 below every different pair, same 3 ties the different 1-2 = 3 -> 2/3.
 
 
 @pytest.fixture
 def hand_metrics():
+    """At the best-accuracy threshold (3.5): the calibration pairs are too few for a 1% target."""
     return evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, TEST_PAIRS,
-                               retrieval_k=(1, 5))
+                               retrieval_k=(1, 5), target_far=None)
 
 
 def test_evaluate_embeddings_threshold_is_calibrated_on_all_pairs_of_the_validation_people(hand_metrics):
     metrics, _ = hand_metrics
-    assert metrics["threshold"] == 3.5
+    assert metrics["threshold"] == 3.5 and metrics["target_far"] is None  # None: the best accuracy
     assert metrics["validation"]["n_pairs"] == 6
     assert metrics["validation"]["accuracy"] == 1.0
     assert metrics["test"]["threshold"] == metrics["all_pairs"]["threshold"] == 3.5
+
+
+def test_evaluate_embeddings_tar_at_far_in_every_pair_set_by_hand(hand_metrics):
+    metrics, _ = hand_metrics
+    for name, tar in (("validation", 1.0), ("test", 2 / 3), ("all_pairs", 2 / 3)):
+        assert metrics[name]["tar_at_far_1e-2"] == pytest.approx(tar), name
+        assert metrics[name]["tar_at_far_1e-3"] == pytest.approx(tar), name
+
+
+@pytest.mark.parametrize("target_far, threshold", [(0.25, 4.5), (0.5, 6.0)])
+def test_evaluate_embeddings_threshold_at_a_target_far_by_hand(target_far, threshold):
+    metrics, _ = evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, TEST_PAIRS,
+                                     target_far=target_far)
+    assert metrics["threshold"] == threshold and metrics["target_far"] == target_far
+    assert metrics["test"]["threshold"] == metrics["all_pairs"]["threshold"] == threshold
+    assert metrics["validation"]["far"] <= target_far  # what the threshold promises, on the calibration pairs
+
+
+def test_evaluate_embeddings_at_a_target_far_of_a_quarter_by_hand():
+    metrics, _ = evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, TEST_PAIRS,
+                                     target_far=0.25)
+    # calibration at 4.5: same 1, 3 and different 4 accepted; 5, 7, 8 rejected
+    assert {k: metrics["validation"][k] for k in ("far", "frr", "accuracy", "tp", "fp", "tn", "fn")} == \
+        pytest.approx({"far": 1 / 4, "frr": 0.0, "accuracy": 5 / 6, "tp": 2, "fp": 1, "tn": 3, "fn": 0})
+    # all test pairs at 4.5: the 3 same accepted; of the 12 different, 1-2 = 3, 0-4 = 4, 1-3 = 4.24 and
+    # 1-4 = 4.47 accepted (fp 4, tn 8): FAR 1/3, FRR 0, accuracy 11/15, precision 3/7
+    expected = {"far": 1 / 3, "frr": 0.0, "accuracy": 11 / 15, "precision": 3 / 7, "recall": 1.0,
+                "tp": 3, "fp": 4, "tn": 8, "fn": 0}
+    assert {k: metrics["all_pairs"][k] for k in expected} == pytest.approx(expected)
+    # the sampled pairs [2, 3, 5, 1, 3] get the verdicts they got at 3.5: only 0-2 = 5 is above either
+    assert {k: metrics["test"][k] for k in ("accuracy", "tp", "fp", "tn", "fn")} == \
+        pytest.approx({"accuracy": 4 / 5, "tp": 3, "fp": 1, "tn": 1, "fn": 0})
+    # the threshold-free numbers do not depend on the operating point
+    best, _ = evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, TEST_PAIRS,
+                                  target_far=None)
+    for key in ("roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3"):
+        assert metrics["all_pairs"][key] == best["all_pairs"][key], key
+    assert metrics["retrieval"] == best["retrieval"]
+
+
+@pytest.mark.parametrize("target_far, pairs", [(0.01, 100), (0.24, 5)])
+def test_evaluate_embeddings_refuses_a_target_far_the_calibration_pairs_cannot_resolve(target_far, pairs):
+    # 4 different-person calibration pairs resolve a target of 1/4 and above, no less
+    with pytest.raises(ParamsError, match=rf"^evaluate\.target_far={target_far:g} cannot be calibrated on the "
+                                          rf"validation people: .*needs at least {pairs} different-person pairs "
+                                          rf"to resolve it, got 4 .*; choose a larger evaluate\.target_far, .*or "
+                                          rf"evaluate\.operating_point: best_accuracy$"):
+        evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, TEST_PAIRS,
+                            target_far=target_far)
+
+
+def test_evaluate_embeddings_calibrates_for_a_1_percent_far_by_default():
+    with pytest.raises(ParamsError, match=r"evaluate\.target_far=0\.01 "):
+        evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, TEST_PAIRS)
 
 
 def test_evaluate_embeddings_sampled_test_pairs_by_hand(hand_metrics):
@@ -115,13 +179,14 @@ def test_evaluate_embeddings_returns_plain_numbers(hand_metrics):
 
 def test_evaluate_embeddings_refuses_a_k_beyond_the_gallery():
     with pytest.raises(ValueError, match="between 1 and 5"):
-        evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, TEST_PAIRS, retrieval_k=(6,))
+        evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, TEST_PAIRS, retrieval_k=(6,),
+                            target_far=None)
 
 
 def test_evaluate_embeddings_refuses_single_class_test_pairs():
     same_only = (np.array([0, 2]), np.array([1, 3]), np.array([1, 1]))
     with pytest.raises(ValueError, match="single class"):
-        evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, same_only)
+        evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, same_only, target_far=None)
 
 
 # ---- params -----------------------------------------------------------------------------
@@ -130,6 +195,24 @@ def test_evaluate_embeddings_refuses_single_class_test_pairs():
 def test_evaluate_params_parse():
     assert parse_section(EvaluateParams, {"retrieval_k": [1, 3, 10]}, "evaluate").retrieval_k == (1, 3, 10)
     assert parse_section(EvaluateParams, {}, "evaluate").retrieval_k == (1, 5)
+
+
+def test_evaluate_params_operating_point():
+    # the threshold evaluate_embeddings is given: the target FAR, or None for the best accuracy
+    assert parse_section(EvaluateParams, {"target_far": 0.001}, "evaluate").target() == 0.001
+    best = parse_section(EvaluateParams, {"operating_point": "best_accuracy", "target_far": 0.001}, "evaluate")
+    assert best.target() is None
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"target_far": 0}, "target_far"), ({"target_far": 1}, "target_far"), ({"target_far": -0.01}, "target_far"),
+    ({"target_far": 1.5}, "target_far"), ({"target_far": "1%"}, "target_far"),
+    ({"operating_point": "best_accuracy", "target_far": 2}, "target_far"),
+    ({"operating_point": "eer"}, "operating_point"), ({"operating_point": "target-far"}, "operating_point"),
+])
+def test_evaluate_params_refuse_a_bad_operating_point(raw, key):
+    with pytest.raises(ParamsError, match=rf"evaluate\.{key} must "):
+        parse_section(EvaluateParams, raw, "evaluate")
 
 
 @pytest.mark.parametrize("raw", [{"retrieval_k": [0]}, {"retrieval_k": [1, -5]}, {"retrieval_k": []},
@@ -161,8 +244,9 @@ def test_calibration_faces_are_all_of_them_up_to_the_limit_then_whole_people() -
 
 
 def test_evaluate_model_reports_a_reduced_calibration_set(stage, tmp_path: Path):
-    metrics = evaluate_model("contrastive", EvaluateParams(max_calibration_faces=25, seed=3), stage["checkpoint"],
-                             stage["faces_dir"], {k: stage["pairs"][k] for k in ("pairs_val", "pairs_test")},
+    metrics = evaluate_model("compact-contrastive", EvaluateParams(max_calibration_faces=25, seed=3),
+                             stage["checkpoint"], stage["faces_dir"],
+                             {k: stage["pairs"][k] for k in ("pairs_val", "pairs_test")},
                              evaluate_outputs(tmp_path / "eval"))
     val = pd.read_csv(stage["pairs"]["pairs_val"])
     n_validation = len(set(val["image1"]) | set(val["image2"]))
@@ -177,21 +261,26 @@ def test_evaluate_model_reports_a_reduced_calibration_set(stage, tmp_path: Path)
 TINY = tiny_train_params(seed=5, epochs=2, batch_size=32)
 N_TEST_IMAGES = 30  # conftest: 3 testing subjects x 10 images
 METRIC_KEYS = ["threshold", "test.accuracy", "test.precision", "test.recall", "test.f1", "test.roc_auc",
-               "test.eer", "all_pairs.accuracy", "all_pairs.roc_auc", "all_pairs.eer",
-               "retrieval.precision_at_1", "retrieval.precision_at_5", "retrieval.map"]
+               "test.eer", "test.tar_at_far_1e-2", "validation.far", "validation.frr", "all_pairs.accuracy",
+               "all_pairs.far", "all_pairs.frr", "all_pairs.tar_at_far_1e-2", "all_pairs.tar_at_far_1e-3",
+               "all_pairs.roc_auc", "all_pairs.eer", "retrieval.precision_at_1", "retrieval.precision_at_5",
+               "retrieval.map"]
+HEADLINE_KEYS = ["threshold", "far", "frr", "accuracy", "tar_at_far_1e-2", "tar_at_far_1e-3", "auc", "eer",
+                 "p_at_1", "map"]
 
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Faces, samples and a 2-epoch contrastive checkpoint, evaluated once for the whole module."""
+    """Faces, samples and a 2-epoch contrastive checkpoint, evaluated once for the whole module at the default
+    operating point (a 1% FAR: the conftest validation faces give enough different-person pairs for it)."""
     root = tmp_path_factory.mktemp("evaluate")
     faces_dir = write_faces_dir(root / "faces")
     outputs = write_tiny_samples(faces_dir, root / "samples")
     pair_paths = {f"pairs_{split}": outputs["pairs"][split] for split in ("train", "val", "test")}
-    checkpoint = root / "models" / "contrastive.pt"
+    checkpoint = root / "models" / "compact-contrastive.pt"
     train_and_save("contrastive", TINY, faces_dir, train_samples(outputs), checkpoint, root / "history.csv")
     paths = evaluate_outputs(root / "eval")
-    metrics = evaluate_model("contrastive", EvaluateParams(), checkpoint, faces_dir,
+    metrics = evaluate_model("compact-contrastive", EvaluateParams(), checkpoint, faces_dir,
                              {k: pair_paths[k] for k in ("pairs_val", "pairs_test")}, paths)
     return {"root": root, "faces_dir": faces_dir, "pairs": pair_paths, "checkpoint": checkpoint,
             "outputs": paths, "metrics": metrics}
@@ -207,17 +296,47 @@ def test_evaluate_model_writes_headline_metrics_and_details(stage):
     headline = json.loads(stage["outputs"]["metrics"].read_text())
     metrics, all_pairs = stage["metrics"], stage["metrics"]["all_pairs"]
     # the DVC metric: the threshold and the held-out headline, under the keys the CV summary uses too
-    assert headline == {"threshold": metrics["threshold"], "accuracy": all_pairs["accuracy"],
-                        "auc": all_pairs["roc_auc"], "eer": all_pairs["eer"],
-                        "p_at_1": metrics["retrieval"]["precision_at_1"], "map": metrics["retrieval"]["map"]}
+    assert list(headline) == HEADLINE_KEYS
+    assert headline == {"threshold": metrics["threshold"], "far": all_pairs["far"], "frr": all_pairs["frr"],
+                        "accuracy": all_pairs["accuracy"], "tar_at_far_1e-2": all_pairs["tar_at_far_1e-2"],
+                        "tar_at_far_1e-3": all_pairs["tar_at_far_1e-3"], "auc": all_pairs["roc_auc"],
+                        "eer": all_pairs["eer"], "p_at_1": metrics["retrieval"]["precision_at_1"],
+                        "map": metrics["retrieval"]["map"]}
     written = json.loads(stage["outputs"]["details"].read_text())
     assert written == metrics
-    assert written["model"] == "contrastive" and written["best_epoch"] in (1, 2)
+    assert written["model"] == "compact-contrastive" and written["best_epoch"] in (1, 2)
+    assert written["target_far"] == 0.01
     for key in METRIC_KEYS:
         value = nested(written, key)
         assert isinstance(value, float) and np.isfinite(value), key
     for key in METRIC_KEYS[1:]:
         assert 0.0 <= nested(written, key) <= 1.0, key
+
+
+def test_evaluate_model_calibrates_for_the_target_far_on_the_validation_people(stage):
+    metrics = stage["metrics"]
+    validation = metrics["validation"]
+    # at most 1% of the calibration's different-person pairs accepted: what the threshold promises
+    assert validation["fp"] <= 0.01 * (validation["fp"] + validation["tn"])
+    assert validation["far"] == validation["fp"] / (validation["fp"] + validation["tn"]) <= 0.01
+    # the largest such threshold: accepting the next different pair too would pass 1% (distances of distinct
+    # faces do not tie, so the threshold accepts exactly floor(1% of them))
+    assert validation["fp"] + 1 > 0.01 * (validation["fp"] + validation["tn"])
+
+
+def test_evaluate_model_at_the_best_accuracy(stage, tmp_path: Path):
+    params = EvaluateParams(operating_point="best_accuracy", target_far=0.01)
+    metrics = evaluate_model("compact-contrastive", params, stage["checkpoint"], stage["faces_dir"],
+                             {k: stage["pairs"][k] for k in ("pairs_val", "pairs_test")},
+                             evaluate_outputs(tmp_path / "eval"))
+    assert metrics["target_far"] is None
+    # no threshold does better on the calibration pairs, the one at a 1% FAR included
+    assert metrics["validation"]["accuracy"] >= stage["metrics"]["validation"]["accuracy"]
+    # and the threshold-free numbers are the same
+    for key in ("roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3"):
+        assert metrics["all_pairs"][key] == stage["metrics"]["all_pairs"][key], key
+    headline = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert list(headline) == HEADLINE_KEYS and headline["threshold"] == metrics["threshold"]
 
 
 def test_evaluate_model_counts_every_pair(stage):
@@ -285,7 +404,7 @@ def test_evaluate_model_names_a_missing_checkpoint(stage, tmp_path: Path):
     outputs = evaluate_outputs(tmp_path, ".out")
     missing = tmp_path / "models" / "never_trained.pt"
     with pytest.raises(FileNotFoundError, match="never_trained.pt") as info:
-        evaluate_model("contrastive", EvaluateParams(), missing, stage["faces_dir"],
+        evaluate_model("compact-contrastive", EvaluateParams(), missing, stage["faces_dir"],
                        {k: stage["pairs"][k] for k in ("pairs_val", "pairs_test")}, outputs)
     assert "checkpoint" in str(info.value)
     assert not any(path.exists() for path in outputs.values())
@@ -295,5 +414,6 @@ def test_evaluate_model_names_a_missing_pairs_file(stage, tmp_path: Path):
     outputs = evaluate_outputs(tmp_path, ".out")
     pairs = {"pairs_val": stage["pairs"]["pairs_val"], "pairs_test": tmp_path / "no_test_pairs.csv"}
     with pytest.raises(FileNotFoundError, match="no_test_pairs.csv"):
-        evaluate_model("contrastive", EvaluateParams(), stage["checkpoint"], stage["faces_dir"], pairs, outputs)
+        evaluate_model("compact-contrastive", EvaluateParams(), stage["checkpoint"], stage["faces_dir"], pairs,
+                       outputs)
     assert not any(path.exists() for path in outputs.values())

@@ -4,6 +4,8 @@ the loss history out (all or none), both logged to the run. The loop itself is t
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -162,3 +164,27 @@ def test_an_ensemble_checkpoint_loads_back(stage_inputs, tmp_path: Path):
     faces = FaceSet.load(faces_dir, [f"testing/s6/{i}.pgm" for i in range(1, 11)], params.preprocess())
     assert isinstance(model, EnsembleNet) and checkpoint["epoch"] == 1
     assert torch.allclose(embed_all(model, faces.tensor), embed_all(result.model, faces.tensor), atol=1e-6)
+
+
+def test_the_train_stage_without_dlib_names_the_extra_and_how_to_leave_the_backbone_out(tmp_path: Path):
+    import yaml
+
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "dlib.py").write_text("raise ImportError('dlib is not installed here')\n")  # as if the extra were missing
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "train": {"device": "cpu"}, "runtime": {"threads": 1},
+        "backbones": {"compact": {"backbone": "compact"}, "dlib": {"backbone": "dlib", "embedding_dim": 128}}}))
+    repo = Path(__file__).resolve().parents[2]
+    args = [sys.executable, str(repo / "stages" / "train.py"), "--backbone", "dlib", "--model", "triplet",
+            "--faces", "faces", "--checkpoint", "models/dlib-triplet.pt", "--history", "history.csv"]
+    for kind in ("pairs", "triplets"):
+        args += [f"--{kind}-train", f"{kind}_train.csv", f"--{kind}-val", f"{kind}_val.csv"]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": f"{stub}{os.pathsep}{repo / 'src'}",
+                               "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "pip install -e '.[dlib]'" in lines[0] and "pipeline.backbones=[compact]" in lines[0]
+    assert not (tmp_path / "models").exists() and not (tmp_path / "mlflow.db").exists()  # stopped before any work

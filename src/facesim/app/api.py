@@ -1,11 +1,13 @@
 """Use the trained models: verify two faces, search a gallery, embed images.
 
 The same three functions back the `facesim` command line, a notebook or a
-service. A model is named by what the pipeline trained ('contrastive',
-'triplet': `models/<name>.pt` with the threshold from
-`reports/metrics/<name>.json`), by the path of a checkpoint, or by an MLflow
-model URI (`models:/facesim-contrastive@champion`); `load_model` once and pass
-the `FaceModel` to repeated calls to load it only once.
+service. A model is named by what the pipeline trained (`<backbone>-<loss>`, e.g.
+'dlib-triplet': `models/<name>.pt` with the threshold from
+`reports/metrics/<name>.json`; 'contrastive' and 'triplet' name the compact
+ones), 'best' (the default: of the models the pipeline trained, the one with
+the lowest committed cross-validation EER), by the path of a checkpoint, or by
+an MLflow model URI (`models:/facesim-dlib-triplet@champion`); `load_model` once
+and pass the `FaceModel` to repeated calls to load it only once.
 
 Every picture is decoded by `facesim.core.images`, framed like the ORL faces when the
 face is only part of the photo (`facesim.core.detect`: "no face found" otherwise),
@@ -16,8 +18,10 @@ and prepared by `prepare_images`, the functions training and evaluation use
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,9 +38,11 @@ from facesim.core.models import MODELS, ModelError
 from facesim.core.paths import show_path
 
 DEFAULT_GALLERY = Path("data", "raw", "faces", "testing")  # the held-out test faces, under the repo root
+BEST = "best"  # the model name that picks the most accurate model the pipeline trained (`best_model`)
+PIPELINE_MODEL = re.compile(rf"[A-Za-z0-9_]+-({'|'.join(MODELS)})")  # <backbone>-<loss>, as dvc.yaml names them
 
 __all__ = ["Embeddings", "FaceModel", "ImageError", "Match", "ModelError", "SearchResult", "SkippedFilesWarning",
-           "Verification", "embed", "load_model", "search", "search_figure", "verify"]
+           "Verification", "best_model", "embed", "load_model", "search", "search_figure", "verify"]
 
 
 # ---- models ------------------------------------------------------------------------------------
@@ -46,15 +52,43 @@ def is_mlflow_uri(spec: str) -> bool:
     return spec.startswith(("models:/", "runs:/")) or "://" in spec
 
 
+def best_model(root: str | os.PathLike | None = None) -> tuple[str, float]:
+    """(name, CV EER) of the most accurate model the pipeline trained: of the `models/<backbone>-<loss>.pt`
+    present, the one whose committed cross-validation summary (`reports/cv/<backbone>/<loss>.json`) has the
+    lowest mean EER on people never seen in training."""
+    base = find_root(root)
+    scored = []
+    for checkpoint in sorted((base / "models").glob("*.pt")):
+        if not PIPELINE_MODEL.fullmatch(checkpoint.stem):
+            continue
+        backbone, loss = checkpoint.stem.rsplit("-", 1)
+        summary = base / "reports" / "cv" / backbone / f"{loss}.json"
+        try:
+            eer = float(json.loads(summary.read_text(encoding="utf-8"))["eer"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a model without a cross-validation summary is not ranked
+        if math.isfinite(eer):
+            scored.append((eer, checkpoint.stem))
+    if not scored:
+        raise ModelError(f"{show_path(base)}: no trained model with a cross-validation summary (models/<backbone>-"
+                         "<loss>.pt and reports/cv/<backbone>/<loss>.json) to pick the most accurate from; run "
+                         "`dvc repro` (and `dvc repro cv/dvc.yaml`), or name one with --model, e.g. --model "
+                         "compact-triplet")
+    eer, name = min(scored)
+    return name, eer
+
+
 def load_model(
-    model: str | os.PathLike | FaceModel = "triplet",
+    model: str | os.PathLike | FaceModel = BEST,
     *,
     root: str | os.PathLike | None = None,
     threshold: float | None = None,
 ) -> FaceModel:
-    """Load a model by name ('contrastive', 'triplet'), checkpoint path (.pt) or MLflow model URI.
+    """Load a model by name ('best', '<backbone>-<loss>', 'contrastive', 'triplet'), checkpoint path (.pt) or
+    MLflow model URI.
 
-    A name reads `<root>/models/<name>.pt` and the threshold from `<root>/reports/metrics/<name>.json`;
+    A name reads `<root>/models/<name>.pt` and the threshold from `<root>/reports/metrics/<name>.json`
+    ('best': the name `best_model` picks; 'contrastive' and 'triplet': 'compact-contrastive', 'compact-triplet');
     a path reads the threshold from a `.json` of the same stem beside it; an MLflow URI loads the
     pyfunc that the evaluate stage registered. `threshold` overrides the saved one.
     """
@@ -67,18 +101,24 @@ def load_model(
             return model
         return dataclasses.replace(model, threshold=float(threshold), threshold_source="given")
     spec = os.fspath(model)
+    if spec == BEST:
+        name, eer = best_model(root)
+        chosen = _pipeline_model(name, find_root(root), threshold)
+        return dataclasses.replace(chosen, name=f"{name} (the most accurate by cross-validation EER, {eer:.2%})")
     if spec in MODELS:
+        spec = f"compact-{spec}"
+    if PIPELINE_MODEL.fullmatch(spec):
         return _pipeline_model(spec, find_root(root), threshold)
     if is_mlflow_uri(spec):
         return _from_mlflow(spec, root, threshold)
     path = Path(spec)
     if not path.exists() and path.suffix != ".pt":
-        raise ModelError(f"{spec}: not a model name ({', '.join(MODELS)}), checkpoint file or MLflow model URI; "
-                         "pass one of those, e.g. --model triplet, --model my.pt or "
-                         "--model models:/facesim-triplet@champion")
+        raise ModelError(f"{spec}: not a model name (best, <backbone>-<loss> such as dlib-triplet, {', '.join(MODELS)}), "
+                         "checkpoint file or MLflow model URI; pass one of those, e.g. --model compact-triplet, "
+                         "--model my.pt or --model models:/facesim-dlib-triplet@champion")
     if not path.is_file():
         raise FileNotFoundError(f"{spec}: checkpoint not found; check the path, or name a model the pipeline "
-                                f"trained ({', '.join(MODELS)})")
+                                "trained (best, or <backbone>-<loss> such as dlib-triplet)")
     return from_checkpoint(path, path.with_suffix(".json"), threshold, name=spec)
 
 
@@ -116,7 +156,7 @@ def _from_mlflow(uri: str, root: str | os.PathLike | None, threshold: float | No
                          "mlflow.db)") from None
     if not isinstance(loaded, FaceVerifier):
         raise ModelError(f"{uri}: not a facesim model (a {type(loaded).__name__}); pass one the evaluate stage "
-                         "registered, e.g. models:/facesim-contrastive@champion")
+                         "registered, e.g. models:/facesim-dlib-triplet@champion")
     source = f"calibrated on people unseen in training, logged with {uri}"
     return load_model(dataclasses.replace(loaded.model, name=uri, threshold_source=source), threshold=threshold)
 
@@ -143,7 +183,7 @@ class Verification:
 def verify(
     image_a: ImageInput,
     image_b: ImageInput,
-    model: str | os.PathLike | FaceModel = "contrastive",
+    model: str | os.PathLike | FaceModel = BEST,
     *,
     root: str | os.PathLike | None = None,
     threshold: float | None = None,
@@ -192,7 +232,7 @@ def search(
     query: str | os.PathLike,
     gallery: str | os.PathLike | None = None,
     k: int = 5,
-    model: str | os.PathLike | FaceModel = "triplet",
+    model: str | os.PathLike | FaceModel = BEST,
     *,
     root: str | os.PathLike | None = None,
     threshold: float | None = None,
@@ -283,7 +323,7 @@ class Embeddings:
 
 def embed(
     paths: Sequence[str | os.PathLike],
-    model: str | os.PathLike | FaceModel = "triplet",
+    model: str | os.PathLike | FaceModel = BEST,
     *,
     root: str | os.PathLike | None = None,
     cache: bool = True,

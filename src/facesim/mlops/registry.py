@@ -33,7 +33,8 @@ CHAMPION = "champion"
 CHAMPION_METRICS = ("validation.roc_auc", "validation.accuracy")
 # Registry tags of a version: the threshold and these metrics of each pair set.
 TAGGED_SETS = ("validation", "test", "all_pairs")
-TAGGED_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "eer")
+TAGGED_METRICS = ("accuracy", "far", "frr", "precision", "recall", "f1", "roc_auc", "eer", "tar_at_far_1e-2",
+                  "tar_at_far_1e-3")
 
 
 def registered_name(model_name: str) -> str:

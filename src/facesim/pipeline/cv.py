@@ -215,6 +215,8 @@ def run_fold(
     params = replace(train, seed=seed, processes=1)  # a fold trains in one process: folds run side by side
     everyone = FaceSet.load(faces_dir, [f.path for f in faces], params.preprocess())
     seen = everyone.subset([f.path for f in split.seen])
+    if params.changed_copies:
+        seen = seen.with_changed_copies(faces_dir, params.changed_copies)
     test = everyone.subset([f.path for f in split.unseen])
     calibration = everyone.subset(validation_faces(tables))
     unseen = {f.subject for f in split.unseen}
