@@ -33,7 +33,9 @@ def raw_folds(params_path: str, faces_dir: str) -> list[dict]:
         split = fold_split(cv, fold, faces)  # exactly as run_fold splits and samples the fold
         calibration = everyone.subset(validation_faces(split.tables))
         test = everyone.subset([f.path for f in split.unseen])
-        threshold = calibrate(calibration.tensor.numpy(), np.asarray(calibration.subjects), target_far)
+        training = everyone.subset(sorted({f.path for f in split.seen} - set(calibration.paths)))
+        threshold = calibrate(calibration.tensor.numpy(), np.asarray(calibration.subjects), target_far,
+                              training.tensor.numpy())
         metrics, _ = unseen_metrics(test.tensor.numpy(), test.subjects, threshold, cv.retrieval_k)
         rows.append({"fold": fold, **metrics})
     return rows

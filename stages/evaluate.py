@@ -17,6 +17,8 @@ def main() -> None:
                         help="the model's name, <backbone>-<loss> (e.g. dlib-triplet): its registered name is facesim-<name>")
     parser.add_argument("--checkpoint", required=True, help="the train stage's checkpoint (.pt)")
     parser.add_argument("--faces", required=True, help="raw faces directory (data/raw/faces)")
+    parser.add_argument("--train-pairs", required=True,
+                        help="training pairs: their faces stand against the validation people at a target FAR")
     parser.add_argument("--val-pairs", required=True, help="validation pairs: their faces calibrate the threshold")
     parser.add_argument("--test-pairs", required=True, help="the sampled pairs of the held-out faces")
     parser.add_argument("--metrics", required=True, help="output: headline metrics JSON (a DVC metric)")
@@ -28,7 +30,7 @@ def main() -> None:
     pin_arithmetic(load_section(RuntimeParams, args.params, "runtime"))  # before any tensor
 
     params = load_section(EvaluateParams, args.params, "evaluate")
-    pairs = {"pairs_val": args.val_pairs, "pairs_test": args.test_pairs}
+    pairs = {"pairs_train": args.train_pairs, "pairs_val": args.val_pairs, "pairs_test": args.test_pairs}
     outputs = {k: getattr(args, k) for k in ("metrics", "details", "roc", "predictions", "embeddings")}
     config = {"model": args.model, **dataclasses.asdict(params)}
     with stage_run("evaluate", config, tags={"data_digest": content_digest(args.faces)}) as run:

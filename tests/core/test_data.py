@@ -469,31 +469,3 @@ def test_a_missing_file_is_named_when_caching(tmp_path: Path) -> None:
         FaceSet.load(root, paths + ["nobody/1.png"], Preprocess(height=8, width=8), memory_limit_mb=0,
                      cache_dir=tmp_path / "cache")
 
-
-def test_with_changed_copies_draws_each_face_or_one_of_its_copies():
-    from facesim.core.data import WithChangedCopies
-
-    originals = torch.tensor([[0.0, 0.0], [10.0, 10.0]])
-    changed = torch.tensor([[[1.0, 1.0], [2.0, 2.0]], [[11.0, 11.0], [12.0, 12.0]]])  # 2 copies of each
-    looks = WithChangedCopies(originals, changed, seed=0)
-    assert len(looks) == 2
-    drawn = torch.cat([looks[torch.tensor([0, 1, 1])] for _ in range(200)])
-    # rows 0 draw among 0, 1, 2; rows 1 among 10, 11, 12: every look, and only the face's own
-    assert set(drawn[0::3, 0].tolist()) == {0.0, 1.0, 2.0}
-    assert set(drawn[1::3, 0].tolist()) | set(drawn[2::3, 0].tolist()) == {10.0, 11.0, 12.0}
-    again = WithChangedCopies(originals, changed, seed=0)
-    assert torch.equal(torch.cat([again[torch.tensor([0, 1, 1])] for _ in range(200)]), drawn)  # seeded
-
-
-def test_a_subset_keeps_the_changed_copies_of_its_faces():
-    faces = FaceSet(paths=["a/1.pgm", "b/1.pgm"], subjects=["a", "b"], tensor=torch.tensor([[0.0], [1.0]]),
-                    changed=torch.tensor([[[0.5]], [[1.5]]]))
-    subset = faces.subset(["b/1.pgm"])
-    assert torch.equal(subset.changed, torch.tensor([[[1.5]]]))
-    assert faces.subset(["a/1.pgm"]).changed.shape == (1, 1, 1)
-
-
-def test_changed_copies_are_for_descriptors_only(tmp_path: Path):
-    faces = FaceSet(paths=["a/1.pgm"], subjects=["a"], tensor=torch.zeros(1, 1, 4, 4))
-    with pytest.raises(ValueError, match="changed copies are dlib descriptors"):
-        faces.with_changed_copies(tmp_path, 2)

@@ -104,10 +104,3 @@ def test_the_repositorys_params_yaml_parses():
     cv, cv_train = load_cv_params(path)
     assert cv.folds and isinstance(cv_train, TrainParams)
 
-
-def test_changed_copies_belong_to_the_dlib_backbone():
-    with pytest.raises(ParamsError, match=r"train\.changed_copies applies to the dlib backbone"):
-        parse_section(TrainParams, {"changed_copies": 4}, "train")
-    with pytest.raises(ParamsError, match=r"train\.changed_copies must be a whole number >= 0"):
-        parse_section(TrainParams, {"backbone": "dlib", "changed_copies": -1}, "train")
-    assert parse_section(TrainParams, {"backbone": "dlib", "changed_copies": 4}, "train").changed_copies == 4

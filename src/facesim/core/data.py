@@ -22,7 +22,7 @@ import hashlib
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -218,8 +218,6 @@ class FaceSet:
     # (N, 1, H, W) prepared images (or (N, 128) dlib descriptors), in `paths` order; `FacePixels` (read
     # the same way) for faces beyond the in-memory limit
     tensor: torch.Tensor | FacePixels
-    # dlib descriptors only: (N, copies, 128), those of changed copies of each face (`with_changed_copies`)
-    changed: torch.Tensor | None = None
 
     @classmethod
     def load(cls, root: str | os.PathLike, paths: Iterable[str], preprocess: Preprocess, *,
@@ -253,43 +251,12 @@ class FaceSet:
         """The rows of `paths`, in that order, without decoding anything again."""
         rows = self.rows(paths)
         tensor = self.tensor.subset(rows) if isinstance(self.tensor, FacePixels) else self.tensor[rows]
-        return FaceSet(paths=list(paths), subjects=[self.subjects[i] for i in rows.tolist()], tensor=tensor,
-                       changed=None if self.changed is None else self.changed[rows])
-
-    def with_changed_copies(self, root: str | os.PathLike, copies: int) -> "FaceSet":
-        """These faces (dlib descriptors) with dlib's descriptors of `copies` changed copies of each beside
-        them (`facesim.core.photo.changed_copy`: framing, rotation, blur, light, compression), as `changed`:
-        the other looks of each face that a dlib head trains on. Cached like every descriptor."""
-        from facesim.core.dlib_face import describe
-        from facesim.core.photo import changed_copy
-
-        if copies < 1 or self.tensor.ndim != 2:
-            raise ValueError(f"changed copies are dlib descriptors of at least 1 copy per face; got {copies} copies "
-                             f"of faces of shape {tuple(self.tensor.shape)}")
-        pixels = [load_pixels(Path(root) / path) for path in self.paths]
-        vectors = describe([changed_copy(face, copy) for face in pixels for copy in range(copies)]).vectors
-        return replace(self, changed=torch.from_numpy(vectors).reshape(len(self.paths), copies, -1))
+        return FaceSet(paths=list(paths), subjects=[self.subjects[i] for i in rows.tolist()], tensor=tensor)
 
     def subject_ids(self) -> torch.Tensor:
         """An integer id per row, equal for the same subject."""
         names = {s: i for i, s in enumerate(sorted(set(self.subjects)))}
         return torch.tensor([names[s] for s in self.subjects], dtype=torch.long)
-
-
-class WithChangedCopies:
-    """A dlib head's training inputs: for each face asked for, its own descriptor or one of its changed
-    copies' (`FaceSet.with_changed_copies`), drawn uniformly by a generator seeded with `seed`."""
-
-    def __init__(self, originals: torch.Tensor, changed: torch.Tensor, seed: int):
-        self.looks = torch.cat([originals[:, None, :], changed], dim=1)  # (N, 1 + copies, D)
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return len(self.looks)
-
-    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
-        look = torch.randint(self.looks.shape[1], (len(rows),), generator=self.generator)
-        return self.looks[rows, look]
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,11 @@
 blur and JPEG compression, as a camera or a photo app makes them.
 
 The robustness stage measures every model under a fixed set of them
-(`facesim.pipeline.robustness.CHANGES`); the dlib backbone's head trains on
-dlib's descriptors of `changed_copy`s of its training faces, drawn from the same
-kinds of change at random strengths.
+(`facesim.pipeline.robustness.CHANGES`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable
 
@@ -96,47 +93,3 @@ def jpeg(quality: int) -> Change:
         Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
         return decode_pixels(buffer.getvalue(), f"JPEG quality {quality}")
     return change
-
-
-
-def _compose(*changes: Change) -> Change:
-    def change(pixels: np.ndarray) -> np.ndarray:
-        for one in changes:
-            pixels = one(pixels)
-        return pixels
-    return change
-
-
-# The kinds of change a training copy is drawn from, each with its strengths drawn at random: framing
-# (tighter, looser or off centre), rotation, blur, light (exposure and contrast) and compression.
-COPY_KINDS = ("framing", "rotation", "blur", "light", "jpeg")
-
-
-def _random_change(kind: str, rng: np.random.Generator) -> Change:
-    if kind == "framing":
-        form = rng.integers(3)
-        if form == 0:
-            return tighter(rng.uniform(0.02, 0.14))
-        if form == 1:
-            return looser(rng.uniform(0.05, 0.25))
-        return shifted(float(rng.choice([-1.0, 1.0]) * rng.uniform(0.02, 0.14)))
-    if kind == "rotation":
-        return rotation(rng.uniform(-18.0, 18.0))
-    if kind == "blur":
-        return blur(rng.uniform(0.5, 2.5))
-    if kind == "light":
-        return _compose(exposure(rng.uniform(0.6, 1.4)), contrast(rng.uniform(0.6, 1.4)))
-    if kind == "jpeg":
-        return jpeg(int(rng.integers(20, 81)))
-    raise ValueError(f"unknown kind of change {kind!r}; expected one of {', '.join(COPY_KINDS)}")
-
-
-def changed_copy(pixels: np.ndarray, copy: int) -> np.ndarray:
-    """Copy number `copy` (0, 1, ...) of an (H, W) uint8 grey face, changed as a photo of it might be: of the
-    kind `COPY_KINDS[copy % 5]`, at a strength drawn from a generator seeded by the copy number and the
-    picture's own bytes, so that a face's copies are the same in every run, fold and training seed (and
-    their descriptors are computed once, then read from the cache)."""
-    array = np.ascontiguousarray(pixels, dtype=np.uint8)
-    digest = hashlib.sha256(f"{array.shape}".encode() + array.tobytes()).digest()
-    rng = np.random.default_rng([copy, int.from_bytes(digest[:8], "little")])
-    return np.ascontiguousarray(_random_change(COPY_KINDS[copy % len(COPY_KINDS)], rng)(array), dtype=np.uint8)

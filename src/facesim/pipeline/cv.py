@@ -39,7 +39,7 @@ from facesim.core.models import MODELS, embed_all, require_backbone
 from facesim.core.params import ParamsError, load_params_file, parse_section, require
 from facesim.pipeline.sample import Face, train_val_tables
 from facesim.mlops.tracking import NULL_RUN, Run
-from facesim.pipeline.calibration import OperatingPoint, calibrate
+from facesim.pipeline.calibration import OperatingPoint, calibrate, calibration_pairs
 from facesim.pipeline.fit import fit
 from facesim.pipeline.train_params import TrainParams, backbone_keys, merge
 
@@ -215,21 +215,22 @@ def run_fold(
     params = replace(train, seed=seed, processes=1)  # a fold trains in one process: folds run side by side
     everyone = FaceSet.load(faces_dir, [f.path for f in faces], params.preprocess())
     seen = everyone.subset([f.path for f in split.seen])
-    if params.changed_copies:
-        seen = seen.with_changed_copies(faces_dir, params.changed_copies)
     test = everyone.subset([f.path for f in split.unseen])
     calibration = everyone.subset(validation_faces(tables))
+    training = everyone.subset(sorted({f.path for f in split.seen} - set(calibration.paths)))
     unseen = {f.subject for f in split.unseen}
 
     started = time.perf_counter()
     result = fit(model_name, params, tables, seen, log=lambda line: None)
     calibration_embeddings = embed_all(result.model, calibration.tensor).numpy()
     calibration_people = np.asarray(calibration.subjects)
-    threshold = calibrate(calibration_embeddings, calibration_people, target_far)
+    training_embeddings = embed_all(result.model, training.tensor).numpy()
+    threshold = calibrate(calibration_embeddings, calibration_people, target_far, training_embeddings)
     metrics, (distances, same) = unseen_metrics(embed_all(result.model, test.tensor).numpy(), test.subjects,
                                                 threshold, cv.retrieval_k)
-    _, _, calibration_same, calibration_distances = unordered_pair_distances(calibration_embeddings,
-                                                                             calibration_people)
+    calibration_distances, calibration_same = calibration_pairs(calibration_embeddings, calibration_people,
+                                                                target_far, training_embeddings)
+    # the FAR the threshold promised on its calibration pairs, and how far the unseen people's fell from it
     metrics.update(target_far=target_far,
                    calibration_far=verification_metrics(calibration_distances, calibration_same, threshold)["far"],
                    calibration_gap=calibration_gap(metrics, target_far))

@@ -85,14 +85,17 @@ def evaluate_embeddings(
     test_pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
     retrieval_k: tuple[int, ...] = (1, 5),
     target_far: float | None = 0.01,
+    other_embeddings: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Metrics from embeddings; test pairs are (row1, row2, label) arrays into the test embeddings.
 
     target_far: the FAR the threshold is calibrated for on the calibration faces; None: the best accuracy.
+    other_embeddings: faces of the training people, whose pairs with the calibration faces count as
+    different-person pairs at a target FAR (`facesim.pipeline.calibration.calibrate`).
     Returns the metrics dict and, per pair set, the distances (for predictions and plots).
     """
     people = np.asarray(calibration_subjects)
-    threshold = calibrate(calibration_embeddings, people, target_far)
+    threshold = calibrate(calibration_embeddings, people, target_far, other_embeddings)
     _, _, cal_same, cal_d = unordered_pair_distances(calibration_embeddings, people)
     test_d = pair_distances(test_embeddings, test_pairs[0], test_pairs[1])
     subjects = np.asarray(test_subjects)
@@ -128,12 +131,15 @@ def evaluate_model(
     model.to(inference_device(checkpoint))  # CUDA when present, as in training (train.device)
     preprocess = Preprocess(**checkpoint["preprocess"])
     tables = load_tables(pair_paths)
-    val, test = tables["pairs_val"], tables["pairs_test"]
+    val, test, train = tables["pairs_val"], tables["pairs_test"], tables["pairs_train"]
     test_paths = [f.path for f in held_out_faces(test)]
 
     validation = held_out_faces(val)  # every face the validation pairs name
     calibration = calibration_faces(validation, params.max_calibration_faces, params.seed)
     calibration_set = FaceSet.load(faces_dir, [f.path for f in calibration], preprocess)
+    # the training people's faces (as many at most), set against the validation people at a target FAR
+    training = calibration_faces(held_out_faces(train), params.max_calibration_faces, params.seed)
+    training_set = FaceSet.load(faces_dir, [f.path for f in training], preprocess)
     test_faces = FaceSet.load(faces_dir, test_paths, preprocess)
     test_rows = (*test_faces.table_rows(test, ("image1", "image2")).numpy().T, test["label"].to_numpy())
     test_embeddings = embed_all(model, test_faces.tensor).numpy()
@@ -141,6 +147,7 @@ def evaluate_model(
         embed_all(model, calibration_set.tensor).numpy(), calibration_set.subjects,
         test_embeddings, test_faces.subjects, test_rows,
         retrieval_k=params.retrieval_k, target_far=params.target(),
+        other_embeddings=embed_all(model, training_set.tensor).numpy(),
     )
     threshold = metrics["threshold"]
     metrics = {"model": model_name, "best_epoch": checkpoint["epoch"], **metrics}

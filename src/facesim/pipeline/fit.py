@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from facesim.core.data import FaceSet, WithChangedCopies
+from facesim.core.data import FaceSet
 from facesim.core.models import EmbeddingNet, EnsembleNet, build_embedding_net, embed_all
 from facesim.core.params import ParamsError
 from facesim.mlops.tracking import NULL_RUN, Run
@@ -193,8 +193,6 @@ def _fit_network(
     augment = params.augmentation_applied()
     generator = torch.Generator().manual_seed(params.seed)
     images = faces.tensor
-    # a dlib head trains on each face's descriptor or one of its changed copies', drawn per face and step
-    train_images = images if faces.changed is None else WithChangedCopies(images, faces.changed, params.seed)
 
     history: list[dict[str, float]] = []
     train_seconds: list[float] = []
@@ -205,7 +203,7 @@ def _fit_network(
         forward.train()
         total, count = 0.0, 0
         for batch in objective.batches(generator):
-            loss = objective.train_loss(forward, train_images, batch, augment, generator)
+            loss = objective.train_loss(forward, images, batch, augment, generator)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -43,8 +43,6 @@ def train_and_save(
     tables = load_tables({objective.train_table: samples["train"], objective.val_table: samples["val"],
                           "pairs_val": samples["val_pairs"]})
     faces = FaceSet.load(faces_dir, face_paths(tables), params.preprocess())
-    if params.changed_copies:
-        faces = faces.with_changed_copies(faces_dir, params.changed_copies)
     result = fit(model_name, params, tables, faces, run, world=world)
     if not world.is_main:
         return result

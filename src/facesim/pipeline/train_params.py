@@ -79,9 +79,6 @@ class TrainParams:
     keep: Literal["best", "last"] = "best"
     augment: bool = True  # shifts, small rotations and zoom, mirror, brightness/contrast, blur
     augmentation: Augment = field(default_factory=Augment)  # how strong each change may be
-    # dlib backbone: changed copies of each training face (framing, rotation, blur, light, compression;
-    # facesim.core.photo) whose descriptors the head trains on besides the face's own; 0 = none
-    changed_copies: int = 0
     contrastive: ContrastiveParams = field(default_factory=ContrastiveParams)
     triplet: TripletParams = field(default_factory=TripletParams)
 
@@ -100,11 +97,6 @@ class TrainParams:
         require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         require(self.patience >= 0, f"train.patience must be >= 0 (0 = no early stopping), got {self.patience}")
         require(self.pixel_std > 0, f"train.pixel_std must be positive, got {self.pixel_std}")
-        require(not isinstance(self.changed_copies, bool) and self.changed_copies >= 0,
-                f"train.changed_copies must be a whole number >= 0, got {self.changed_copies!r}")
-        require(self.changed_copies == 0 or self.backbone == "dlib",
-                f"train.changed_copies applies to the dlib backbone (descriptors of changed photos), got "
-                f"{self.changed_copies} with backbone {self.backbone!r}; the others augment pixels (train.augmentation)")
         require(self.contrastive.margin > 0, f"train.contrastive.margin must be positive, got {self.contrastive.margin}")
         require(self.contrastive.epochs >= 0 and self.triplet.epochs >= 0,
                 "train.contrastive.epochs and train.triplet.epochs must be >= 0 (0 = train.epochs)")
@@ -146,8 +138,7 @@ class TrainParams:
 
     def augmentation_applied(self) -> Augment | None:
         """The augmentation training applies: none for the dlib backbone, whose frozen network describes
-        each face once (augmentation changes pixels, and its head never sees any; it learns from dlib's
-        descriptors of changed copies of its faces instead: `changed_copies`)."""
+        each face once (augmentation changes pixels, and its head never sees any)."""
         return self.augmentation if self.augment and self.backbone != "dlib" else None
 
     def loss_params(self, model: str) -> ContrastiveParams | TripletParams:
