@@ -1,7 +1,7 @@
 """facesim.mlops.tracking against a real `mlflow server`: a team's shared store, reached over HTTP.
 
 Starts the server on a free local port with a fresh sqlite backend and proxied artifacts, as a
-team would (see the README), logs one stage run into it and reads everything back through it.
+team would (see docs/team.md), logs one stage run into it and reads everything back through it.
 """
 
 from __future__ import annotations
