@@ -4,7 +4,7 @@ import argparse
 import dataclasses
 
 from facesim.pipeline.evaluate import EvaluateParams, evaluate_model
-from facesim.pipeline.fetch import content_digest
+from facesim.core.digest import content_digest
 from facesim.core.params import load_section
 from facesim.mlops.tracking import stage_run
 from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic, run_stage

@@ -2,7 +2,7 @@
 
 import argparse
 
-from facesim.pipeline.fetch import content_digest
+from facesim.core.digest import content_digest
 from facesim.pipeline.robustness import evaluate_robustness
 from facesim.core.params import load_section
 from facesim.mlops.tracking import stage_run

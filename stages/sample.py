@@ -3,7 +3,7 @@
 import argparse
 import dataclasses
 
-from facesim.pipeline.fetch import content_digest
+from facesim.core.digest import content_digest
 from facesim.core.params import load_section
 from facesim.pipeline.sample import SPLITS, SampleParams, write_samples
 from facesim.mlops.tracking import stage_run

@@ -13,7 +13,7 @@ from facesim.core.params import load_section
 from facesim.mlops.tracking import NULL_RUN, stage_run
 from facesim.pipeline.distributed import process_group, relaunch_if_needed
 from facesim.pipeline.fit import resolve_device
-from facesim.pipeline.fetch import content_digest
+from facesim.core.digest import content_digest
 from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic, run_stage
 from facesim.pipeline.train import train_and_save
 from facesim.pipeline.train_params import load_train_params
@@ -49,8 +49,8 @@ def main() -> None:
         with tracking as run:
             result = train_and_save(args.model, params, args.faces, samples, args.checkpoint, args.history, run, world)
     if world.is_main:
-        print(f"train@{args.backbone}-{args.model}: best epoch {result.best_epoch} of {len(result.history)}, "
-              f"val_loss {result.best_val_loss:.4f} -> {args.checkpoint}")
+        print(f"train@{args.backbone}-{args.model}: kept epoch {result.kept_epoch} of {len(result.history)}, "
+              f"val_loss {result.kept_val_loss:.4f} -> {args.checkpoint}")
 
 
 if __name__ == "__main__":

@@ -413,7 +413,7 @@ def write_tiny_model(path: Path, threshold: float | None = TINY_THRESHOLD, seed:
         network = build_embedding_net(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model_name": "contrastive", "model_state": network.state_dict(), "epoch": 1,
-                "best_val_loss": 1.0, "model_config": config.to_dict(),
+                "kept_val_loss": 1.0, "model_config": config.to_dict(),
                 "preprocess": Preprocess(height=16, width=16).to_dict()}, path)
     if threshold is not None:
         path.with_suffix(".json").write_text(json.dumps({"threshold": threshold}))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from facesim.pipeline.fetch import content_digest
+from facesim.core.digest import content_digest
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONES = ("compact", "dlib")  # pipeline.backbones and cv.backbones of params.yaml

@@ -27,8 +27,8 @@ from headless import dom, needs_chromium, screenshot
 
 # one stage run each, named and logging as the pipeline's do (a subset of their metrics)
 RUNS = {
-    "train@contrastive": {"best_val_loss": 0.3125, "best_epoch": 40},
-    "train@triplet": {"best_val_loss": 0.1875, "best_epoch": 30},
+    "train@contrastive": {"kept_val_loss": 0.3125, "kept_epoch": 40},
+    "train@triplet": {"kept_val_loss": 0.1875, "kept_epoch": 30},
     "evaluate@contrastive": {"threshold": 0.5811, "all_pairs": {"eer": 0.0417, "roc_auc": 0.9921},
                              "retrieval": {"precision_at_1": 0.9667}},
     "evaluate@triplet": {"threshold": 0.6982, "all_pairs": {"eer": 0.0625, "roc_auc": 0.9844},
@@ -89,13 +89,13 @@ def test_the_view_is_a_saved_view_envelope_with_the_headline_metric_columns():
 
 
 def test_the_metric_columns_are_names_the_stages_log():
-    """The evaluate stage logs its details (reports/metrics/*_details.json) flattened; train logs best_val_loss."""
+    """The evaluate stage logs its details (reports/metrics/*_details.json) flattened; train logs kept_val_loss."""
     details = sorted((REPO / "reports" / "metrics").glob("*_details.json"))
     assert details, "no evaluate details in reports/metrics"
     logged = set(flatten(json.loads(details[0].read_text())))
     assert {"all_pairs.eer", "all_pairs.roc_auc", "retrieval.precision_at_1", "threshold"} <= logged
-    assert '"best_val_loss"' in (REPO / "src" / "facesim" / "pipeline" / "train.py").read_text()
-    assert set(ui.HEADLINE_METRICS) <= logged | {"best_val_loss"}
+    assert '"kept_val_loss"' in (REPO / "src" / "facesim" / "pipeline" / "train.py").read_text()
+    assert set(ui.HEADLINE_METRICS) <= logged | {"kept_val_loss"}
 
 
 # ---- opening the store -----------------------------------------------------------------------------------

@@ -41,12 +41,19 @@ def test_orl_faces_are_found_and_the_same_person_lies_closer(cache: Path):
     assert same < 0.6 < other
 
 
-def test_a_picture_without_a_face_is_described_whole_and_counted(cache: Path, capsys: pytest.CaptureFixture):
+def test_a_picture_without_a_face_is_described_in_the_crop_box_and_counted(cache: Path, capsys: pytest.CaptureFixture):
     blank = np.full((112, 92), 128, dtype=np.uint8)
     described = dlib_face.describe([blank, random_grey_pixels(112, 92)])
     assert described.found.tolist() == [False, False]
     assert np.isfinite(described.vectors).all()
     assert "no face found by HOG in 2 of 2 pictures" in capsys.readouterr().err
+
+
+def test_crop_box_scales_with_the_picture():
+    # CROP_BOX (0.065, 0.259, 0.924, 0.973) of a 92x112 ORL face: 0.065 * 91 = 5.9, 0.259 * 111 = 28.7,
+    # 0.924 * 91 = 84.1, 0.973 * 111 = 108.0
+    assert dlib_face.crop_box(92, 112) == (6, 29, 84, 108)
+    assert dlib_face.crop_box(1001, 1001) == (65, 259, 924, 973)
 
 
 def test_descriptors_come_from_the_cache_the_second_time(cache: Path, monkeypatch: pytest.MonkeyPatch):

@@ -14,7 +14,6 @@ from conftest import modules_imported_by
 from facesim.core.metrics import (
     all_unordered_pairs,
     best_accuracy,
-    calibration_threshold,
     choose_threshold,
     far_threshold,
     equal_error_rate,
@@ -301,21 +300,6 @@ def test_retrieval_rejects_label_length_mismatch():
 # ---- calibration -------------------------------------------------------------------------
 
 
-def test_calibration_threshold_uses_every_unordered_pair_by_hand():
-    # Faces on a line: A at 0 and 2, B at 3 and 4, C at 10. The 10 unordered pairs:
-    #   same A-A = 2, B-B = 1; different 0-3 = 3, 0-4 = 4, 2-3 = 1, 2-4 = 2, A/B-C = 10, 8, 7, 6.
-    # Sorted distances 1 (s, d), 2 (s, d), 3, 4, 6, 7, 8, 10 (all d). Accepting distances <= t:
-    #   below 1: 8 right (the 8 different); <= 1: 8 (one same in, one different in); <= 2: 8; <= 3: 7.
-    #   The first best is below the smallest distance, so nothing is accepted: a threshold just under 1.
-    embeddings = np.array([[0.0], [2.0], [3.0], [4.0], [10.0]])
-    people = np.array(["A", "A", "B", "B", "C"])
-    threshold = calibration_threshold(embeddings, people)
-    assert threshold < 1.0 and threshold == pytest.approx(1.0)
-    # with B's faces one apart and far from A, the same-person pairs separate: t = (2 + 3) / 2
-    embeddings = np.array([[0.0], [2.0], [5.0], [6.0], [20.0]])
-    assert calibration_threshold(embeddings, people) == 2.5  # same 2, 1; nearest different 5 - 2 = 3
-
-
 def test_best_accuracy_is_the_accuracy_at_the_chosen_threshold():
     rng = np.random.default_rng(3)
     distances = rng.uniform(0, 2, size=60)
@@ -418,16 +402,6 @@ def test_far_threshold_refuses_a_target_the_pairs_cannot_resolve():
     # 0.001 needs 1000 different pairs; here 3
     with pytest.raises(ValueError, match=r"needs at least 1000 different-person pairs.*got 3.*0\.33"):
         far_threshold(np.array([1.0, 2.0, 3.0, 0.5]), np.array([0, 0, 0, 1]), 0.001)
-
-
-def test_calibration_threshold_at_a_target_far_by_hand():
-    # faces 0, 1 (person a) and 2, 3, 4 (person b) on a line at 0, 1, 5, 6, 9: different pairs 5, 6, 9, 4, 5, 8;
-    # same 1, 1, 4, 3. FAR 1/6 allows one false accept (4, from 1 to 5): rejected from the second (5 on);
-    # the largest distance below 5 is 4: threshold 4.5
-    embeddings = np.array([[0.0], [1.0], [5.0], [6.0], [9.0]])
-    people = np.array(["a", "a", "b", "b", "b"])
-    assert calibration_threshold(embeddings, people, target_far=1 / 6) == 4.5
-    assert calibration_threshold(embeddings, people) == calibration_threshold(embeddings, people, None)
 
 
 def test_tar_at_far_matches_the_roc_curve_by_hand():

@@ -75,12 +75,12 @@ def test_the_rule_reads_validation_auc_then_accuracy_from_the_tags_a_version_get
 
 
 def test_version_tags_keep_numbers_exact():
-    metrics = {"threshold": 0.1 + 0.2, "best_epoch": 3,
+    metrics = {"threshold": 0.1 + 0.2, "kept_epoch": 3,
                "validation": {"roc_auc": 2 / 3, "accuracy": 0.5, "tp": 4},
                "test": {"accuracy": 1 / 3}, "retrieval": {"map": 0.25}}
     written = version_tags(metrics)
     assert float(written["threshold"]) == 0.1 + 0.2 and float(written["validation.roc_auc"]) == 2 / 3
-    assert written["best_epoch"] == "3" and written["retrieval.map"] == "0.25" and "validation.tp" not in written
+    assert written["kept_epoch"] == "3" and written["retrieval.map"] == "0.25" and "validation.tp" not in written
 
 
 def test_register_model_does_nothing_for_a_run_that_logs_nowhere(tmp_path: Path, monkeypatch):

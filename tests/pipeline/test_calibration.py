@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 
 from facesim.core.params import ParamsError
 from facesim.pipeline.calibration import OperatingPoint, calibrate, calibration_pairs
@@ -39,7 +42,34 @@ def test_a_target_the_pairs_cannot_resolve_names_the_key_and_what_would_work():
 
 
 def test_the_operating_point_section():
-    assert OperatingPoint().target() == 0.01
+    # the schema's default is the pipeline's (params.yaml): one value, not two that can disagree
+    evaluate = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())["evaluate"]
+    assert OperatingPoint().target() == evaluate["target_far"] == 0.004
     assert OperatingPoint(operating_point="best_accuracy").target() is None
     with pytest.raises(ParamsError, match=r"evaluate\.operating_point"):
         OperatingPoint(operating_point="eer").validate()
+
+
+def test_calibrate_uses_every_unordered_pair_by_hand():
+    # Faces on a line: A at 0 and 2, B at 3 and 4, C at 10. The 10 unordered pairs:
+    #   same A-A = 2, B-B = 1; different 0-3 = 3, 0-4 = 4, 2-3 = 1, 2-4 = 2, A/B-C = 10, 8, 7, 6.
+    # Sorted distances 1 (s, d), 2 (s, d), 3, 4, 6, 7, 8, 10 (all d). Accepting distances <= t:
+    #   below 1: 8 right (the 8 different); <= 1: 8 (one same in, one different in); <= 2: 8; <= 3: 7.
+    #   The first best is below the smallest distance, so nothing is accepted: a threshold just under 1.
+    embeddings = np.array([[0.0], [2.0], [3.0], [4.0], [10.0]])
+    people = np.array(["A", "A", "B", "B", "C"])
+    threshold = calibrate(embeddings, people, None)
+    assert threshold < 1.0 and threshold == pytest.approx(1.0)
+    # with B's faces one apart and far from A, the same-person pairs separate: t = (2 + 3) / 2
+    embeddings = np.array([[0.0], [2.0], [5.0], [6.0], [20.0]])
+    assert calibrate(embeddings, people, None) == 2.5  # same 2, 1; nearest different 5 - 2 = 3
+
+
+def test_calibrate_on_the_validation_faces_alone_at_a_target_far_by_hand():
+    # faces 0, 1 (person a) and 2, 3, 4 (person b) on a line at 0, 1, 5, 6, 9: different pairs 5, 6, 9, 4, 5, 8;
+    # same 1, 1, 4, 3. FAR 1/6 allows one false accept (4, from 1 to 5): rejected from the second (5 on);
+    # the largest distance below 5 is 4: threshold 4.5
+    embeddings = np.array([[0.0], [1.0], [5.0], [6.0], [9.0]])
+    people = np.array(["a", "a", "b", "b", "b"])
+    assert calibrate(embeddings, people, 1 / 6) == 4.5
+    assert calibrate(embeddings, people, None) == calibrate(embeddings, people, None)

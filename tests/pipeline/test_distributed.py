@@ -274,7 +274,7 @@ def test_the_train_stage_starts_itself_under_torchrun(tmp_path):
          "--history", "history.csv"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stdout.count("train@compact-contrastive: best epoch") == 1
+    assert done.stdout.count("train@compact-contrastive: kept epoch") == 1
     checkpoint = torch.load(tmp_path / "models" / "contrastive.pt", weights_only=False)
     assert checkpoint["params"]["processes"] == 2
     import mlflow

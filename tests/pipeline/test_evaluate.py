@@ -135,8 +135,8 @@ def test_evaluate_embeddings_refuses_a_target_far_the_calibration_pairs_cannot_r
                             target_far=target_far)
 
 
-def test_evaluate_embeddings_calibrates_for_a_1_percent_far_by_default():
-    with pytest.raises(ParamsError, match=r"evaluate\.target_far=0\.01 "):
+def test_evaluate_embeddings_calibrates_for_the_default_target_far():
+    with pytest.raises(ParamsError, match=r"evaluate\.target_far=0\.004 "):
         evaluate_embeddings(CAL_EMBEDDINGS, CAL_SUBJECTS, TEST_EMBEDDINGS, TEST_SUBJECTS, TEST_PAIRS)
 
 
@@ -304,8 +304,8 @@ def test_evaluate_model_writes_headline_metrics_and_details(stage):
                         "map": metrics["retrieval"]["map"]}
     written = json.loads(stage["outputs"]["details"].read_text())
     assert written == metrics
-    assert written["model"] == "compact-contrastive" and written["best_epoch"] in (1, 2)
-    assert written["target_far"] == 0.01
+    assert written["model"] == "compact-contrastive" and written["kept_epoch"] in (1, 2)
+    assert written["target_far"] == 0.004  # the default
     for key in METRIC_KEYS:
         value = nested(written, key)
         assert isinstance(value, float) and np.isfinite(value), key

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import zipfile
 from pathlib import Path
@@ -10,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from facesim.pipeline import fetch
-from facesim.pipeline.fetch import DATA_URL_ENV, FetchError, FetchParams, content_digest, fetch_faces
+from facesim.core.digest import content_digest
+from facesim.pipeline.fetch import DATA_URL_ENV, FetchError, FetchParams, fetch_faces
 from facesim.core.params import ParamsError, parse_section
 
 # Well formed, but the digest of no tree these tests build.
@@ -47,31 +47,6 @@ def out_dir(tmp_path: Path) -> Path:
     parent = tmp_path / "data" / "raw"
     parent.mkdir(parents=True)
     return parent / "faces"
-
-
-# ---- content_digest ------------------------------------------------------------------
-
-
-def test_content_digest_matches_a_hand_computed_sha256(tmp_path: Path) -> None:
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "x.pgm").write_bytes(b"\x00\x01\x02")
-    (tmp_path / "a.pgm").write_bytes(b"hi")
-    # Sorted paths, each as 8-byte big-endian length + bytes, then its content the same way.
-    expected = hashlib.sha256(
-        b"\x00\x00\x00\x00\x00\x00\x00\x05a.pgm" + b"\x00\x00\x00\x00\x00\x00\x00\x02hi"
-        + b"\x00\x00\x00\x00\x00\x00\x00\x07b/x.pgm" + b"\x00\x00\x00\x00\x00\x00\x00\x03\x00\x01\x02"
-    ).hexdigest()
-    assert content_digest(tmp_path) == f"sha256:{expected}"
-
-
-def test_content_digest_changes_with_a_byte_or_a_name(tmp_path: Path) -> None:
-    (tmp_path / "a.pgm").write_bytes(b"hi")
-    before = content_digest(tmp_path)
-    (tmp_path / "a.pgm").write_bytes(b"ho")
-    changed_byte = content_digest(tmp_path)
-    (tmp_path / "a.pgm").rename(tmp_path / "c.pgm")
-    renamed = content_digest(tmp_path)
-    assert len({before, changed_byte, renamed}) == 3
 
 
 # ---- fetching good archives ----------------------------------------------------------------

@@ -94,16 +94,16 @@ def test_fit_trains_each_model(data, model_name, params):
     assert history["val_roc_auc"].between(0, 1).all() and (history["seconds"] > 0).all()
     assert len(result.train_seconds) == len(history) and all(s > 0 for s in result.train_seconds)
     # the kept epoch is the one with the lowest validation loss
-    assert result.best_epoch == int(history["val_loss"].idxmin()) + 1
-    assert result.best_val_loss == history["val_loss"].min()
+    assert result.kept_epoch == int(history["val_loss"].idxmin()) + 1
+    assert result.kept_val_loss == history["val_loss"].min()
     assert_stopping_rule(history, params.patience, params.epochs)
 
     checkpoint = result.checkpoint
-    assert checkpoint["model_name"] == model_name and checkpoint["epoch"] == result.best_epoch
+    assert checkpoint["model_name"] == model_name and checkpoint["epoch"] == result.kept_epoch
     assert checkpoint["params"] == params.resolved(model_name)
     assert checkpoint["model_config"] == params.model_config(model_name).to_dict()
     assert checkpoint["preprocess"] == params.preprocess().to_dict()
-    assert {"model_state", "optimizer_state", "best_val_loss"} <= set(checkpoint)
+    assert {"model_state", "optimizer_state", "kept_val_loss"} <= set(checkpoint)
 
     embeddings = embed_all(result.model, faces.tensor)
     assert embeddings.shape == (len(faces.paths), params.embedding_dim)
@@ -213,7 +213,7 @@ def scripted_validation(monkeypatch: pytest.MonkeyPatch, val_losses: list[float]
 
 
 @pytest.mark.parametrize(
-    "patience, val_losses, epochs_run, best_epoch",
+    "patience, val_losses, epochs_run, kept_epoch",
     [
         # best at 4, then 5 and 6 are worse: two epochs without a gain stop it after epoch 6
         (2, [3.0, 2.0, 2.5, 1.0, 1.5, 1.0, 0.1, 0.1], 6, 4),
@@ -223,21 +223,21 @@ def scripted_validation(monkeypatch: pytest.MonkeyPatch, val_losses: list[float]
         (3, [1.0, 1.1, 1.2, 1.3, 0.0, 0.0, 0.0, 0.0], 4, 1),
     ],
 )
-def test_early_stopping_honours_patience(data, monkeypatch, patience, val_losses, epochs_run, best_epoch):
+def test_early_stopping_honours_patience(data, monkeypatch, patience, val_losses, epochs_run, kept_epoch):
     seen = scripted_validation(monkeypatch, val_losses)
     params = dataclasses.replace(TINY, epochs=8, patience=patience)
     result = run_fit(data, "contrastive", params)
     assert len(result.history) == epochs_run
     assert result.stopped_early == (epochs_run < params.epochs)
-    assert result.best_epoch == best_epoch and result.checkpoint["epoch"] == best_epoch
-    assert result.best_val_loss == val_losses[best_epoch - 1]
+    assert result.kept_epoch == kept_epoch and result.checkpoint["epoch"] == kept_epoch
+    assert result.kept_val_loss == val_losses[kept_epoch - 1]
     assert result.history["val_loss"].tolist() == val_losses[:epochs_run]
     assert_stopping_rule(result.history, patience, params.epochs)
     # the model that comes back has the best epoch's weights, not the last epoch's
     _, _, faces = data
-    assert torch.allclose(embed_all(result.model, faces.tensor), seen[best_epoch - 1], atol=1e-6)
-    if best_epoch != epochs_run:
-        assert not torch.allclose(seen[best_epoch - 1], seen[-1], atol=1e-6)
+    assert torch.allclose(embed_all(result.model, faces.tensor), seen[kept_epoch - 1], atol=1e-6)
+    if kept_epoch != epochs_run:
+        assert not torch.allclose(seen[kept_epoch - 1], seen[-1], atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -254,8 +254,8 @@ def test_keep_last_returns_the_last_epoch_run(data, monkeypatch, patience, val_l
     params = dataclasses.replace(TINY, epochs=6, patience=patience, keep="last")
     result = run_fit(data, "contrastive", params)
     assert len(result.history) == epochs_run
-    assert result.best_epoch == epochs_run and result.checkpoint["epoch"] == epochs_run
-    assert result.best_val_loss == val_losses[epochs_run - 1]
+    assert result.kept_epoch == epochs_run and result.checkpoint["epoch"] == epochs_run
+    assert result.kept_val_loss == val_losses[epochs_run - 1]
     _, _, faces = data
     assert torch.allclose(embed_all(result.model, faces.tensor), seen[-1], atol=1e-6)
     assert not torch.allclose(seen[0], seen[-1], atol=1e-6)

@@ -50,20 +50,20 @@ def test_train_and_save_writes_checkpoint_and_history(stage_inputs, tmp_path: Pa
     steps = [step for _, step in run.metrics]
     assert steps == list(range(1, len(history) + 1)) + [None]
     summary = run.metrics[-1][0]
-    assert summary["best_epoch"] == result.best_epoch and summary["epochs_run"] == len(history)
-    assert summary["best_val_roc_auc"] == result.history["val_roc_auc"][result.best_epoch - 1]
+    assert summary["kept_epoch"] == result.kept_epoch and summary["epochs_run"] == len(history)
+    assert summary["kept_val_roc_auc"] == result.history["val_roc_auc"][result.kept_epoch - 1]
     # the network itself, two prepared faces as its input example, and what the checkpoint says of it
     ((model, example, metadata),) = run.models
     assert model is result.model and example.shape == (2, 1, 16, 16) and example.dtype == np.float32
-    assert metadata == {"model_name": "contrastive", "epoch": result.best_epoch,
-                        "best_val_loss": result.best_val_loss}
+    assert metadata == {"model_name": "contrastive", "epoch": result.kept_epoch,
+                        "kept_val_loss": result.kept_val_loss}
     assert [(path.suffix, folder) for path, folder in run.artifacts] == [(".csv", "plots")]
 
     # round trip: the loaded network gives the very same embeddings
     faces = FaceSet.load(faces_dir, [f"testing/s5/{i}.pgm" for i in range(1, 11)], TINY.preprocess())
     model, checkpoint = load_checkpoint(checkpoint_path)
     assert not model.training
-    assert checkpoint["epoch"] == result.best_epoch and checkpoint["params"] == TINY.resolved("contrastive")
+    assert checkpoint["epoch"] == result.kept_epoch and checkpoint["params"] == TINY.resolved("contrastive")
     assert torch.equal(embed_all(model, faces.tensor), embed_all(result.model, faces.tensor))
 
 

@@ -44,7 +44,7 @@ VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
 # Metric columns as the stages log them (nested dicts flattened with dots): the evaluate stage's
 # verification figures over all held-out pairs, its retrieval precision@1 and calibrated threshold
 # (robustness logs the threshold it used too), and the training stage's best validation loss.
-HEADLINE_METRICS = ("all_pairs.eer", "all_pairs.roc_auc", "retrieval.precision_at_1", "threshold", "best_val_loss")
+HEADLINE_METRICS = ("all_pairs.eer", "all_pairs.roc_auc", "retrieval.precision_at_1", "threshold", "kept_val_loss")
 START_S = 90  # a cold `mlflow ui` imports a lot and may migrate the sqlite schema first
 STOP_S = 15
 

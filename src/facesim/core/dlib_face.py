@@ -9,8 +9,10 @@ ORL people can match. Each face goes through dlib as its authors use it:
 
 1. the face box: dlib's HOG frontal-face detector, on the picture as it is,
    then upsampled once and twice for small faces (ORL's 92x112 faces are found
-   as they are); the largest box wins. Where HOG finds none, the whole picture
-   is the box (`Descriptors.found` is False: the pipeline reports how often);
+   as they are); the largest box wins. Where HOG finds none (3 of ORL's 400
+   faces, 16 of them blurred by a radius of 2), the picture is taken for a face
+   crop and the box is where HOG puts the face in one (`CROP_BOX`);
+   `Descriptors.found` is False and the pipeline reports how often;
 2. five landmarks in the box (dlib's 5-point shape predictor);
 3. the 150x150 face chip aligned on them, through the ResNet: 128 numbers
    whose Euclidean distance below about 0.6 means the same person.
@@ -41,6 +43,10 @@ from facesim.core.atomic import whole_file
 DESCRIPTOR_SIZE = 128
 # dlib's HOG detector on the picture, upsampled 0, 1, then 2 times: the first that finds a face wins
 UPSAMPLES = (0, 1, 2)
+# Where HOG finds no face: the box, as fractions of the picture (left, top, right, bottom), where it puts the face
+# in a face crop (the median of its boxes on ORL's 400 faces). Blurred by a radius of 2, same-person pairs of raw
+# descriptors at distance <= 0.6 on ORL: 96.8% with the whole picture as this box, 97.7% with this one.
+CROP_BOX = (0.065, 0.259, 0.924, 0.973)
 _MODEL_FILES = ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat")
 INSTALL_HINT = "pip install -e '.[dlib]' (dlib-bin and face_recognition_models)"
 
@@ -71,7 +77,7 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Descriptors:
-    """128 numbers per face, and whether HOG found the face (False: the whole picture was the box)."""
+    """128 numbers per face, and whether HOG found the face (False: the box was `CROP_BOX`)."""
 
     vectors: np.ndarray  # (N, 128) float32
     found: np.ndarray  # (N,) bool
@@ -93,16 +99,18 @@ class DlibFaces:
         digest = hashlib.sha256(dlib.__version__.encode())
         for name in _MODEL_FILES:
             digest.update((folder / name).read_bytes())
+        digest.update(repr((UPSAMPLES, CROP_BOX)).encode())  # how the face box is found
         self.digest = digest.hexdigest()  # what a descriptor depends on besides the pixels
 
     def face_box(self, rgb: np.ndarray):
-        """(box, found): the largest HOG face box, else the whole picture."""
+        """(box, found): the largest HOG face box, else `CROP_BOX` of the picture."""
         for upsample in UPSAMPLES:
             boxes = self.detector(rgb, upsample)
             if len(boxes):
                 return max(boxes, key=lambda box: box.area()), True
         height, width = rgb.shape[:2]
-        return self._dlib.rectangle(0, 0, width - 1, height - 1), False
+        left, top, right, bottom = crop_box(width, height)
+        return self._dlib.rectangle(left, top, right, bottom), False
 
     def describe_one(self, pixels: np.ndarray) -> tuple[np.ndarray, bool]:
         """One (H, W) uint8 grey face -> (128 float32, found)."""
@@ -110,6 +118,13 @@ class DlibFaces:
         box, found = self.face_box(rgb)
         vector = self.network.compute_face_descriptor(rgb, self.landmarks(rgb, box))
         return np.asarray(vector, dtype=np.float32), found
+
+
+def crop_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """`CROP_BOX` in pixels of a `width` x `height` picture: (left, top, right, bottom), inclusive."""
+    left, top, right, bottom = CROP_BOX
+    return (round(left * (width - 1)), round(top * (height - 1)), round(right * (width - 1)),
+            round(bottom * (height - 1)))
 
 
 @functools.lru_cache(maxsize=1)
@@ -141,7 +156,7 @@ def describe(pixels: Sequence[np.ndarray], cache: Path | None = None) -> Descrip
         vectors[row], found[row] = vector, hit
     if len(pixels) and not found.all():
         print(f"dlib: no face found by HOG in {int((~found).sum())} of {len(pixels)} pictures; "
-              "their whole picture was the face box", file=sys.stderr, flush=True)
+              "their face box is where HOG puts a face in a face crop", file=sys.stderr, flush=True)
     return Descriptors(vectors=vectors, found=found)
 
 

@@ -158,20 +158,6 @@ def calibrated_threshold(distances: np.ndarray, labels: np.ndarray, target_far: 
     return choose_threshold(distances, labels) if target_far is None else far_threshold(distances, labels, target_far)
 
 
-def calibration_threshold(embeddings: np.ndarray, people: np.ndarray, target_far: float | None = None) -> float:
-    """The deployed distance threshold over every unordered pair of these faces: at `target_far`
-    (`far_threshold`), or with None the best accuracy.
-
-    Pass faces of people the model never saw in training (the validation people
-    of a subject split): a network pulls its own training people's faces closer
-    together than anyone else's, so a threshold chosen on them rejects new
-    people's genuine pairs. All pairs, not a balanced sample, so that the
-    threshold weighs same- and different-person pairs as a gallery of new people does.
-    """
-    _, _, same, distances = unordered_pair_distances(embeddings, people)
-    return calibrated_threshold(distances, same, target_far)
-
-
 def unordered_pair_distances(
     embeddings: np.ndarray, people: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -52,10 +52,10 @@ def _nested(metrics: Mapping[str, Any], dotted: str) -> Any:
 
 
 def version_tags(metrics: Mapping[str, Any]) -> dict[str, str]:
-    """Registry tags of a version: threshold, best epoch and the pair metrics, numbers as exact text."""
+    """Registry tags of a version: threshold, kept epoch (keep: best or last) and the pair metrics, numbers as exact text."""
     tags = {"threshold": repr(float(metrics["threshold"]))}
-    if "best_epoch" in metrics:
-        tags["best_epoch"] = str(metrics["best_epoch"])
+    if "kept_epoch" in metrics:
+        tags["kept_epoch"] = str(metrics["kept_epoch"])
     for pair_set in TAGGED_SETS:
         for name in TAGGED_METRICS:
             if name in metrics.get(pair_set, {}):

@@ -33,7 +33,7 @@ class OperatingPoint:
     """The keys `operating_point` and `target_far` of the evaluate section (which the cv folds read too)."""
 
     operating_point: Literal["target_far", "best_accuracy"] = "target_far"
-    target_far: float = 0.01  # operating_point target_far: the false accept rate the threshold allows
+    target_far: float = 0.004  # operating_point target_far: the false accept rate the threshold allows
 
     def validate(self) -> None:
         require(self.operating_point in OPERATING_POINTS,

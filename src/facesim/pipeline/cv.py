@@ -204,7 +204,7 @@ def run_fold(
     seed: int,
     faces: list[Face],
     faces_dir: str | os.PathLike,
-    target_far: float | None = 0.01,
+    target_far: float | None = 0.004,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> FoldResult:
     """Train `model_name` with training seed `seed` on every group but `fold`'s, calibrate its threshold on

@@ -5,7 +5,7 @@ environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); the train
 stage, run plainly with `train.processes > 1`, starts itself again under
 `python -m torch.distributed.run --standalone --nproc-per-node <processes>`
 (`torchrun_command`). Across machines, torchrun runs on each with `--nnodes` and
-a rendezvous endpoint (README, "Training on many processes or machines").
+a rendezvous endpoint (docs/distributed.md).
 `process_group` joins the group: gloo on CPUs, NCCL on CUDA (one GPU per process,
 cuda:<LOCAL_RANK>).
 

@@ -1,7 +1,8 @@
 """Stage `evaluate`: verification and retrieval on the held-out subjects.
 
 The distance threshold is calibrated on the faces of the validation pairs,
-over every unordered pair of them (`calibration_threshold`, the one mechanism
+over every unordered pair of them and, at a target FAR, against the training people
+(`facesim.pipeline.calibration.calibrate`, the one mechanism
 the cross-validation folds use too): the largest threshold whose false accept
 rate there is at most `evaluate.target_far` (`operating_point: target_far`),
 or the best accuracy (`operating_point: best_accuracy`). With
@@ -84,7 +85,7 @@ def evaluate_embeddings(
     test_subjects: list[str],
     test_pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
     retrieval_k: tuple[int, ...] = (1, 5),
-    target_far: float | None = 0.01,
+    target_far: float | None = 0.004,
     other_embeddings: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Metrics from embeddings; test pairs are (row1, row2, label) arrays into the test embeddings.
@@ -150,7 +151,7 @@ def evaluate_model(
         other_embeddings=embed_all(model, training_set.tensor).numpy(),
     )
     threshold = metrics["threshold"]
-    metrics = {"model": model_name, "best_epoch": checkpoint["epoch"], **metrics}
+    metrics = {"model": model_name, "kept_epoch": checkpoint["epoch"], **metrics}
     if len(calibration) < len(validation):  # said where it happens only, so small data sets' files stay as they were
         metrics["calibration"] = {"faces": len(calibration), "of_validation_faces": len(validation),
                                   "people": len({f.subject for f in calibration})}

@@ -12,7 +12,6 @@ or the stage fails.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from facesim.core.atomic import staged_outputs
+from facesim.core.digest import content_digest
 from facesim.core.params import ParamsError, require
 from facesim.mlops.tracking import NULL_RUN, Run
 
@@ -93,19 +93,6 @@ class FetchResult:
     subjects: int
     bytes: int
     seconds: float
-
-
-def content_digest(root: str | os.PathLike) -> str:
-    """sha256 over every file below `root`: its relative POSIX path, its size, its bytes, in path order."""
-    root = Path(root)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix().encode()
-        data = path.read_bytes()
-        # Length prefixes keep the encoding unambiguous (no path/content run-together).
-        digest.update(len(rel).to_bytes(8, "big") + rel)
-        digest.update(len(data).to_bytes(8, "big") + data)
-    return f"sha256:{digest.hexdigest()}"
 
 
 def resolve_source(url: str) -> str:

@@ -71,8 +71,8 @@ class TrainResult:
     model: EmbeddingNet | EnsembleNet
     checkpoint: dict[str, Any]
     history: pd.DataFrame
-    best_epoch: int
-    best_val_loss: float
+    kept_epoch: int
+    kept_val_loss: float
     stopped_early: bool
     # seconds of the training steps of each epoch (validation excluded): for benchmarks
     train_seconds: list[float] = field(default_factory=list)
@@ -138,7 +138,7 @@ def join_members(model_name: str, params: TrainParams, results: list[TrainResult
     for member, result in zip(ensemble.members, results):
         member.load_state_dict(result.model.state_dict())
     ensemble.to(next(results[0].model.parameters()).device).eval()
-    epochs = [r.best_epoch for r in results]
+    epochs = [r.kept_epoch for r in results]
     history = pd.concat([r.history for r in results]).groupby("epoch", as_index=False).mean()[HISTORY_COLUMNS]
     checkpoint = {
         **results[0].checkpoint,
@@ -146,7 +146,7 @@ def join_members(model_name: str, params: TrainParams, results: list[TrainResult
         "optimizer_state": [r.checkpoint["optimizer_state"] for r in results],
         "epoch": max(epochs),
         "member_epochs": epochs,
-        "best_val_loss": float(np.mean([r.best_val_loss for r in results])),
+        "kept_val_loss": float(np.mean([r.kept_val_loss for r in results])),
         "model_config": params.model_config(model_name).to_dict(),
         "params": params.resolved(model_name),
     }
@@ -155,8 +155,8 @@ def join_members(model_name: str, params: TrainParams, results: list[TrainResult
         model=ensemble,
         checkpoint=checkpoint,
         history=history,
-        best_epoch=checkpoint["epoch"],
-        best_val_loss=checkpoint["best_val_loss"],
+        kept_epoch=checkpoint["epoch"],
+        kept_val_loss=checkpoint["kept_val_loss"],
         stopped_early=any(r.stopped_early for r in results),
         train_seconds=[sum(r.train_seconds[e] for r in results if e < len(r.train_seconds)) for e in range(longest)],
     )
@@ -243,7 +243,7 @@ def _fit_network(
         "model_state": kept["model_state"],
         "optimizer_state": kept["optimizer_state"],
         "epoch": kept["epoch"],
-        "best_val_loss": kept["val_loss"],
+        "kept_val_loss": kept["val_loss"],
         "model_config": config.to_dict(),
         "preprocess": params.preprocess().to_dict(),
         "params": params.resolved(model_name),
@@ -252,8 +252,8 @@ def _fit_network(
         model=model,
         checkpoint=checkpoint,
         history=pd.DataFrame(history, columns=HISTORY_COLUMNS),
-        best_epoch=kept["epoch"],
-        best_val_loss=kept["val_loss"],
+        kept_epoch=kept["epoch"],
+        kept_val_loss=kept["val_loss"],
         stopped_early=len(history) < max_epochs,
         train_seconds=train_seconds,
     )

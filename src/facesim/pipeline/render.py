@@ -45,7 +45,7 @@ class ModelOutputs:
     """What render reads for one model (the paths dvc.yaml gives it)."""
 
     name: str
-    metrics: Path  # the evaluate stage's details: threshold, best_epoch, each pair set's metrics
+    metrics: Path  # the evaluate stage's details: threshold, kept_epoch, each pair set's metrics
     roc: Path
     predictions: Path
     embeddings: Path
@@ -198,7 +198,7 @@ def loss_figure(models: list[ModelOutputs]) -> Figure:
     for ax, outputs in zip(axes, models):
         history = pd.read_csv(outputs.history)
         # the checkpointed epoch: the best validation loss (train.keep: best) or the last (keep: last)
-        kept = int(json.loads(outputs.metrics.read_text())["best_epoch"])
+        kept = int(json.loads(outputs.metrics.read_text())["kept_epoch"])
         ax.plot(history["epoch"], history["train_loss"], marker="o", markersize=3, label="train")
         ax.plot(history["epoch"], history["val_loss"], marker="o", markersize=3, label="validation")
         ax.axvline(kept, color="grey", linestyle=":", label=f"epoch kept ({kept})")

@@ -51,10 +51,10 @@ def train_and_save(
         # wall-clock seconds go to MLflow only: in a DVC-tracked file they would change dvc.lock on every run
         result.history.drop(columns="seconds").to_csv(staged_history, index=False, lineterminator="\n",
                                                       float_format="%.6g")
-        run.log_metrics({"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+        run.log_metrics({"kept_epoch": result.kept_epoch, "kept_val_loss": result.kept_val_loss,
                          "epochs_run": len(result.history),
-                         "best_val_roc_auc": float(result.history["val_roc_auc"][result.best_epoch - 1])})
+                         "kept_val_roc_auc": float(result.history["val_roc_auc"][result.kept_epoch - 1])})
         run.log_model(result.model, faces.tensor[:2].numpy(),
-                      {k: result.checkpoint[k] for k in ("model_name", "epoch", "best_val_loss")})
+                      {k: result.checkpoint[k] for k in ("model_name", "epoch", "kept_val_loss")})
         run.log_artifact(staged_history, "plots")
     return result
