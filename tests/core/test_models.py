@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import counting_net
+from helpers import counting_net
 from facesim.core.models import (
     CompactCNN,
     ModelConfig,
