@@ -156,3 +156,22 @@ def test_anchor_links_match_a_heading(page: Path):
 ])
 def test_slug_follows_github(heading: str, anchor: str):
     assert slug(heading) == anchor
+
+
+def _results_tables():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_table", REPO / "scripts" / "results_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("page, name", [("README.md", "results-table"), ("docs/cross-validation.md", "cv-table"),
+                                        ("docs/results.md", "heldout-table"), ("docs/results.md", "robustness-table")])
+def test_the_results_tables_are_the_committed_reports(page: str, name: str):
+    # scripts/results_table.py builds them from reports/ and benchmarks/results/ (`--write` puts them in place)
+    module = _results_tables()
+    build = dict(module.TABLES[page])[name]
+    assert module.marked_table((REPO / page).read_text(encoding="utf-8"), name, page) == build(REPO), (
+        f"{page}: the {name} differs from the committed reports; run scripts/results_table.py --write")
