@@ -8,7 +8,8 @@ import json
 from facesim.core.atomic import staged_outputs
 from facesim.pipeline.cv import cv_config, load_cv_params, load_operating_point, run_fold
 from facesim.core.digest import content_digest
-from facesim.core.models import MODELS, require_backbone
+from facesim.core.model_files import MODELS
+from facesim.core.models import require_backbone
 from facesim.pipeline.sample import SampleParams, all_faces
 from facesim.mlops.tracking import group_key, stage_run
 from facesim.core.params import load_section

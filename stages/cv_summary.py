@@ -4,7 +4,7 @@ cross-validation runs with one backbone (`cv.backbones`)."""
 import argparse
 
 from facesim.pipeline.cv import cv_config, load_cv_params, write_summary
-from facesim.core.models import MODELS
+from facesim.core.model_files import MODELS
 from facesim.pipeline.runtime import run_stage
 from facesim.mlops.tracking import group_key, stage_run
 

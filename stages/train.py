@@ -8,7 +8,8 @@ import argparse
 import contextlib
 
 from facesim.core.dlib_face import DlibUnavailable
-from facesim.core.models import MODELS, require_backbone
+from facesim.core.model_files import MODELS
+from facesim.core.models import require_backbone
 from facesim.core.params import load_section
 from facesim.mlops.tracking import NULL_RUN, stage_run
 from facesim.pipeline.distributed import process_group, relaunch_if_needed

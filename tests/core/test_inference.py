@@ -15,7 +15,7 @@ from conftest import TESTING, face_image_bytes, needs_orl, write_tiny_model
 from conftest import face_pixels as synthetic_pixels
 from facesim.core.images import ImageError
 from facesim.core.inference import FaceModel, face_pixels, file_digest, from_checkpoint
-from facesim.core.models import ModelError
+from facesim.core.model_files import ModelError
 
 
 def synthetic(person: int, image: int) -> Image.Image:

@@ -1,6 +1,7 @@
 """facesim.core.models: the embedding networks, their configs, FLOPs, folded batch norm, embedding in batches."""
 
 import dataclasses
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 from conftest import counting_net
+from facesim.core.model_files import ModelError
 from facesim.core.models import (
     CompactCNN,
     ModelConfig,
@@ -285,14 +287,28 @@ def test_embed_all_of_no_images_is_an_empty_matrix_of_the_embedding_width():
 def test_load_checkpoint_names_a_missing_or_foreign_file(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="absent.pt"):
         load_checkpoint(tmp_path / "absent.pt")
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pt"):
-        load_checkpoint(junk)
+    # a text file named .pt: said in words, not in the unpickler's (`KeyError: 101`, `pop from empty list`)
+    for text in (b"not a checkpoint", b"hello world\n", b""):
+        junk = tmp_path / "junk.pt"
+        junk.write_bytes(text)
+        with pytest.raises(ModelError, match=r"^\S*junk\.pt: not a facesim model \(not a PyTorch checkpoint: "
+                                             r"torch\.save writes a zip archive, and this file is none\); give a "
+                                             r"\.pt checkpoint the train stage wrote$") as caught:
+            load_checkpoint(junk)
+        assert "pop from empty list" not in str(caught.value) and "KeyError" not in str(caught.value)
     foreign = tmp_path / "foreign.pt"
     torch.save({"model_state": {}}, foreign)
-    with pytest.raises(ValueError, match="missing epoch, model_config, preprocess"):
+    with pytest.raises(ModelError, match=r"foreign\.pt: not a facesim model \(a PyTorch file missing epoch, "
+                                         r"model_config, preprocess\)"):
         load_checkpoint(foreign)
+    torch.save([1, 2], foreign)
+    with pytest.raises(ModelError, match="not a facesim model"):
+        load_checkpoint(foreign)
+    archive = tmp_path / "archive.pt"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("notes.txt", "a zip, but no checkpoint")
+    with pytest.raises(ModelError, match=r"archive\.pt: not a facesim model \(a zip archive torch cannot read"):
+        load_checkpoint(archive)
 
 
 @pytest.mark.parametrize("trained_on, cuda, expected", [

@@ -34,7 +34,7 @@ from facesim.app.repo import find_root, missing_output
 from facesim.core.images import ImageError, load_image
 from facesim.core.inference import FaceModel, from_checkpoint
 from facesim.core.metrics import top_k_neighbours
-from facesim.core.models import MODELS, ModelError
+from facesim.core.model_files import MODELS, ModelError
 from facesim.core.paths import show_path
 
 DEFAULT_GALLERY = Path("data", "raw", "faces", "testing")  # the held-out test faces, under the repo root

@@ -24,7 +24,8 @@ from facesim.core.data import Preprocess, prepare_images
 from facesim.core.detect import framed_face
 from facesim.core.images import decode_pixels, grey_pixels, load_pixels
 from facesim.core.metrics import pair_distances
-from facesim.core.models import ModelError, embed_all, load_checkpoint, read_threshold
+from facesim.core.model_files import ModelError, read_threshold
+from facesim.core.models import embed_all, load_checkpoint
 from facesim.core.paths import show_path
 
 

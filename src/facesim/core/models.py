@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
+import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,8 +21,9 @@ from facesim.core.backbones import (
     require_pretrained_weights,
     torchvision_backbone,
 )
-from facesim.core.data import INPUT_HEIGHT, INPUT_WIDTH
+from facesim.core.preprocess import INPUT_HEIGHT, INPUT_WIDTH
 from facesim.core.dlib_face import DESCRIPTOR_SIZE, dlib_faces
+from facesim.core.model_files import ModelError
 
 # compact: our small CNN; resnet18 / efficientnet_b0: torchvision's, from scratch or ImageNet-pretrained;
 # dlib: dlib's face-trained ResNet, frozen, as a 128-d descriptor per face (`facesim.core.dlib_face`),
@@ -31,7 +31,6 @@ from facesim.core.dlib_face import DESCRIPTOR_SIZE, dlib_faces
 BACKBONES = ("compact", "resnet18", "efficientnet_b0", "dlib")
 TORCHVISION_BACKBONES = ("resnet18", "efficientnet_b0")
 PRETRAINED = ("none", "imagenet")
-MODELS = ("contrastive", "triplet")  # the two Siamese models: what their loss makes them
 MIN_INPUT_SIDE = 16
 
 
@@ -370,24 +369,6 @@ def embed_all(model: EmbeddingNet, images: torch.Tensor, batch_size: int = 256) 
                           for i in range(0, len(images), batch_size)])
 
 
-class ModelError(ValueError):
-    """A model cannot be found or loaded, or has no threshold where one is needed."""
-
-
-def read_threshold(metrics_path: str | os.PathLike) -> float:
-    """The `threshold` of an evaluate-stage metrics JSON (calibrated on the validation people)."""
-    path = Path(metrics_path)
-    try:
-        threshold = json.loads(path.read_text(encoding="utf-8"))["threshold"]
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: metrics file not found; run the evaluate stage (`dvc repro`) first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise ModelError(f"{path}: not an evaluate metrics file with a 'threshold' ({exc!r}); rerun the evaluate stage") from None
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise ModelError(f"{path}: 'threshold' must be a finite number, got {threshold!r}")
-    return float(threshold)
-
-
 def inference_device(checkpoint: dict[str, Any]) -> torch.device:
     """Where a pipeline stage embeds with a trained model: CUDA when there is one and the model was trained
     with `train.device` auto or cuda, else the CPU (embeddings always come back on the CPU)."""
@@ -396,17 +377,26 @@ def inference_device(checkpoint: dict[str, Any]) -> torch.device:
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[EmbeddingNet, dict[str, Any]]:
-    """The embedding network of a checkpoint written by `facesim.pipeline.train.train_and_save`, in eval mode."""
+    """The embedding network of a checkpoint written by `facesim.pipeline.train.train_and_save`, in eval mode.
+    Anything else is a ModelError that says, in words, what the file is not."""
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: checkpoint not found; run the train stage (`dvc repro`) first") from None
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable facesim checkpoint ({exc}); give a .pt file the train stage wrote") from None
-    missing = {"model_state", "model_config", "preprocess", "epoch"} - set(checkpoint)
+        # torch's own message for a file of another kind is its unpickler's (`KeyError: 101`, `pop from empty
+        # list`), which says nothing to a user: say what the file is not
+        what = (f"a zip archive torch cannot read as a checkpoint ({type(exc).__name__})" if zipfile.is_zipfile(path)
+                else "not a PyTorch checkpoint: torch.save writes a zip archive, and this file is none")
+        raise ModelError(f"{path}: not a facesim model ({what}); {_GIVE_A_MODEL}") from None
+    missing = sorted({"model_state", "model_config", "preprocess", "epoch"} - set(checkpoint)) \
+        if isinstance(checkpoint, dict) else ["model_state", "model_config", "preprocess", "epoch"]
     if missing:
-        raise ValueError(f"{path}: not a facesim checkpoint (missing {', '.join(sorted(missing))}); give a .pt file the train stage wrote")
+        raise ModelError(f"{path}: not a facesim model (a PyTorch file missing {', '.join(missing)}); {_GIVE_A_MODEL}")
     model = build_embedding_net(ModelConfig.from_dict(checkpoint["model_config"]), load_pretrained=False)
     model.load_state_dict(checkpoint["model_state"])
     model.to(device).eval()
     return model, checkpoint
+
+
+_GIVE_A_MODEL = "give a .pt checkpoint the train stage wrote"

@@ -35,7 +35,8 @@ from facesim.core.metrics import (
     unordered_pair_distances,
     verification_metrics,
 )
-from facesim.core.models import MODELS, embed_all, require_backbone
+from facesim.core.model_files import MODELS
+from facesim.core.models import embed_all, require_backbone
 from facesim.core.params import ParamsError, load_params_file, parse_section, require
 from facesim.pipeline.sample import Face, train_val_tables
 from facesim.mlops.tracking import NULL_RUN, Run

@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from facesim.core.data import INPUT_HEIGHT, INPUT_WIDTH, Augment, Preprocess
-from facesim.core.models import MODELS, ModelConfig
+from facesim.core.data import Augment
+from facesim.core.model_files import MODELS
+from facesim.core.models import ModelConfig
 from facesim.core.params import ParamsError, load_params_file, parse_section, require
+from facesim.core.preprocess import INPUT_HEIGHT, INPUT_WIDTH, Preprocess
 
 
 @dataclass(frozen=True)
