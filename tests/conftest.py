@@ -338,12 +338,14 @@ def torch_global_state():
 class RecordingRun(NullRun):
     """A Run that keeps what a stage logs, in order (and, like NullRun, logs to no MLflow: run_id None):
     `metrics` as (dict, step), `artifacts` as (path, artifact_path), `models` as (model, input_example,
-    metadata). With `fail_on_log_model`, logging the model raises, as an unreachable registry would."""
+    metadata), `onnx_models` as (the file's bytes, input_example, metadata). With `fail_on_log_model`,
+    logging a model raises, as an unreachable registry would."""
 
     def __init__(self, fail_on_log_model: bool = False):
         self.metrics: list[tuple[dict, int | None]] = []
         self.artifacts: list[tuple[Path, str | None]] = []
         self.models: list[tuple[object, object, dict]] = []
+        self.onnx_models: list[tuple[bytes, object, dict]] = []
         self.fail_on_log_model = fail_on_log_model
 
     def log_metrics(self, metrics, step=None):
@@ -356,6 +358,11 @@ class RecordingRun(NullRun):
         if self.fail_on_log_model:
             raise RuntimeError("model registry is down")
         self.models.append((model, input_example, dict(metadata)))
+
+    def log_onnx_model(self, path, input_example, metadata):
+        if self.fail_on_log_model:
+            raise RuntimeError("model registry is down")
+        self.onnx_models.append((Path(path).read_bytes(), input_example, dict(metadata)))
 
 
 # ---- tiny models and a tiny repository ------------------------------------------------------------------
@@ -439,6 +446,19 @@ def tiny_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         write_cv_summary(tmp_path, name, TINY_CV_EER[name])
     write_faces_dir(tmp_path / "data" / "raw" / "faces")
     return tmp_path
+
+
+def export_tiny_models(root: Path) -> list[Path]:
+    """What the export stage leaves in `tiny_repo` (`root`): `models/<name>.onnx` of each of `MODELS`."""
+    from facesim.pipeline.export import export_model
+
+    exported = []
+    for name in MODELS:
+        out = root / "models" / f"{name}.onnx"
+        export_model(name, root / "models" / f"{name}.pt", root / "reports" / "metrics" / f"{name}.json",
+                     root / "data" / "raw" / "faces", out)
+        exported.append(out)
+    return exported
 
 
 def write_cv_summary(root: Path, name: str, eer: float) -> Path:
