@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,9 +18,17 @@ import pytest
 import yaml
 
 from facesim.core.digest import content_digest
+from helpers import (
+    PIPELINE_BACKBONES,
+    build_faces_archive,
+    run_checked,
+    tiny_pipeline_params,
+    write_faces_dir,
+    write_people_dir,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-BACKBONES = ("compact", "dlib")  # pipeline.backbones and cv.backbones of params.yaml
+BACKBONES = PIPELINE_BACKBONES  # pipeline.backbones and cv.backbones of params.yaml
 MODELS = [f"{backbone}-{loss}" for backbone in BACKBONES for loss in ("contrastive", "triplet")]
 STAGES = ["fetch", "sample",
           *(f"{stage}@{model}" for stage in ("train", "evaluate", "robustness", "export") for model in MODELS),
@@ -33,31 +40,6 @@ CV_STAGES = ([f"fold@{backbone}-{model}-{fold}-1" for backbone in CV_BACKBONES f
              + [f"summary@{backbone}-{model}" for backbone in CV_BACKBONES for model in ("contrastive", "triplet")])
 
 pytestmark = pytest.mark.integration
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
-
-
-def _tiny_params(digest: str) -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["fetch"]["digest"] = digest
-    params["train"].update(
-        input_height=16, input_width=16, channels=[4, 8], embedding_dim=8, epochs=2, batch_size=32,
-        device="cpu",
-    )
-    params["runtime"]["threads"] = 1
-    params["train"]["triplet"].update(people_per_batch=4, faces_per_person=3, epochs=0, members=2)
-    params["train"]["contrastive"].update(people_per_batch=4, faces_per_person=3, epochs=0, members=1)
-    params["render"]["dpi"] = 40
-    params["cv"].update(folds=[1, 2], seeds=[1], train={"epochs": 1, "triplet": {"epochs": 1}})
-    # 2 validation people of 10 faces: 100 different-person pairs resolve a target FAR of 1/20
-    params["evaluate"]["target_far"] = 0.05
-    # the dlib backbone as params.yaml has it: dlib describes the tiny faces (no face found in any)
-    assert params["cv"]["backbones"] == params["pipeline"]["backbones"] == list(BACKBONES)
-    return params
 
 
 def _repo_copy(tmp: Path, params: dict, env_extra: dict[str, str]) -> tuple[Path, dict[str, str]]:
@@ -81,9 +63,9 @@ def _repo_copy(tmp: Path, params: dict, env_extra: dict[str, str]) -> tuple[Path
         GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
         **env_extra,
     )
-    _run(["git", "init", "-q"], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-qm", "copy"], repo, env)
+    run_checked(["git", "init", "-q"], repo, env)
+    run_checked(["git", "add", "-A"], repo, env)
+    run_checked(["git", "commit", "-qm", "copy"], repo, env)
     return repo, env
 
 
@@ -92,19 +74,17 @@ DVC = [sys.executable, "-m", "dvc"]
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from conftest import build_faces_archive, write_faces_dir
-
     tmp = tmp_path_factory.mktemp("pipeline")
     archive = build_faces_archive(tmp / "archive")
     digest = content_digest(write_faces_dir(tmp / "expected"))
-    repo, env = _repo_copy(tmp, _tiny_params(digest), {"FACESIM_DATA_URL": str(archive)})
-    first = _run(DVC + ["repro"], repo, env)
-    second = _run(DVC + ["repro"], repo, env)
-    status = _run(DVC + ["status", "dvc.yaml"], repo, env)
+    repo, env = _repo_copy(tmp, tiny_pipeline_params(digest), {"FACESIM_DATA_URL": str(archive)})
+    first = run_checked(DVC + ["repro"], repo, env)
+    second = run_checked(DVC + ["repro"], repo, env)
+    status = run_checked(DVC + ["status", "dvc.yaml"], repo, env)
     dlib_cache_before_cv = len(list((tmp / "cache" / "dlib").rglob("*.npy")))
-    cv = _run(DVC + ["repro", "cv/dvc.yaml"], repo, env)
-    metrics = _run(DVC + ["metrics", "show", "--json"], repo, env)
-    table = _run(DVC + ["metrics", "show"], repo, {**env, "COLUMNS": "160"})
+    cv = run_checked(DVC + ["repro", "cv/dvc.yaml"], repo, env)
+    metrics = run_checked(DVC + ["metrics", "show", "--json"], repo, env)
+    table = run_checked(DVC + ["metrics", "show"], repo, {**env, "COLUMNS": "160"})
     return {"repo": repo, "env": env, "first": first, "second": second, "status": status, "cv": cv,
             "dlib_cache_before_cv": dlib_cache_before_cv,
             "metrics": json.loads(metrics.stdout), "metrics_table": table.stdout}
@@ -218,18 +198,16 @@ HELD_OUT = ["cy", "hal", "lu"]
 
 @pytest.fixture(scope="module")
 def people_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from conftest import write_people_dir
-
     tmp = tmp_path_factory.mktemp("people")
     folder = write_people_dir(tmp / "my-faces" / "photos", PEOPLE, sizes=[(30, 36), (47, 41)])
     example = yaml.safe_load((REPO / "examples" / "params-people.yaml").read_text())
-    params = _tiny_params(content_digest(folder))
+    params = tiny_pipeline_params(content_digest(folder))
     params["fetch"] = {**example["fetch"], "url": str(tmp / "my-faces"), "digest": content_digest(folder)}
     params["sample"] = {**example["sample"], "held_out": HELD_OUT, "held_out_fraction": 0.0}
     # a handful of validation faces resolve no 1% target: the best-accuracy threshold
     params["evaluate"]["operating_point"] = "best_accuracy"
     repo, env = _repo_copy(tmp, params, {})
-    return {"repo": repo, "repro": _run(DVC + ["repro"], repo, env)}
+    return {"repo": repo, "repro": run_checked(DVC + ["repro"], repo, env)}
 
 
 def test_a_people_folder_runs_every_stage(people_pipeline: dict) -> None:

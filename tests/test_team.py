@@ -2,9 +2,10 @@
 clones the git repository and pulls them, and finds nothing left to run.
 
 A is a git repository holding what `git add -A` would commit here (files as they are on disk),
-with the tiny params of test_pipeline.py; it runs both pipelines on the dataset mirror, adds a
-remote (a plain local folder, as a shared or NFS folder would be), pushes and commits. B is a
-`git clone` of A that only runs `dvc pull`. MLflow logs into a sqlite store beside both clones.
+with the tiny params of test_pipeline.py (`tiny_pipeline_params` of helpers.py); it runs both
+pipelines on the dataset mirror, adds a remote (a plain local folder, as a shared or NFS folder would
+be), pushes and commits. B is a `git clone` of A that only runs `dvc pull`. MLflow logs into a sqlite
+store beside both clones.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_pipeline import _run, _tiny_params  # the same tiny params keep training to seconds
+from helpers import run_checked, tiny_pipeline_params  # the same tiny params keep training to seconds
 
 REPO = Path(__file__).resolve().parents[1]
 # Where CI keeps the dataset mirror (.ci/run); FACESIM_DATA_URL, when it names a file, wins.
@@ -89,25 +90,25 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> dict:
     a.mkdir()
     _copy_what_git_would_commit(a)
     digest = yaml.safe_load((a / "params.yaml").read_text())["fetch"]["digest"]
-    (a / "params.yaml").write_text(yaml.safe_dump(_tiny_params(digest), sort_keys=False))
-    _run(["git", "init", "-q"], a, env_a)
-    _run(["git", "add", "-A"], a, env_a)
-    _run(["git", "commit", "-qm", "copy, tiny params"], a, env_a)
-    _run(dvc + ["repro", "--all-pipelines"], a, env_a)
-    _run(dvc + ["remote", "add", "-d", "team", str(remote)], a, env_a)
-    push = _run(dvc + ["push"], a, env_a)
-    cloud = _run(dvc + ["status", "--cloud"], a, env_a)
-    _run(["git", "add", "-A"], a, env_a)
-    _run(["git", "commit", "-qm", "outputs of dvc repro; remote 'team'"], a, env_a)
+    (a / "params.yaml").write_text(yaml.safe_dump(tiny_pipeline_params(digest), sort_keys=False))
+    run_checked(["git", "init", "-q"], a, env_a)
+    run_checked(["git", "add", "-A"], a, env_a)
+    run_checked(["git", "commit", "-qm", "copy, tiny params"], a, env_a)
+    run_checked(dvc + ["repro", "--all-pipelines"], a, env_a)
+    run_checked(dvc + ["remote", "add", "-d", "team", str(remote)], a, env_a)
+    push = run_checked(dvc + ["push"], a, env_a)
+    cloud = run_checked(dvc + ["status", "--cloud"], a, env_a)
+    run_checked(["git", "add", "-A"], a, env_a)
+    run_checked(["git", "commit", "-qm", "outputs of dvc repro; remote 'team'"], a, env_a)
 
     # B: a colleague's clone; git brings the code, dvc.lock and the remote, DVC the data.
-    _run(["git", "clone", "-q", str(a), str(b)], tmp, env_b)
+    run_checked(["git", "clone", "-q", str(a), str(b)], tmp, env_b)
     cached, in_git = _lock_outs(b)
     missing_before_pull = [out for out in cached if not (b / out).exists()]
-    pull = _run(dvc + ["pull"], b, env_b)
-    status = _run(dvc + ["status"], b, env_b)
-    repro = _run(dvc + ["repro", "--all-pipelines"], b, env_b)
-    metrics = {name: json.loads(_run(dvc + ["metrics", "show", "--json"], repo, env_).stdout)
+    pull = run_checked(dvc + ["pull"], b, env_b)
+    status = run_checked(dvc + ["status"], b, env_b)
+    repro = run_checked(dvc + ["repro", "--all-pipelines"], b, env_b)
+    metrics = {name: json.loads(run_checked(dvc + ["metrics", "show", "--json"], repo, env_).stdout)
                for name, repo, env_ in (("a", a, env_a), ("b", b, env_b))}
     return {"a": a, "b": b, "remote": remote, "cached": cached, "in_git": in_git, "push": push,
             "cloud": cloud, "missing_before_pull": missing_before_pull, "pull": pull, "status": status,

@@ -4,7 +4,7 @@ on a tiny one.
 The real-model tests use `models/compact-*.pt`, `reports/metrics/compact-*.json` (and, for the default
 'best', whichever model the committed `reports/cv` ranks first) and `data/raw/faces/testing` of this
 repository and are skipped where the pipeline has not run. The rest build a tiny untrained
-network and synthetic faces (conftest), which is enough for loading, caching and every error path.
+network and synthetic faces (helpers.py), which is enough for loading, caching and every error path.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import (
+from helpers import (
     MODELS,
     REPO,
     TESTING,
@@ -174,7 +174,7 @@ def best_name(name: str, eer: str) -> str:
 
 
 def test_best_is_the_trained_model_with_the_lowest_cv_eer_and_says_so(tiny_repo: Path):
-    # conftest: compact-contrastive 12.5%, compact-triplet 6.25%
+    # TINY_CV_EER: compact-contrastive 12.5%, compact-triplet 6.25%
     assert best_model(tiny_repo) == ("compact-triplet", TINY_CV_EER["compact-triplet"])
     for model in (api.load_model("best", root=tiny_repo), api.load_model(root=tiny_repo)):  # 'best' is the default
         assert model.name == best_name("compact-triplet", "6.25%")

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, TESTING, TINY_THRESHOLD, face, real, write_dvc_lock, write_tiny_model
+from helpers import REPO, TESTING, TINY_THRESHOLD, face, real, write_dvc_lock, write_tiny_model
 from facesim.app.api import best_model
 from facesim.app.cli import main
 
@@ -286,7 +286,7 @@ def test_a_missing_model_says_what_dvc_lock_records(capsys, tiny_repo: Path, mon
 
 
 def test_missing_metrics_say_what_dvc_lock_records(capsys, tiny_repo: Path, monkeypatch):
-    # the model 'best' picks (conftest: compact-triplet) has lost its metrics
+    # the model 'best' picks (TINY_CV_EER: compact-triplet) has lost its metrics
     (tiny_repo / "reports" / "metrics" / "compact-triplet.json").unlink()
     write_dvc_lock(tiny_repo, {"evaluate@compact-triplet": ["reports/metrics/compact-triplet.json"]})
     elsewhere = tiny_repo / "data"
@@ -312,7 +312,7 @@ def test_verify_without_a_model_says_which_it_chose_and_its_threshold(capsys, ti
     code, out, err = run(capsys, "verify", str(face(tiny_repo, 5, 1)), str(face(tiny_repo, 5, 1)))
     assert code == 0 and err == ""
     lines = out.splitlines()
-    # conftest: compact-triplet's CV EER (6.25%) is below compact-contrastive's (12.5%)
+    # TINY_CV_EER: compact-triplet's CV EER (6.25%) is below compact-contrastive's (12.5%)
     assert lines[2] == "model      compact-triplet (the most accurate by cross-validation EER, 6.25%)"
     assert lines[3] == "distance   0.0000"  # a face against itself
     assert lines[4] == (f"threshold  {TINY_THRESHOLD:.4f} (calibrated on people unseen in training, "

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TESTING, face, face_image_bytes, needs_orl, write_tiny_model
+from helpers import TESTING, face, face_image_bytes, needs_orl, write_tiny_model
 from facesim.app import api
 from facesim.app.gallery import CACHE_DIR, EmbeddingCache, cache_for, face_label, list_files, load_face
 from facesim.core.images import ImageError

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from facesim.app import offline_plots
 from facesim.app.offline_plots import PINS, TEMPLATE, OfflinePlotsError, build, integrity, is_current, read_pins
 from headless import dom, needs_chromium

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_dvc_lock
+from helpers import write_dvc_lock
 from facesim.app.repo import dvc_lock_output, find_root, missing_output
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port
+from helpers import REPO, free_port
 from facesim.app import ui
 from facesim.app.cli import main
 from facesim.mlops.tracking import EXPERIMENT, HOST_TAG, PID_TAG, flatten, stage_run

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import modules_imported_by, tiny_train_params, tiny_training_data
+from helpers import modules_imported_by, tiny_train_params, tiny_training_data
 from facesim.core.backbones import BLOCKS, require_pretrained_weights, weights_path
 from facesim.core.data import Preprocess
 from facesim.core.models import ModelConfig, build_embedding_net, load_checkpoint

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import constant_image, random_grey_pixels
+from helpers import constant_image, random_grey_pixels
 from facesim.core.data import Augment, FaceSet, Preprocess, prepare_images, prepare_pixels
 from facesim.core.images import ImageError, load_image, load_pixels
 
@@ -370,7 +370,7 @@ def test_augment_validate_names_the_key(field, value):
 
 def mixed_faces_dir(root: Path) -> tuple[Path, list[str]]:
     """30 faces of 3 people in PNG, JPEG (colour) and PGM, of three sizes, one of them uniform grey."""
-    from conftest import write_people_dir
+    from helpers import write_people_dir
 
     write_people_dir(root, {"a": 10, "b": 10, "c": 10}, sizes=[(10, 12), (37, 29), (92, 112)])
     constant_image(128, (20, 20)).save(root / "c" / "flat.png")

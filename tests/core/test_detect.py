@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, modules_imported_by
+from helpers import REPO, modules_imported_by
 from facesim.core.detect import (
     ORL_BOX_CENTRE_X,
     ORL_BOX_CENTRE_Y,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TESTING, needs_orl, random_grey_pixels, tiny_train_params
+from helpers import TESTING, needs_orl, random_grey_pixels, tiny_train_params
 from facesim.core import dlib_face
 from facesim.core.data import Preprocess, prepare_pixels
 from facesim.core.images import load_pixels

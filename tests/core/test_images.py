@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import constant_image, random_grey_pixels
+from helpers import constant_image, random_grey_pixels
 from facesim.core.images import (
     JPEG_MIN_SIDE,
     ImageError,

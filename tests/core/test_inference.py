@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TESTING, face_image_bytes, needs_orl, write_tiny_model
-from conftest import face_pixels as synthetic_pixels
+from helpers import TESTING, face_image_bytes, needs_orl, write_tiny_model
+from helpers import face_pixels as synthetic_pixels
 from facesim.core.images import ImageError
 from facesim.core.inference import FaceModel, face_pixels, file_digest, from_checkpoint
 from facesim.core.model_files import ModelError

@@ -10,7 +10,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from conftest import modules_imported_by
+from helpers import modules_imported_by
 from facesim.core.metrics import (
     all_unordered_pairs,
     best_accuracy,

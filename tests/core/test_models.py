@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import counting_net
+from helpers import counting_net
 from facesim.core.model_files import ModelError
 from facesim.core.models import (
     CompactCNN,

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import modules_imported_by, random_grey_pixels
+from helpers import modules_imported_by, random_grey_pixels
 from facesim.core.model_files import ModelError
 from facesim.core.onnx_model import (
     FORMAT,

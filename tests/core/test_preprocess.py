@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TESTING, needs_orl, random_grey_pixels
+from helpers import TESTING, needs_orl, random_grey_pixels
 from facesim.core.data import Preprocess as DataPreprocess
 from facesim.core.data import prepare_pixels
 from facesim.core.images import load_pixels

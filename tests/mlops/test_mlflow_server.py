@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, running_server
+from helpers import free_port, running_server
 from facesim.mlops.tracking import EXPERIMENT, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, stage_run
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
 """facesim.mlops.pyfunc: the served pair verifier, in this process: base64 images in, distances and
 verdicts out, and every bad cell named. (Served by `mlflow models serve` in test_serving.py.)
 
-The synthetic faces of conftest are patterns no face detector finds: here they are used whole, as
+The synthetic faces of helpers.py are patterns no face detector finds: here they are used whole, as
 `tiny_repo` does, by taking the framing out of `facesim.core.inference`.
 """
 
@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import TESTING, face_image_bytes, needs_orl, write_tiny_model
+from helpers import TESTING, face_image_bytes, needs_orl, write_tiny_model
 from facesim.core.inference import from_checkpoint
 from facesim.core.model_files import ModelError
 from facesim.mlops.pyfunc import INPUT_COLUMNS, FaceVerifier, decode_image, encode_image

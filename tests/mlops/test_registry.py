@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REGISTERED, REGISTERED_MODEL, TESTING, needs_orl, write_tiny_model
+from helpers import REGISTERED, REGISTERED_MODEL, TESTING, needs_orl, write_tiny_model
 from facesim.app import api
 from facesim.core.inference import file_digest
 from facesim.mlops.registry import (

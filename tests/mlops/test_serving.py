@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REGISTERED, TESTING, free_port, needs_orl, running_server
+from helpers import REGISTERED, TESTING, free_port, needs_orl, running_server
 from facesim.app import api
 from facesim.mlops.pyfunc import encode_image
 from facesim.mlops.registry import CHAMPION

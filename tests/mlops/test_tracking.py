@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers import REPO
 from facesim.mlops.tracking import (
     EXPERIMENT,
     EXPERIMENT_KIND,

@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/pipeline/ddp_worker.py OUT
 
-Each process builds the conftest's tiny faces and tables itself (they are the same bytes on every
+Each process builds the tiny faces of helpers.py and tables itself (they are the same bytes on every
 process), trains every case of `CASES` with `facesim.pipeline.fit.fit` in the process group and
 saves its result as OUT/<case>-rank<r>.pt; then runs `train_and_save` with outputs named after
 its rank (OUT/written-rank<r>/), so the test can see which ranks wrote.
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest's helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: helpers.py
 
-from conftest import RecordingRun, tiny_train_params, tiny_training_data, write_tiny_samples, train_samples  # noqa: E402
+from helpers import RecordingRun, tiny_fit_params, tiny_training_data, train_samples, write_tiny_samples  # noqa: E402
 from facesim.pipeline.distributed import process_group  # noqa: E402
 from facesim.pipeline.fit import fit  # noqa: E402
 from facesim.pipeline.train import train_and_save  # noqa: E402
 
-BASE = tiny_train_params(seed=3, epochs=3, batch_size=16, augment=True)
+BASE = tiny_fit_params(augment=True)
 
 # (model, params): P x K batches with every pair, an ensemble of 2 with semihard triplets; the pair CSV;
 # all augmented

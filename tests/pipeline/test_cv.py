@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import RecordingRun, tiny_train_params, write_faces_dir
+from helpers import RecordingRun, tiny_fit_params, write_faces_dir
 from facesim.pipeline.cv import (
     CVParams,
     calibration_gap,
@@ -32,7 +32,7 @@ from facesim.pipeline.sample import list_faces
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 
-TINY = tiny_train_params(seed=3, epochs=2, batch_size=16)
+TINY = tiny_fit_params(epochs=2)
 
 
 def test_subject_folds_partition_the_subjects_and_depend_only_on_the_seed():
@@ -214,7 +214,7 @@ FACES_PER_PERSON = 6
 
 @pytest.fixture(scope="module")
 def fold_faces(tmp_path_factory: pytest.TempPathFactory):
-    """(faces_dir, faces): the conftest people with 6 faces each, training and testing folders alike."""
+    """(faces_dir, faces): the tiny faces, 6 per person, training and testing folders alike."""
     faces_dir = write_faces_dir(tmp_path_factory.mktemp("cv") / "faces", images_per_subject=FACES_PER_PERSON)
     return faces_dir, list_faces(faces_dir, "training") + list_faces(faces_dir, "testing")
 

@@ -1,6 +1,6 @@
 """facesim.pipeline.distributed: several training processes (DDP on gloo) and mixed precision.
 
-The 2-process tests start `tests/pipeline/ddp_worker.py` under torchrun on the conftest's tiny
+The 2-process tests start `tests/pipeline/ddp_worker.py` under torchrun on the tiny
 faces (two gloo processes, one thread each, about 10 s) and compare with one process in this one.
 Tolerance: two processes compute one process's steps with float sums in another order, so the
 per-epoch losses agree to 1e-5 (relative) and the weights to 1e-5 after 3 epochs; except the
@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from conftest import REPO, tiny_train_params, tiny_training_data, write_tiny_samples
+from helpers import REPO, tiny_fit_params, tiny_training_data, write_tiny_samples
 from ddp_worker import CASES, train_cases
 from facesim.core.losses import pairwise_euclidean
 from facesim.core.models import ModelConfig, build_embedding_net, embed_all
@@ -238,7 +238,7 @@ def test_bf16_embeds_under_autocast_and_returns_float32():
 def test_bf16_training_on_a_cpu_stays_close_to_float32(tmp_path):
     torch.set_num_threads(1)
     _, tables, faces = tiny_training_data(tmp_path)
-    params = tiny_train_params(seed=3, epochs=2, batch_size=16)
+    params = tiny_fit_params(epochs=2)
     runs = {p: fit("contrastive", dataclasses.replace(params, precision=p), tables, faces, log=lambda line: None)
             for p in ("fp32", "bf16")}
     assert runs["bf16"].checkpoint["params"]["precision"] == "bf16"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from conftest import evaluate_outputs, tiny_train_params, train_samples, write_faces_dir, write_tiny_samples
+from helpers import evaluate_outputs, tiny_train_params, train_samples, write_tiny_inputs
 from facesim.core.params import ParamsError, parse_section
 from facesim.pipeline.evaluate import (
     PREDICTION_COLUMNS,
@@ -259,7 +259,7 @@ def test_evaluate_model_reports_a_reduced_calibration_set(stage, tmp_path: Path)
 # ---- evaluate_model end to end ----------------------------------------------------------
 
 TINY = tiny_train_params(seed=5, epochs=2, batch_size=32)
-N_TEST_IMAGES = 30  # conftest: 3 testing subjects x 10 images
+N_TEST_IMAGES = 30  # write_tiny_inputs: 3 testing subjects x 10 images
 METRIC_KEYS = ["threshold", "test.accuracy", "test.precision", "test.recall", "test.f1", "test.roc_auc",
                "test.eer", "test.tar_at_far_1e-2", "validation.far", "validation.frr", "all_pairs.accuracy",
                "all_pairs.far", "all_pairs.frr", "all_pairs.tar_at_far_1e-2", "all_pairs.tar_at_far_1e-3",
@@ -272,10 +272,9 @@ HEADLINE_KEYS = ["threshold", "far", "frr", "accuracy", "tar_at_far_1e-2", "tar_
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Faces, samples and a 2-epoch contrastive checkpoint, evaluated once for the whole module at the default
-    operating point (a 1% FAR: the conftest validation faces give enough different-person pairs for it)."""
+    operating point (a 1% FAR: the tiny validation faces give enough different-person pairs for it)."""
     root = tmp_path_factory.mktemp("evaluate")
-    faces_dir = write_faces_dir(root / "faces")
-    outputs = write_tiny_samples(faces_dir, root / "samples")
+    faces_dir, outputs = write_tiny_inputs(root)
     pair_paths = {f"pairs_{split}": outputs["pairs"][split] for split in ("train", "val", "test")}
     checkpoint = root / "models" / "compact-contrastive.pt"
     train_and_save("contrastive", TINY, faces_dir, train_samples(outputs), checkpoint, root / "history.csv")

@@ -16,7 +16,7 @@ import onnxruntime
 import pytest
 import torch
 
-from conftest import REPO, TESTING, RecordingRun, write_faces_dir, write_tiny_model
+from helpers import REPO, TESTING, RecordingRun, write_faces_dir, write_tiny_model
 from facesim.core.data import prepare_pixels
 from facesim.core.images import load_pixels
 from facesim.core.inference import from_checkpoint, from_onnx

@@ -353,7 +353,7 @@ def zip_folder(folder: Path, archive: Path, prefix: str = "") -> Path:
 
 
 def test_fetch_from_a_local_folder_keeps_only_the_images(tmp_path, out_dir):
-    from conftest import write_people_dir
+    from helpers import write_people_dir
 
     source = tmp_path / "my-faces"
     faces = write_people_dir(source / "photos", {"ann": 3, "bob": 2, "cy": 1}, sizes=[(10, 12), (31, 20)])
@@ -372,7 +372,7 @@ def test_fetch_from_a_local_folder_keeps_only_the_images(tmp_path, out_dir):
 
 
 def test_folder_and_its_zip_give_the_same_digest(tmp_path, out_dir):
-    from conftest import write_people_dir
+    from helpers import write_people_dir
 
     faces = write_people_dir(tmp_path / "src", {"ann": 2, "bob": 2})
     digest = content_digest(faces)

@@ -1,6 +1,6 @@
 """facesim.pipeline.fit: the training loop, early stopping, learning-rate schedules, ensembles.
 
-Every fit runs on the tiny synthetic faces of conftest (10x12 PGMs, 8 training subjects) at
+Every fit runs on the tiny synthetic faces of helpers.py (10x12 PGMs, 8 training subjects) at
 16x16 with a two-block CNN, a few epochs: well under a second each on a CPU.
 """
 
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import tiny_train_params, tiny_training_data
+from helpers import tiny_fit_params, tiny_training_data
 from facesim.core.models import EnsembleNet, embed_all
 from facesim.core.params import ParamsError
 from facesim.pipeline.fit import (
@@ -31,7 +31,7 @@ from facesim.pipeline.train_params import TrainParams
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 
-TINY = tiny_train_params(seed=3, epochs=3, batch_size=16)
+TINY = tiny_fit_params()
 
 
 def with_triplet(params: TrainParams, **changes) -> TrainParams:

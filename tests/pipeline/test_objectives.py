@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import counting_net, tiny_train_params
+from helpers import counting_net, tiny_train_params
 from facesim.core.data import FaceSet
 from facesim.pipeline import objectives
 from facesim.pipeline.objectives import (

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_train_params, train_samples, write_faces_dir, write_tiny_samples
+from helpers import tiny_train_params, train_samples, write_tiny_inputs
 from facesim.pipeline.robustness import (
     CHANGES,
     acceptance_rates,
@@ -115,8 +115,7 @@ def test_case_names_are_flat_keys():
 
 
 def test_evaluate_robustness_end_to_end(tmp_path: Path):
-    faces_dir = write_faces_dir(tmp_path / "faces")
-    outputs = write_tiny_samples(faces_dir, tmp_path / "samples")
+    faces_dir, outputs = write_tiny_inputs(tmp_path)
     params = tiny_train_params(seed=5, epochs=1, batch_size=32, normalization="per_image", trim_borders=True)
     checkpoint = tmp_path / "model.pt"
     train_and_save("contrastive", params, faces_dir, train_samples(outputs), checkpoint, tmp_path / "history.csv")

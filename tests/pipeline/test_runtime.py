@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 from facesim.core.losses import exact_sqrt
 from facesim.core.params import ParamsError, parse_section
 from facesim.pipeline.runtime import (DEBUG_ENV, NATIVE_KERNELS_ENV, PINNED_KERNELS, RESTORE_HINT, RuntimeParams,

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import write_people_dir
+from helpers import write_people_dir
 from facesim.core.params import ParamsError, parse_section
 from facesim.pipeline import sample
 from facesim.pipeline.sample import (

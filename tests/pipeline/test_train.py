@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import RecordingRun, tiny_train_params, train_samples, write_faces_dir, write_tiny_samples
+from helpers import RecordingRun, tiny_fit_params, train_samples, write_tiny_inputs
 from facesim.core.data import FaceSet
 from facesim.core.models import EnsembleNet, embed_all, load_checkpoint
 from facesim.core.params import ParamsError
@@ -22,15 +22,13 @@ from facesim.pipeline.train import train_and_save
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 
-TINY = tiny_train_params(seed=3, epochs=3, batch_size=16)
+TINY = tiny_fit_params()
 
 
 @pytest.fixture(scope="module")
 def stage_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """(faces_dir, the CSVs of the sample stage) on the conftest faces."""
-    root = tmp_path_factory.mktemp("train")
-    faces_dir = write_faces_dir(root / "faces")
-    return faces_dir, write_tiny_samples(faces_dir, root / "samples")
+    """(faces_dir, the CSVs of the sample stage) on the tiny faces."""
+    return write_tiny_inputs(tmp_path_factory.mktemp("train"))
 
 
 def test_train_and_save_writes_checkpoint_and_history(stage_inputs, tmp_path: Path):

@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from conftest import REPO, tiny_train_params
+from helpers import REPO, tiny_fit_params
 from facesim.core.params import ParamsError, load_section, parse_section
 from facesim.pipeline.train_params import TrainParams
 
-TINY = tiny_train_params(seed=3, epochs=3, batch_size=16)
+TINY = tiny_fit_params()
 
 
 def test_train_params_parse_from_a_section():
