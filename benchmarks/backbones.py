@@ -51,7 +51,8 @@ def measure_backbone(args, params, tables, backbone: str, size: tuple[int, int],
     import torch
 
     from facesim.core.data import FaceSet
-    from facesim.core.models import count_flops, embed_all
+    from facesim.core.embedding import embed_all
+    from flops import count_flops
     from facesim.pipeline.fit import fit
     from facesim.pipeline.sample import face_paths
 

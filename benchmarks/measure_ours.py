@@ -10,7 +10,8 @@ def run_ours(args, model_name: str) -> dict:
     import torch
 
     from facesim.core.data import FaceSet
-    from facesim.core.models import count_flops, embed_all
+    from facesim.core.embedding import embed_all
+    from flops import count_flops
     from facesim.core.params import load_section
     from facesim.pipeline.fit import fit
     from facesim.pipeline.sample import face_paths

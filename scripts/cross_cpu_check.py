@@ -28,7 +28,7 @@ def fingerprint(model_name: str, epochs: int) -> str:
     import pandas as pd
 
     from facesim.core.data import FaceSet
-    from facesim.core.models import embed_all
+    from facesim.core.embedding import embed_all
     from facesim.core.params import load_section
     from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic
     from facesim.pipeline.fit import fit

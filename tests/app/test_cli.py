@@ -98,7 +98,7 @@ def test_embed_csv(capsys, tmp_path: Path):
     out_file = tmp_path / "embeddings.csv"
     code, out, _ = run(capsys, "embed", str(TESTING / "s7"), S5_1, "--out", str(out_file), "--root", str(REPO),
                        "--no-cache")
-    from facesim.core.models import load_checkpoint
+    from facesim.core.checkpoint import load_checkpoint
 
     best, label = best_label(REPO)  # no --model: the lowest cross-validation EER
     config = load_checkpoint(REPO / "models" / f"{best}.pt")[1]["model_config"]

@@ -26,7 +26,8 @@ from torch import nn
 from helpers import REPO, tiny_fit_params, tiny_training_data, write_tiny_samples
 from ddp_worker import CASES, train_cases
 from facesim.core.losses import pairwise_euclidean
-from facesim.core.models import ModelConfig, build_embedding_net, embed_all
+from facesim.core.embedding import embed_all
+from facesim.core.models import ModelConfig, build_embedding_net
 from facesim.core.params import ParamsError
 from facesim.pipeline.distributed import (
     SINGLE,

@@ -20,7 +20,9 @@ from helpers import REPO, TESTING, RecordingRun, write_faces_dir, write_tiny_mod
 from facesim.core.data import prepare_pixels
 from facesim.core.images import load_pixels
 from facesim.core.inference import from_checkpoint, from_onnx
-from facesim.core.models import ModelConfig, build_embedding_net, embed_all, load_checkpoint
+from facesim.core.checkpoint import load_checkpoint
+from facesim.core.embedding import embed_all
+from facesim.core.models import ModelConfig, build_embedding_net
 from facesim.core.onnx_model import FORMAT, FORMAT_VERSION, OnnxMetadata, OnnxNetwork
 from facesim.core.preprocess import Preprocess
 from facesim.pipeline.export import OPSET, PARITY, export_model, onnx_bytes

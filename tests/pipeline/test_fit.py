@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from helpers import tiny_fit_params, tiny_training_data
-from facesim.core.models import EnsembleNet, embed_all
+from facesim.core.embedding import embed_all
+from facesim.core.models import EnsembleNet
 from facesim.core.params import ParamsError
 from facesim.pipeline.fit import (
     HISTORY_COLUMNS,

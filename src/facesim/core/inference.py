@@ -39,13 +39,13 @@ class Encoder(Protocol):
 class TorchNetwork:
     """A checkpoint's network, run by torch."""
 
-    network: Any  # the torch.nn.Module of `facesim.core.models.load_checkpoint`, in eval mode
+    network: Any  # the torch.nn.Module of `facesim.core.checkpoint.load_checkpoint`, in eval mode
     preprocess: Preprocess
 
     def embed(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         # imported here: torch loads only for a .pt model (from_checkpoint has imported it already)
         from facesim.core.data import prepare_pixels
-        from facesim.core.models import embed_all
+        from facesim.core.embedding import embed_all
 
         return embed_all(self.network, prepare_pixels(pixels, self.preprocess)).numpy()
 
@@ -97,7 +97,7 @@ def from_checkpoint(
     name: str | None = None,
 ) -> FaceModel:
     """A FaceModel from a checkpoint, on torch; the threshold is `threshold` when given, else the metrics file's."""
-    from facesim.core.models import load_checkpoint  # imported here: torch, for .pt models only
+    from facesim.core.checkpoint import load_checkpoint  # imported here: torch, for .pt models only
 
     network, saved = load_checkpoint(checkpoint)
     if threshold is not None:

@@ -33,7 +33,7 @@ INPUT_NAMES = {"pixels": "faces", "dlib_descriptor": "descriptors"}
 OUTPUT_NAME = "embeddings"
 # onnxruntime is a dependency of facesim; this says how to get it back where it is missing
 INSTALL_HINT = "pip install 'onnxruntime>=1.17,<2' (a facesim dependency: `pip install -e .` installs it)"
-BATCH = 256  # faces per onnxruntime call, as `facesim.core.models.embed_all` batches them
+BATCH = 256  # faces per onnxruntime call, as `facesim.core.embedding.embed_all` batches them
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from facesim.core.metrics import (
     verification_metrics,
 )
 from facesim.core.model_files import MODELS
-from facesim.core.models import embed_all, require_backbone
+from facesim.core.embedding import embed_all
+from facesim.core.models import require_backbone
 from facesim.core.params import ParamsError, load_params_file, parse_section, require
 from facesim.pipeline.sample import Face, train_val_tables
 from facesim.mlops.tracking import NULL_RUN, Run

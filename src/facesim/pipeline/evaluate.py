@@ -39,7 +39,8 @@ from facesim.core.paths import natural_key
 from facesim.pipeline.sample import Face, held_out_faces, load_tables
 from facesim.mlops.registry import register_model
 from facesim.mlops.tracking import NULL_RUN, Run
-from facesim.core.models import embed_all, inference_device, load_checkpoint
+from facesim.core.checkpoint import inference_device, load_checkpoint
+from facesim.core.embedding import embed_all
 
 PREDICTION_COLUMNS = ["set", "image1", "image2", "subject1", "subject2", "label", "distance", "predicted"]
 

@@ -31,7 +31,8 @@ from facesim.core.atomic import staged_outputs
 from facesim.core.data import prepare_pixels
 from facesim.core.images import ImageError, load_pixels
 from facesim.core.model_files import read_threshold
-from facesim.core.models import embed_all, load_checkpoint
+from facesim.core.checkpoint import load_checkpoint
+from facesim.core.embedding import embed_all
 from facesim.core.onnx_model import FORMAT, FORMAT_VERSION, INPUT_KINDS, INPUT_NAMES, OUTPUT_NAME, OnnxMetadata, OnnxNetwork
 from facesim.core.paths import natural_key
 from facesim.core.preprocess import Preprocess

@@ -28,7 +28,8 @@ import pandas as pd
 import torch
 
 from facesim.core.data import FaceSet
-from facesim.core.models import EmbeddingNet, EnsembleNet, build_embedding_net, embed_all
+from facesim.core.embedding import embed_all
+from facesim.core.models import EmbeddingNet, EnsembleNet, build_embedding_net
 from facesim.core.params import ParamsError
 from facesim.mlops.tracking import NULL_RUN, Run
 from facesim.pipeline.distributed import SINGLE, World, check_precision, rank_device, training_forward
