@@ -87,7 +87,7 @@ def test_each_model_takes_its_own_epoch_limit_normalisation_and_members():
 
 
 def test_the_repositorys_params_yaml_parses():
-    from facesim.pipeline.cv import load_cv_params
+    from facesim.pipeline.cv_params import load_cv_params
     from facesim.pipeline.evaluate import EvaluateParams
     from facesim.pipeline.fetch import FetchParams
     from facesim.pipeline.render import RenderParams

@@ -114,6 +114,16 @@ def evaluate_embeddings(
                      "all_pairs_first": first, "all_pairs_second": second, "all_pairs_label": same}
 
 
+# The files the evaluate stage writes, by their name in `evaluate_model`'s outputs (its script's options).
+OUTPUTS = {
+    "metrics": "headline metrics JSON (a DVC metric)",
+    "details": "every metric of every pair set (JSON)",
+    "roc": "ROC curve CSV of all held-out pairs (a DVC plot)",
+    "predictions": "per-pair distances and verdicts (CSV)",
+    "embeddings": "held-out face embeddings (CSV)",
+}
+
+
 def evaluate_model(
     model_name: str,
     params: EvaluateParams,
@@ -192,3 +202,12 @@ def evaluate_model(
         register_model(run, model_name, checkpoint_path, metrics,
                        example_pair=(Path(faces_dir) / test_paths[0], Path(faces_dir) / test_paths[1]))
     return metrics
+
+
+def summary_line(model_name: str, metrics: dict[str, Any]) -> str:
+    """The one line the evaluate stage prints: the threshold and the held-out people's figures."""
+    held_out, validation = metrics["all_pairs"], metrics["validation"]
+    return (f"evaluate@{model_name}: threshold {metrics['threshold']:.3f} (validation FAR {validation['far']:.4f}, "
+            f"FRR {validation['frr']:.4f}), held-out FAR {held_out['far']:.4f}, FRR {held_out['frr']:.4f}, "
+            f"AUC {held_out['roc_auc']:.4f}, EER {held_out['eer']:.4f}, "
+            f"test accuracy {metrics['test']['accuracy']:.4f}, precision@1 {metrics['retrieval']['precision_at_1']:.3f}")
