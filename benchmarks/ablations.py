@@ -1,6 +1,6 @@
 """What each speed-up gives: our contrastive model with one of them switched off at a time.
 
-Training rates are those of the pipeline's own step: `facesim.pipeline.fit` on one
+Training rates are those of the pipeline's own step: `facesim.training.fit` on one
 network and the pair CSV, timed between its `on_step` calls. A switched-off
 speed-up is an `Objective` of the benchmark's own that `fit` is given in the
 place of the pipeline's (its `objectives` argument): everything else, the
@@ -54,7 +54,7 @@ def before_objectives():
     """The switched-off states of the training step, as contrastive `Objective`s."""
     import torch
 
-    from facesim.pipeline.objectives import ContrastiveObjective
+    from facesim.training.objectives import ContrastiveObjective
 
     class EveryFace(ContrastiveObjective):
         """The classic Siamese step: both faces of every pair through the network, a face as often as it
@@ -86,8 +86,8 @@ def run_ablations(args) -> dict:
     """Throughput of our contrastive model with one speed-up switched off at a time."""
     from facesim.core.data import FaceSet
     from facesim.core.params import load_section
-    from facesim.pipeline.fit import seed_everything
-    from facesim.pipeline.train_params import TrainParams
+    from facesim.training.fit import seed_everything
+    from facesim.training.train_params import TrainParams
 
     tables, all_paths, _ = load_data(args)
     params = load_section(TrainParams, args.params, "train")
@@ -147,8 +147,8 @@ def input_ablations(add, args, params, faces) -> None:
 def training_ablations(add, args, params, tables, faces) -> None:
     """The pipeline's training step (`fit`), one network, the pair CSV."""
     from facesim.core.data import FaceSet
-    from facesim.pipeline.fit import fit
-    from facesim.pipeline.objectives import OBJECTIVES
+    from facesim.training.fit import fit
+    from facesim.training.objectives import OBJECTIVES
 
     loaded = {params.preprocess(): faces}
 

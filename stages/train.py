@@ -7,7 +7,7 @@ Only rank 0 logs to MLflow and writes the outputs."""
 from facesim.core.model_files import MODELS
 from facesim.pipeline.runtime import pin_runtime, run_stage, stage_args
 from facesim.pipeline.train import run_train_stage
-from facesim.pipeline.train_params import load_train_params
+from facesim.training.train_params import load_train_params
 
 
 def main() -> None:

@@ -320,7 +320,7 @@ class RecordingRun(NullRun):
 def tiny_train_params(**changes):
     """`TrainParams` for a 16x16 two-block CNN with 8 dimensions, on the CPU, without augmentation:
     a fit of the tiny faces takes well under a second an epoch. `changes` replace any field."""
-    from facesim.pipeline.train_params import TrainParams
+    from facesim.training.train_params import TrainParams
 
     base = dict(device="cpu", input_height=16, input_width=16, channels=(4, 8), embedding_dim=8, augment=False)
     return TrainParams(**{**base, **changes})

@@ -19,7 +19,7 @@ from facesim.core.backbones import BLOCKS, require_pretrained_weights, weights_p
 from facesim.core.data import Preprocess
 from facesim.core.checkpoint import load_checkpoint
 from facesim.core.models import ModelConfig, build_embedding_net
-from facesim.pipeline.fit import fit
+from facesim.training.fit import fit
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 

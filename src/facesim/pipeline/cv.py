@@ -34,9 +34,9 @@ from facesim.core.params import ParamsError
 from facesim.mlops.tracking import NULL_RUN, Run
 from facesim.pipeline.calibration import calibrate, calibration_pairs
 from facesim.pipeline.cv_params import FOLD_METRICS, CVParams
-from facesim.pipeline.fit import fit
 from facesim.pipeline.sample import Face, train_val_tables
-from facesim.pipeline.train_params import TrainParams
+from facesim.training.fit import fit
+from facesim.training.train_params import TrainParams
 
 
 def subject_folds(subjects: list[str], folds: int, seed: int) -> list[list[str]]:

@@ -12,7 +12,7 @@ from facesim.core.metrics import REPORTED_FARS
 from facesim.core.model_files import MODELS
 from facesim.core.params import ParamsError, load_params_file, parse_section, require
 from facesim.pipeline.calibration import OperatingPoint
-from facesim.pipeline.train_params import TrainParams, backbone_keys, merge
+from facesim.training.train_params import TrainParams, backbone_keys, merge
 
 # The figures of one fold the summary averages (all in [0, 1]; lower is better for eer, far, frr).
 FOLD_METRICS = ("roc_auc", "eer", "accuracy", "best_accuracy", "far", "frr",

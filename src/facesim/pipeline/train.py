@@ -1,4 +1,4 @@
-"""Stage `train`: read a model's sample CSVs, fit it (`facesim.pipeline.fit`), write its
+"""Stage `train`: read a model's sample CSVs, fit it (`facesim.training.fit`), write its
 checkpoint and loss history, and log both to MLflow.
 
 With train.processes > 1 the stage starts itself again under torchrun, that many processes on this
@@ -19,11 +19,11 @@ from facesim.core.digest import content_digest
 from facesim.core.dlib_face import DlibUnavailable
 from facesim.core.models import require_backbone
 from facesim.mlops.tracking import NULL_RUN, Run, stage_run
-from facesim.pipeline.distributed import SINGLE, World, process_group, relaunch_if_needed
-from facesim.pipeline.fit import TrainResult, fit, resolve_device
-from facesim.pipeline.objectives import OBJECTIVES
 from facesim.pipeline.sample import face_paths, load_tables
-from facesim.pipeline.train_params import TrainParams
+from facesim.training.distributed import SINGLE, World, process_group, relaunch_if_needed
+from facesim.training.fit import TrainResult, fit, resolve_device
+from facesim.training.objectives import OBJECTIVES
+from facesim.training.train_params import TrainParams
 
 
 def train_and_save(

@@ -50,7 +50,7 @@ class TripletParams:
 class TrainParams:
     seed: int = 42  # model initialisation, batch order and augmentation
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
-    # training processes in all (DistributedDataParallel, facesim.pipeline.distributed): the train stage
+    # training processes in all (DistributedDataParallel, facesim.training.distributed): the train stage
     # starts itself under torchrun with this many on one machine; several machines: docs/distributed.md
     processes: int = 1
     # fp32 | bf16 (autocast, CPUs and GPUs) | fp16 (autocast with a loss scaler, CUDA only): the network's
