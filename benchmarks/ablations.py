@@ -1,6 +1,6 @@
 """What each speed-up gives: our contrastive model with one of them switched off at a time.
 
-Training rates are those of the pipeline's own step: `facesim.pipeline.fit` on one
+Training rates are those of the pipeline's own step: `facesim.training.fit` on one
 network and the pair CSV, timed between its `on_step` calls. A switched-off
 speed-up is an `Objective` of the benchmark's own that `fit` is given in the
 place of the pipeline's (its `objectives` argument): everything else, the
@@ -24,11 +24,37 @@ class _Timed(Exception):
     """Raised from `on_step` once enough steps are timed: the rest of the epoch is not needed."""
 
 
+class Nchw:
+    """A network of `facesim.core.models` that embeds faces in the memory layout they come in (NCHW unless
+    changed): its `embed`, without `forward`'s checks and switch to channels-last."""
+
+    def __init__(self, network):
+        self.network = network
+
+    def parameters(self):
+        return self.network.parameters()
+
+    def __call__(self, x):
+        return self.network.embed(x)
+
+
+def embed_nchw(model, images, batch_size: int = 256) -> None:
+    """`embed_all` (BatchNorm folded, inference mode, in batches) on NCHW faces through NCHW weights."""
+    import torch
+
+    from facesim.core.embedding import fold_batchnorm
+
+    folded = fold_batchnorm(model)
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            folded.embed(images[i : i + batch_size])
+
+
 def before_objectives():
     """The switched-off states of the training step, as contrastive `Objective`s."""
     import torch
 
-    from facesim.pipeline.objectives import ContrastiveObjective
+    from facesim.training.objectives import ContrastiveObjective
 
     class EveryFace(ContrastiveObjective):
         """The classic Siamese step: both faces of every pair through the network, a face as often as it
@@ -42,13 +68,16 @@ def before_objectives():
             return self._csv_loss(model(x).view(*rows.shape, -1), batch)
 
     class ChannelsFirst(ContrastiveObjective):
-        """The pipeline's step on NCHW tensors: the network leaves channels-last before its first step."""
+        """The pipeline's step on NCHW tensors: the network's weights leave channels-last before its first step,
+        and its faces go in as they come (`embed`, not `forward`, which makes them channels-last)."""
+
+        weights_moved = False
 
         def train_loss(self, model, images, batch, augment, generator):
-            if model.channels_last:
-                model.channels_last = False
+            if not self.weights_moved:
                 model.to(memory_format=torch.contiguous_format)
-            return super().train_loss(model, images, batch, augment, generator)
+                self.weights_moved = True
+            return super().train_loss(Nchw(model), images, batch, augment, generator)
 
     return EveryFace, ChannelsFirst
 
@@ -57,8 +86,8 @@ def run_ablations(args) -> dict:
     """Throughput of our contrastive model with one speed-up switched off at a time."""
     from facesim.core.data import FaceSet
     from facesim.core.params import load_section
-    from facesim.pipeline.fit import seed_everything
-    from facesim.pipeline.train_params import TrainParams
+    from facesim.training.fit import seed_everything
+    from facesim.training.train_params import TrainParams
 
     tables, all_paths, _ = load_data(args)
     params = load_section(TrainParams, args.params, "train")
@@ -118,8 +147,8 @@ def input_ablations(add, args, params, faces) -> None:
 def training_ablations(add, args, params, tables, faces) -> None:
     """The pipeline's training step (`fit`), one network, the pair CSV."""
     from facesim.core.data import FaceSet
-    from facesim.pipeline.fit import fit
-    from facesim.pipeline.objectives import OBJECTIVES
+    from facesim.training.fit import fit
+    from facesim.training.objectives import OBJECTIVES
 
     loaded = {params.preprocess(): faces}
 
@@ -166,7 +195,8 @@ def embedding_ablations(add, params, faces) -> None:
     channels-last, threads."""
     import torch
 
-    from facesim.core.models import build_embedding_net, embed_all, fold_batchnorm
+    from facesim.core.embedding import embed_all, fold_batchnorm
+    from facesim.core.models import build_embedding_net
 
     model = build_embedding_net(dataclasses.replace(params.model_config("contrastive"), members=1)).eval()  # one network
     images = faces.tensor
@@ -197,10 +227,8 @@ def embedding_ablations(add, params, faces) -> None:
             sequential[i] = layer
     add("embed with max-pool before ReLU (was ReLU first)",
         best_rate(embed_with(relu_first, torch.inference_mode), len(images), 5), shipped, "faces/s")
-    model.channels_last = False
     model.to(memory_format=torch.contiguous_format)
-    plain = best_rate(lambda: embed_all(model, images), len(images), 5)
-    model.channels_last = True
+    plain = best_rate(lambda: embed_nchw(model, images), len(images), 5)
     model.to(memory_format=torch.channels_last)
     add("embed with channels-last tensors", plain, shipped, "faces/s")
     threads = torch.get_num_threads()

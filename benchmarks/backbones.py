@@ -1,6 +1,6 @@
 """What a torchvision backbone costs on this machine's cores: ResNet-18 and EfficientNet-B0 against our compact CNN.
 
-Each backbone trains the contrastive model as the train stage does (`facesim.pipeline.fit`: one
+Each backbone trains the contrastive model as the train stage does (`facesim.training.fit`: one
 network, P x K batches with every pair in the loss, P and K from params.yaml, augmentation on) for
 a few epochs on the sample stage's training pairs; the first epoch warms up and is not counted.
 Reported per backbone and input size:
@@ -51,8 +51,9 @@ def measure_backbone(args, params, tables, backbone: str, size: tuple[int, int],
     import torch
 
     from facesim.core.data import FaceSet
-    from facesim.core.models import count_flops, embed_all
-    from facesim.pipeline.fit import fit
+    from facesim.core.embedding import embed_all
+    from flops import count_flops
+    from facesim.training.fit import fit
     from facesim.pipeline.sample import face_paths
 
     height, width = size
@@ -93,7 +94,7 @@ def measure_backbone(args, params, tables, backbone: str, size: tuple[int, int],
 def run_backbones(args, rows: list[tuple[str, tuple[int, int]]] | None = None) -> dict:
     """Every backbone of `rows` (default `backbone_rows`), then the ratios against the first (compact)."""
     from facesim.core.params import load_section
-    from facesim.pipeline.train_params import TrainParams
+    from facesim.training.train_params import TrainParams
 
     tables, _, _ = load_data(args)
     tables = {name: tables[name] for name in ("pairs_train", "pairs_val")}

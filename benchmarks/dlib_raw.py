@@ -19,7 +19,8 @@ import numpy as np
 
 from facesim.core.data import FaceSet, Preprocess
 from facesim.pipeline.calibration import calibrate
-from facesim.pipeline.cv import FOLD_METRICS, fold_split, load_cv_params, load_operating_point, unseen_metrics, validation_faces
+from facesim.pipeline.cv import fold_split, unseen_metrics, validation_faces
+from facesim.pipeline.cv_params import FOLD_METRICS, load_cv_params, load_operating_point
 from facesim.pipeline.sample import list_faces
 
 

@@ -58,7 +58,7 @@ def load_data(args):
 
 def pair_arrays(table, faces):
     """(first rows, second rows, labels) of a pair table's faces in `faces`, as numpy arrays."""
-    from facesim.pipeline.objectives import pair_rows
+    from facesim.training.objectives import pair_rows
 
     return tuple(pair_rows(table, faces).numpy().T)
 

@@ -15,7 +15,7 @@ def run_baseline(args) -> dict:
     import baseline as B
     from facesim.core.data import FaceSet
     from facesim.core.metrics import pair_distances, roc_auc
-    from facesim.core.models import count_flops
+    from flops import count_flops
 
     tables, all_paths, test_paths = load_data(args)
     root = Path(args.faces)

@@ -1,4 +1,4 @@
-"""Our models measured as the train stage runs them: `facesim.pipeline.fit` at the params.yaml defaults."""
+"""Our models measured as the train stage runs them: `facesim.training.fit` at the params.yaml defaults."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ def run_ours(args, model_name: str) -> dict:
     import torch
 
     from facesim.core.data import FaceSet
-    from facesim.core.models import count_flops, embed_all
+    from facesim.core.embedding import embed_all
+    from flops import count_flops
     from facesim.core.params import load_section
-    from facesim.pipeline.fit import fit
+    from facesim.training.fit import fit
     from facesim.pipeline.sample import face_paths
-    from facesim.pipeline.train_params import TrainParams
+    from facesim.training.train_params import TrainParams
 
     tables, all_paths, test_paths = load_data(args)
     params = load_section(TrainParams, args.params, "train")

@@ -38,9 +38,9 @@ def run_child(args) -> None:
     import torch
 
     from facesim.core.data import FaceSet
-    from facesim.pipeline.distributed import process_group
-    from facesim.pipeline.fit import fit
-    from facesim.pipeline.train_params import TrainParams
+    from facesim.training.distributed import process_group
+    from facesim.training.fit import fit
+    from facesim.training.train_params import TrainParams
     from scale import synthetic_faces, training_tables
 
     folder = Path(args.data) / f"faces-{args.faces}"

@@ -1,6 +1,6 @@
 """The roofline: how close each system's arithmetic comes to the float32 peak of this machine.
 
-FLOPs per face: `facesim.core.models.count_flops` runs one 1-channel face through
+FLOPs per face: `flops.count_flops` runs one 1-channel face through
 the network and counts its Conv2d and Linear layers only, a multiply-add as 2
 FLOPs, once: a convolution 2 * Cin/groups * kh * kw * Cout * Hout * Wout, a
 linear layer 2 * in * out; biases, BatchNorm, ReLU, pooling and the final

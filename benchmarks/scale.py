@@ -83,8 +83,8 @@ def run_scale(args) -> dict:
     from facesim.core.data import FaceSet
     from facesim.core.models import build_embedding_net
     from facesim.core.params import load_section
-    from facesim.pipeline.objectives import OBJECTIVES
-    from facesim.pipeline.train_params import TrainParams
+    from facesim.training.objectives import OBJECTIVES
+    from facesim.training.train_params import TrainParams
     from measure import peak_rss_mb
 
     folder = Path(args.scale_data) / f"faces-{args.size}"

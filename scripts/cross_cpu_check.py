@@ -28,12 +28,12 @@ def fingerprint(model_name: str, epochs: int) -> str:
     import pandas as pd
 
     from facesim.core.data import FaceSet
-    from facesim.core.models import embed_all
+    from facesim.core.embedding import embed_all
     from facesim.core.params import load_section
     from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic
-    from facesim.pipeline.fit import fit
+    from facesim.training.fit import fit
     from facesim.pipeline.sample import load_tables
-    from facesim.pipeline.train_params import TrainParams
+    from facesim.training.train_params import TrainParams
 
     pin_arithmetic(load_section(RuntimeParams, "params.yaml", "runtime"))
     params = load_section(TrainParams, "params.yaml", "train")

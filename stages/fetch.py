@@ -1,20 +1,15 @@
 """DVC stage `fetch`: download the ORL faces, verify their digest, publish data/raw/faces."""
 
-import argparse
 import dataclasses
 
-from facesim.pipeline.fetch import FetchParams, fetch_faces
 from facesim.core.params import load_section
 from facesim.mlops.tracking import stage_run
-from facesim.pipeline.runtime import run_stage
+from facesim.pipeline.fetch import FetchParams, fetch_faces
+from facesim.pipeline.runtime import run_stage, stage_args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="params file; this stage reads its 'fetch' section")
-    parser.add_argument("--out", required=True, help="directory to publish the images to (data/raw/faces)")
-    args = parser.parse_args()
-
+    args = stage_args(__doc__, "its 'fetch' section", out="directory to publish the images to (data/raw/faces)")
     params = load_section(FetchParams, args.params, "fetch")
     with stage_run("fetch", dataclasses.asdict(params)) as run:
         result = fetch_faces(params, args.out, run)

@@ -4,51 +4,28 @@ With train.processes > 1 it starts itself again under torchrun, that many proces
 (DistributedDataParallel); under torchrun started by hand (several machines) it joins their group.
 Only rank 0 logs to MLflow and writes the outputs."""
 
-import argparse
-import contextlib
-
-from facesim.core.dlib_face import DlibUnavailable
-from facesim.core.models import MODELS, require_backbone
-from facesim.core.params import load_section
-from facesim.mlops.tracking import NULL_RUN, stage_run
-from facesim.pipeline.distributed import process_group, relaunch_if_needed
-from facesim.pipeline.fit import resolve_device
-from facesim.core.digest import content_digest
-from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic, run_stage
-from facesim.pipeline.train import train_and_save
-from facesim.pipeline.train_params import load_train_params
+from facesim.core.model_files import MODELS
+from facesim.pipeline.runtime import pin_runtime, run_stage, stage_args
+from facesim.pipeline.train import run_train_stage
+from facesim.training.train_params import load_train_params
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml",
-                        help="params file; this stage reads 'train' with 'backbones.<backbone>' over it, and 'runtime'")
-    parser.add_argument("--backbone", required=True, help="which of the backbones section to train on")
-    parser.add_argument("--model", required=True, choices=MODELS)
-    parser.add_argument("--faces", required=True, help="raw faces directory (data/raw/faces)")
-    for kind in ("pairs", "triplets"):  # the model's own kind trains; the validation pairs give ROC AUC per epoch
-        parser.add_argument(f"--{kind}-train", required=True, help=f"the sample stage's training {kind} (CSV)")
-        parser.add_argument(f"--{kind}-val", required=True, help=f"the sample stage's validation {kind} (CSV)")
-    parser.add_argument("--checkpoint", required=True, help="output: model checkpoint (.pt)")
-    parser.add_argument("--history", required=True, help="output: per-epoch losses (CSV, a DVC plot)")
-    args = parser.parse_args()
-    pin_arithmetic(load_section(RuntimeParams, args.params, "runtime"))  # before any tensor
-
+    args = stage_args(
+        __doc__, "'train' with 'backbones.<backbone>' over it, and 'runtime'",
+        backbone="which of the backbones section to train on", model={"choices": MODELS},
+        faces="raw faces directory (data/raw/faces)",
+        # the model's own kind trains; the validation pairs give ROC AUC per epoch
+        **{f"{kind}_{split}": f"the sample stage's {role} {kind} (CSV)" for kind in ("pairs", "triplets")
+           for split, role in (("train", "training"), ("val", "validation"))},
+        checkpoint="output: model checkpoint (.pt)", history="output: per-epoch losses (CSV, a DVC plot)")
+    pin_runtime(args.params)  # before any tensor
     params = load_train_params(args.params, args.backbone)
-    try:  # no MLflow run for a stage that cannot start (weights or dlib missing)
-        require_backbone(params)
-    except DlibUnavailable as exc:
-        raise DlibUnavailable(f"{exc}; or leave the backbone out: dvc exp run -S 'pipeline.backbones=[compact]' "
-                              "(pipeline.backbones in params.yaml)") from None
-    relaunch_if_needed(params.processes)  # this script again, params.processes times, under torchrun
     kind = "pairs" if args.model == "contrastive" else "triplets"
-    samples = {"train": getattr(args, f"{kind}_train"), "val": getattr(args, f"{kind}_val"), "val_pairs": args.pairs_val}
-    with process_group(params.processes, resolve_device(params.device)) as world:
-        tracking = (stage_run("train", params.resolved(args.model), tags={"data_digest": content_digest(args.faces)})
-                    if world.is_main else contextlib.nullcontext(NULL_RUN))
-        with tracking as run:
-            result = train_and_save(args.model, params, args.faces, samples, args.checkpoint, args.history, run, world)
-    if world.is_main:
+    samples = {"train": getattr(args, f"{kind}_train"), "val": getattr(args, f"{kind}_val"),
+               "val_pairs": args.pairs_val}
+    result = run_train_stage(args.model, params, args.faces, samples, args.checkpoint, args.history)
+    if result is not None:  # rank 0
         print(f"train@{args.backbone}-{args.model}: kept epoch {result.kept_epoch} of {len(result.history)}, "
               f"val_loss {result.kept_val_loss:.4f} -> {args.checkpoint}")
 

@@ -67,7 +67,7 @@ def unreachable_url(monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture(scope="module")
 def torch_global_state():
-    """Put back torch's process-wide settings that `facesim.pipeline.fit.fit` changes (CPU threads,
+    """Put back torch's process-wide settings that `facesim.training.fit.fit` changes (CPU threads,
     deterministic algorithms), so that a module training models leaves none of them behind.
 
     Use with `pytestmark = pytest.mark.usefixtures("torch_global_state")`.

@@ -287,12 +287,14 @@ def modules_imported_by(module: str, candidates: Sequence[str]) -> list[str]:
 class RecordingRun(NullRun):
     """A Run that keeps what a stage logs, in order (and, like NullRun, logs to no MLflow: run_id None):
     `metrics` as (dict, step), `artifacts` as (path, artifact_path), `models` as (model, input_example,
-    metadata). With `fail_on_log_model`, logging the model raises, as an unreachable registry would."""
+    metadata), `onnx_models` as (the file's bytes, input_example, metadata). With `fail_on_log_model`,
+    logging a model raises, as an unreachable registry would."""
 
     def __init__(self, fail_on_log_model: bool = False):
         self.metrics: list[tuple[dict, int | None]] = []
         self.artifacts: list[tuple[Path, str | None]] = []
         self.models: list[tuple[object, object, dict]] = []
+        self.onnx_models: list[tuple[bytes, object, dict]] = []
         self.fail_on_log_model = fail_on_log_model
 
     def log_metrics(self, metrics, step=None):
@@ -306,6 +308,11 @@ class RecordingRun(NullRun):
             raise RuntimeError("model registry is down")
         self.models.append((model, input_example, dict(metadata)))
 
+    def log_onnx_model(self, path, input_example, metadata):
+        if self.fail_on_log_model:
+            raise RuntimeError("model registry is down")
+        self.onnx_models.append((Path(path).read_bytes(), input_example, dict(metadata)))
+
 
 # ---- tiny models and a tiny repository ------------------------------------------------------------------
 
@@ -313,7 +320,7 @@ class RecordingRun(NullRun):
 def tiny_train_params(**changes):
     """`TrainParams` for a 16x16 two-block CNN with 8 dimensions, on the CPU, without augmentation:
     a fit of the tiny faces takes well under a second an epoch. `changes` replace any field."""
-    from facesim.pipeline.train_params import TrainParams
+    from facesim.training.train_params import TrainParams
 
     base = dict(device="cpu", input_height=16, input_width=16, channels=(4, 8), embedding_dim=8, augment=False)
     return TrainParams(**{**base, **changes})
@@ -373,6 +380,19 @@ def write_tiny_model(path: Path, threshold: float | None = TINY_THRESHOLD, seed:
     if threshold is not None:
         path.with_suffix(".json").write_text(json.dumps({"threshold": threshold}))
     return path
+
+
+def export_tiny_models(root: Path) -> list[Path]:
+    """What the export stage leaves in `tiny_repo` (`root`): `models/<name>.onnx` of each of `MODELS`."""
+    from facesim.pipeline.export import export_model
+
+    exported = []
+    for name in MODELS:
+        out = root / "models" / f"{name}.onnx"
+        export_model(name, root / "models" / f"{name}.pt", root / "reports" / "metrics" / f"{name}.json",
+                     root / "data" / "raw" / "faces", out)
+        exported.append(out)
+    return exported
 
 
 def write_cv_summary(root: Path, name: str, eer: float) -> Path:

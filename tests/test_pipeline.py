@@ -30,7 +30,8 @@ from helpers import (
 REPO = Path(__file__).resolve().parents[1]
 BACKBONES = PIPELINE_BACKBONES  # pipeline.backbones and cv.backbones of params.yaml
 MODELS = [f"{backbone}-{loss}" for backbone in BACKBONES for loss in ("contrastive", "triplet")]
-STAGES = ["fetch", "sample", *(f"{stage}@{model}" for stage in ("train", "evaluate", "robustness") for model in MODELS),
+STAGES = ["fetch", "sample",
+          *(f"{stage}@{model}" for stage in ("train", "evaluate", "robustness", "export") for model in MODELS),
           *(f"render@{backbone}" for backbone in BACKBONES)]
 # the cross-validation pipeline of the copy: 2 backbones x 2 models x 2 folds x 1 seed, then the summaries
 CV_BACKBONES = BACKBONES
@@ -98,7 +99,7 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline: dict) -> None:
         assert (repo / f"data/processed/pairs_{split}.csv").stat().st_size > 0
         assert (repo / f"data/processed/triplets_{split}.csv").stat().st_size > 0
     for model in MODELS:
-        assert (repo / f"models/{model}.pt").stat().st_size > 0
+        assert (repo / f"models/{model}.pt").stat().st_size > 0 and (repo / f"models/{model}.onnx").stat().st_size > 0
         for path in (f"reports/plots/{model}/history.csv", f"reports/plots/{model}/roc.csv",
                      f"data/eval/{model}/predictions.csv", f"data/eval/{model}/embeddings.csv"):
             assert (repo / path).stat().st_size > 0, path

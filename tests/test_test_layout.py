@@ -63,7 +63,7 @@ def layout_problems(source: str, local: set[str], filename: str = "<test>") -> l
     ("from test_pipeline import _run, STAGES", ["line 1: from test_pipeline import _run"]),
     ("import test_pipeline as p\np._tiny_params('x')", ["line 2: test_pipeline._tiny_params"]),
     ("from helpers import REPO, write_faces_dir\nimport helpers\nhelpers.REPO", []),
-    ("from facesim.pipeline.fit import _private", []),  # the package's own names are not the tests' business
+    ("from facesim.training.fit import _private", []),  # the package's own names are not the tests' business
     ("import test_pipeline\ntest_pipeline.__file__", []),
 ])
 def test_the_layout_check_finds_what_it_should(source: str, expected: list[str]):

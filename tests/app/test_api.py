@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from helpers import (
     TESTING,
     TINY_CV_EER,
     TINY_THRESHOLD,
+    export_tiny_models,
     face,
     face_image_bytes,
     needs_orl,
@@ -36,7 +39,8 @@ import facesim.app.api
 from facesim import api
 from facesim.app.api import best_model  # not in api.__all__, so not in `from facesim import api`
 from facesim.core.images import ImageError
-from facesim.core.inference import file_digest
+from facesim.core.inference import TorchNetwork, file_digest
+from facesim.core.onnx_model import OnnxNetwork
 
 
 def test_facesim_api_is_the_app_layers_api():
@@ -227,7 +231,7 @@ def test_best_leaves_out_checkpoints_that_are_not_pipeline_models(tiny_repo: Pat
 def test_with_no_model_to_rank_best_says_what_to_run(tiny_repo: Path, monkeypatch):
     monkeypatch.chdir(tiny_repo)
     shutil.rmtree(tiny_repo / "reports" / "cv")
-    expected = ("^\\.: no trained model with a cross-validation summary \\(models/<backbone>-<loss>\\.pt and "
+    expected = ("^\\.: no trained model with a cross-validation summary \\(models/<backbone>-<loss>\\.onnx or \\.pt and "
                 "reports/cv/<backbone>/<loss>\\.json\\) to pick the most accurate from; run `dvc repro` \\(and "
                 "`dvc repro cv/dvc\\.yaml`\\), or name one with --model, e\\.g\\. --model compact-triplet$")
     with pytest.raises(api.ModelError, match=expected):
@@ -281,9 +285,64 @@ def test_missing_checkpoint_names_it(tiny_repo: Path):
         api.load_model(str(tiny_repo / "nothing.pt"))
 
 
+# ---- ONNX models: onnxruntime, without torch or MLflow ---------------------------------------------------
+
+
+def test_a_name_runs_the_exported_onnx_model_when_there_is_one(tiny_repo: Path):
+    torch_model = api.load_model("compact-contrastive", root=tiny_repo)
+    assert isinstance(torch_model.encoder, TorchNetwork)
+    export_tiny_models(tiny_repo)
+    model = api.load_model("compact-contrastive", root=tiny_repo)
+    assert isinstance(model.encoder, OnnxNetwork) and model.checkpoint.endswith("compact-contrastive.onnx")
+    assert model.name == "compact-contrastive" and model.threshold == TINY_THRESHOLD
+    source = (tiny_repo / "reports" / "metrics" / "compact-contrastive.json").as_posix()
+    assert model.threshold_source == f"calibrated on people unseen in training, {source}"
+    assert model.digest == file_digest(tiny_repo / "models" / "compact-contrastive.onnx")  # its own cache key
+    faces = [Image.open(face(tiny_repo, person, 1)) for person in (5, 6, 7)]
+    assert np.abs(model.embed(faces) - torch_model.embed(faces)).max() <= 1e-4
+    # 'best' too; a .pt or .onnx named outright runs on what it is
+    assert isinstance(api.load_model(root=tiny_repo).encoder, OnnxNetwork)
+    assert isinstance(api.load_model(str(tiny_repo / "models" / "compact-triplet.pt")).encoder, TorchNetwork)
+    given = api.load_model(str(tiny_repo / "models" / "compact-triplet.onnx"), threshold=0.7)
+    assert isinstance(given.encoder, OnnxNetwork) and (given.threshold, given.threshold_source) == (0.7, "given")
+    a, b = face(tiny_repo, 5, 1), face(tiny_repo, 5, 2)
+    result = api.verify(a, b, "compact-contrastive", root=tiny_repo)
+    assert result.distance == pytest.approx(api.verify(a, b, torch_model).distance, abs=1e-4)
+
+
+def test_best_ranks_exported_models_without_their_checkpoints(tiny_repo: Path):
+    export_tiny_models(tiny_repo)
+    for name in MODELS:
+        (tiny_repo / "models" / f"{name}.pt").unlink()
+    assert best_model(tiny_repo) == ("compact-triplet", TINY_CV_EER["compact-triplet"])
+
+
+def test_the_onnx_path_imports_neither_torch_nor_mlflow(tiny_repo: Path):
+    """`facesim verify`, `search` and `embed` and the Python API, in a fresh interpreter, on ONNX models."""
+    export_tiny_models(tiny_repo)
+    a, b, gallery = face(tiny_repo, 5, 1), face(tiny_repo, 6, 1), face(tiny_repo, 5, 1).parent.parent
+    script = f"""
+import json, sys
+from facesim import api
+from facesim.app.cli import main
+root = {str(tiny_repo)!r}
+result = api.verify({str(a)!r}, {str(b)!r}, "compact-triplet", root=root, detect=False)
+codes = [main(["verify", {str(a)!r}, {str(b)!r}, "--root", root, "--no-detect"]),
+         main(["search", {str(a)!r}, "--gallery", {str(gallery)!r}, "--root", root, "--no-detect", "-k", "2"]),
+         main(["embed", {str(gallery)!r}, "--out", {str(tiny_repo / "e.npy")!r}, "--root", root, "--no-detect"])]
+loaded = sorted({{name.split(".")[0] for name in sys.modules}} & {{"torch", "mlflow", "torchvision", "onnxruntime"}})
+print(json.dumps({{"codes": codes, "model": result.model, "loaded": loaded}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tiny_repo, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report == {"codes": [0, 0, 0], "model": "compact-triplet", "loaded": ["onnxruntime"]}
+    assert done.stderr == ""
+
+
 def test_unknown_model_and_broken_metrics_are_errors(tiny_repo: Path):
     with pytest.raises(api.ModelError, match=r"resnet: not a model name \(best, <backbone>-<loss> such as "
-                                             r"dlib-triplet, contrastive, triplet\), checkpoint file or MLflow "
+                                             r"dlib-triplet, contrastive, triplet\), model file \(\.onnx, \.pt\) or MLflow "
                                              r"model URI; pass one of those, e\.g\. --model compact-triplet"):
         api.load_model("resnet", root=tiny_repo)
     metrics = tiny_repo / "reports" / "metrics" / "compact-contrastive.json"

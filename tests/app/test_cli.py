@@ -98,7 +98,7 @@ def test_embed_csv(capsys, tmp_path: Path):
     out_file = tmp_path / "embeddings.csv"
     code, out, _ = run(capsys, "embed", str(TESTING / "s7"), S5_1, "--out", str(out_file), "--root", str(REPO),
                        "--no-cache")
-    from facesim.core.models import load_checkpoint
+    from facesim.core.checkpoint import load_checkpoint
 
     best, label = best_label(REPO)  # no --model: the lowest cross-validation EER
     config = load_checkpoint(REPO / "models" / f"{best}.pt")[1]["model_config"]
@@ -184,6 +184,25 @@ def test_usage_errors(capsys, tiny_repo: Path, tmp_path: Path, argv, message):
     code, out, err = run(capsys, *[a.format(**names) for a in argv], "--root", str(tiny_repo))
     assert code == 1 and out == "" and message.format(**names) in err
     one_line_failure(err, argv[0])
+
+
+def test_a_model_file_that_is_not_facesims_is_refused_in_words(capsys, tiny_repo: Path, tmp_path: Path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    a = str(face(tiny_repo, 5, 1))
+    # an ONNX model of someone else's: no facesim metadata
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "other",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 224, 224])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "resnet.onnx"))
+    (tmp_path / "notes.pt").write_text("my notes, not a model\n")
+    expected = {"resnet.onnx": f"{tmp_path}/resnet.onnx: not a facesim ONNX model (no facesim metadata: facesim.format, ",
+                "notes.pt": f"{tmp_path}/notes.pt: not a facesim model (not a PyTorch checkpoint: torch.save writes "
+                            "a zip archive, and this file is none)"}
+    for name, message in expected.items():
+        code, out, err = run(capsys, "verify", a, a, "--model", str(tmp_path / name), "--root", str(tiny_repo))
+        assert code == 1 and out == "" and one_line_failure(err, "verify").startswith(f"facesim verify: {message}")
 
 
 def test_outside_the_repository_without_root(capsys, tmp_path_factory, monkeypatch, tiny_repo: Path):
@@ -312,8 +331,8 @@ def test_without_a_model_to_rank_the_default_says_what_to_run(capsys, tiny_repo:
         code, out, err = run(capsys, *argv)
         assert code == 1 and out == ""
         assert one_line_failure(err, argv[0]) == (
-            f"facesim {argv[0]}: .: no trained model with a cross-validation summary (models/<backbone>-<loss>.pt "
-            "and reports/cv/<backbone>/<loss>.json) to pick the most accurate from; run `dvc repro` (and `dvc repro "
+            f"facesim {argv[0]}: .: no trained model with a cross-validation summary (models/<backbone>-<loss>.onnx "
+            "or .pt and reports/cv/<backbone>/<loss>.json) to pick the most accurate from; run `dvc repro` (and `dvc repro "
             "cv/dvc.yaml`), or name one with --model, e.g. --model compact-triplet")
     # a model named outright still works
     code, out, _ = run(capsys, "verify", a, a, "--model", "compact-contrastive", "--json")

@@ -17,8 +17,9 @@ from torch import nn
 from helpers import modules_imported_by, tiny_train_params, tiny_training_data
 from facesim.core.backbones import BLOCKS, require_pretrained_weights, weights_path
 from facesim.core.data import Preprocess
-from facesim.core.models import ModelConfig, build_embedding_net, load_checkpoint
-from facesim.pipeline.fit import fit
+from facesim.core.checkpoint import load_checkpoint
+from facesim.core.models import ModelConfig, build_embedding_net
+from facesim.training.fit import fit
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from helpers import constant_image, random_grey_pixels
-from facesim.core.data import Augment, FaceSet, Preprocess, prepare_images, prepare_pixels, trim_uniform_borders
+from facesim.core.data import Augment, FaceSet, Preprocess, prepare_images, prepare_pixels
 from facesim.core.images import ImageError, load_image, load_pixels
 
 RNG_SEED = 0
@@ -306,24 +306,6 @@ def test_per_image_normalisation_of_a_uniform_picture_is_zeros():
     batch = prepare_pixels([np.full((4, 4), 77, dtype=np.uint8)], Preprocess(height=4, width=4,
                                                                              normalization="per_image"))
     assert torch.count_nonzero(batch) == 0 and torch.isfinite(batch).all()
-
-
-def test_trim_uniform_borders_cuts_a_frame_and_nothing_else():
-    face = np.random.default_rng(1).integers(0, 256, size=(10, 8), dtype=np.uint8)
-    framed = np.pad(face, ((3, 2), (1, 3)), constant_values=0)
-    assert np.array_equal(trim_uniform_borders(framed), face)
-    assert np.array_equal(trim_uniform_borders(face), face)
-    # a frame with JPEG-like noise of a few grey levels is still a frame
-    noisy = framed.copy()
-    noisy[:3] = np.random.default_rng(2).integers(0, 4, size=noisy[:3].shape)
-    assert np.array_equal(trim_uniform_borders(noisy), face)
-
-
-def test_trim_uniform_borders_keeps_at_least_half_of_each_side():
-    flat = np.zeros((10, 10), dtype=np.uint8)
-    flat[4, 4] = 255  # one bright pixel in a uniform picture
-    assert trim_uniform_borders(flat, keep=0.5).shape == (6, 6)
-    assert trim_uniform_borders(np.zeros((10, 10), dtype=np.uint8)).shape == (10, 10)
 
 
 def test_prepare_with_trimming_sees_a_framed_face_like_the_face():

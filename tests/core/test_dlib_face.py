@@ -14,7 +14,8 @@ from helpers import TESTING, needs_orl, random_grey_pixels, tiny_train_params
 from facesim.core import dlib_face
 from facesim.core.data import Preprocess, prepare_pixels
 from facesim.core.images import load_pixels
-from facesim.core.models import DescriptorHead, ModelConfig, build_embedding_net, embed_all
+from facesim.core.embedding import embed_all
+from facesim.core.models import DescriptorHead, ModelConfig, build_embedding_net
 
 dlib = pytest.importorskip("dlib", reason="the dlib extra is not installed (pip install -e '.[dlib]')")
 

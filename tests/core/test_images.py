@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image
 
 from helpers import constant_image, random_grey_pixels
 from facesim.core.images import (
+    JPEG_MIN_SIDE,
     ImageError,
     decode_pixels,
     grey_pixels as image_grey_pixels,
@@ -224,3 +226,48 @@ def test_decompression_bombs_are_refused_naming_the_file(tmp_path: Path, monkeyp
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels > 2 x 1000: Pillow's bomb error
     with pytest.raises(ImageError, match="huge.png: refused, too many pixels"):
         load_pixels(path)
+
+
+# ---- large photos -----------------------------------------------------------------------------------
+
+
+def flat_photo(size: tuple[int, int]) -> Image.Image:
+    """A (width, height) grey picture of two flat areas: grey 100, and a block of 200 in its middle quarter."""
+    width, height = size
+    photo = Image.new("L", size, 100)
+    photo.paste(200, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+    return photo
+
+
+def test_a_large_jpeg_is_decoded_at_the_size_detection_needs_without_a_warning(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "large.jpg"
+    flat_photo((6000, 4000)).save(path, quality=90)
+    # 24 megapixels above this limit (and below twice it): Pillow warns of a decompression bomb when it opens it
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000_000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pixels = load_pixels(path)
+    assert [str(w.message) for w in caught] == []
+    # libjpeg decoded it at 1/4: the shorter side keeps JPEG_MIN_SIDE (1/8 would leave 500 pixels)
+    assert pixels.shape == (1000, 1500) and 1000 >= JPEG_MIN_SIDE > 4000 // 8
+    assert abs(int(pixels[500, 750]) - 200) <= 2 and abs(int(pixels[100, 100]) - 100) <= 2
+
+
+def test_a_jpeg_too_small_to_shrink_is_decoded_whole(tmp_path: Path):
+    path = tmp_path / "photo.jpg"
+    flat_photo((1200, 1700)).save(path, quality=90)  # its shorter side halved would be below JPEG_MIN_SIDE
+    assert load_pixels(path).shape == (1700, 1200)
+
+
+def test_other_large_pictures_keep_the_warning_and_absurd_ones_the_refusal(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch):
+    png, jpeg = tmp_path / "large.png", tmp_path / "absurd.jpg"
+    flat_photo((300, 200)).save(png)
+    flat_photo((2000, 1800)).save(jpeg)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # the PNG's 60,000 pixels: warned, decoded whole
+    with pytest.warns(Image.DecompressionBombWarning):
+        assert load_pixels(png).shape == (200, 300)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # the JPEG's 3.6 million: above twice the limit
+    with pytest.raises(ImageError, match="absurd.jpg: refused, too many pixels"):
+        load_pixels(jpeg)

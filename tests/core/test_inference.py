@@ -15,7 +15,7 @@ from helpers import TESTING, face_image_bytes, needs_orl, write_tiny_model
 from helpers import face_pixels as synthetic_pixels
 from facesim.core.images import ImageError
 from facesim.core.inference import FaceModel, face_pixels, file_digest, from_checkpoint
-from facesim.core.models import ModelError
+from facesim.core.model_files import ModelError
 
 
 def synthetic(person: int, image: int) -> Image.Image:
@@ -69,7 +69,7 @@ def test_from_checkpoint_takes_the_threshold_given_else_the_metrics_files(tmp_pa
     monkeypatch.chdir(tmp_path)
     checkpoint = write_tiny_model(tmp_path / "tiny.pt", threshold=0.25)
     model = from_checkpoint(checkpoint, tmp_path / "tiny.json")
-    assert isinstance(model, FaceModel) and not model.network.training
+    assert isinstance(model, FaceModel) and not model.encoder.network.training
     assert (model.name, model.checkpoint) == (str(checkpoint), str(checkpoint))
     assert model.threshold == 0.25 and model.threshold_source == "calibrated on people unseen in training, tiny.json"
     assert model.digest == file_digest(checkpoint) == hashlib.sha256(checkpoint.read_bytes()).hexdigest()

@@ -19,7 +19,7 @@ from PIL import Image
 
 from helpers import TESTING, face_image_bytes, needs_orl, write_tiny_model
 from facesim.core.inference import from_checkpoint
-from facesim.core.models import ModelError
+from facesim.core.model_files import ModelError
 from facesim.mlops.pyfunc import INPUT_COLUMNS, FaceVerifier, decode_image, encode_image
 
 THRESHOLD = 0.05

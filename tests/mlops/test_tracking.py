@@ -77,7 +77,7 @@ def test_flatten_joins_nested_keys_with_dots() -> None:
     assert flatten({}) == {}
 
 
-RUN_METHODS = ("log_params", "log_metrics", "log_artifact", "set_tags", "log_model")
+RUN_METHODS = ("log_params", "log_metrics", "log_artifact", "set_tags", "log_model", "log_onnx_model")
 
 
 def parameters(method) -> list[tuple[str, object, object]]:
@@ -105,6 +105,7 @@ def test_null_run_has_no_run_id_and_takes_every_call_without_a_trace(tmp_path: P
     assert NULL_RUN.log_artifact(tmp_path / "nowhere", "plots") is None
     assert NULL_RUN.set_tags({"t": "v"}) is None
     assert NULL_RUN.log_model(object(), [[0.0]], {"epoch": 1}) is None
+    assert NULL_RUN.log_onnx_model(tmp_path / "nowhere.onnx", [[0.0]], {"facesim.model": "m"}) is None
     assert list(tmp_path.iterdir()) == []  # no store created, nothing written
     assert MlflowRun(object(), "abc123").run_id == "abc123"
 

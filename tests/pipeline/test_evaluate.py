@@ -315,7 +315,8 @@ def test_evaluate_model_writes_headline_metrics_and_details(stage):
 def test_evaluate_model_calibrates_for_the_target_far_on_the_validation_people(stage):
     """The threshold is `calibrate`'s at 1% on the validation faces, set against the training faces too."""
     from facesim.core.data import FaceSet, Preprocess
-    from facesim.core.models import embed_all, load_checkpoint
+    from facesim.core.checkpoint import load_checkpoint
+    from facesim.core.embedding import embed_all
     from facesim.pipeline.calibration import calibrate
     from facesim.pipeline.sample import held_out_faces, load_tables
 

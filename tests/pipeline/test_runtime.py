@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from helpers import REPO
 from facesim.core.losses import exact_sqrt
 from facesim.core.params import ParamsError, parse_section
 from facesim.pipeline.runtime import (DEBUG_ENV, NATIVE_KERNELS_ENV, PINNED_KERNELS, RESTORE_HINT, RuntimeParams,
-                                      failure_line, pin_arithmetic)
+                                      failure_line, pin_arithmetic, stage_args)
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 
@@ -116,10 +117,23 @@ def test_every_torch_stage_pins_before_its_work_and_every_stage_runs_through_run
     for script in sorted((REPO / "stages").glob("*.py")):
         text = script.read_text()
         assert "run_stage(" in text, f"{script.name} does not run its main through run_stage"
-        if script.stem in ("train", "evaluate", "robustness", "cv_fold"):
-            pin = text.index("pin_arithmetic(")
-            # the MLflow run opens after the pinning (train opens it on rank 0 only: `stage_run(...) if ...`)
-            assert pin < text.index("stage_run("), f"{script.name} pins after it starts working"
+        if script.stem in ("train", "evaluate", "robustness", "cv_fold", "export"):
+            main = next(node for node in ast.parse(text).body if isinstance(node, ast.FunctionDef) and node.name == "main")
+            # what main does first: read its command line, then pin, before anything else
+            first, second = (ast.unparse(statement) for statement in main.body[:2])
+            assert first.startswith("args = stage_args(") and second == "pin_runtime(args.params)", \
+                f"{script.name} does not pin right after reading its command line"
+
+
+def test_stage_args_reads_params_and_one_required_option_per_keyword(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["stage.py", "--train-pairs", "a.csv", "--fold", "2", "--models", "x", "y"])
+    args = stage_args("the doc", "'train'", train_pairs="the training pairs", fold={"type": int, "help": "a fold"},
+                      models={"nargs": "+"})
+    assert vars(args) == {"params": "params.yaml", "train_pairs": "a.csv", "fold": 2, "models": ["x", "y"]}
+    monkeypatch.setattr(sys, "argv", ["stage.py", "--params", "p.yaml"])
+    with pytest.raises(SystemExit):
+        stage_args("the doc", "'train'", train_pairs="the training pairs")
+    assert "the following arguments are required: --train-pairs" in capsys.readouterr().err
 
 
 def test_every_stage_that_pins_declares_the_runtime_params_it_reads():
@@ -131,6 +145,6 @@ def test_every_stage_that_pins_declares_the_runtime_params_it_reads():
             stage = stage.get("do", stage)
             script = next(d for d in stage["deps"] if isinstance(d, str) and d.startswith("stages/"))
             assert "src/facesim/pipeline/runtime.py" in stage["deps"], f"{dvcfile}:{name} does not list runtime.py"
-            pins = "pin_arithmetic(" in (REPO / script).read_text()
+            pins = "pin_runtime(" in (REPO / script).read_text()
             declared = any(p in ("runtime", "runtime.threads") for p in stage.get("params", []) if isinstance(p, str))
             assert pins == declared, f"{dvcfile}:{name}: pins {pins}, declares runtime params {declared}"

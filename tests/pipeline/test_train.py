@@ -16,7 +16,9 @@ import torch
 
 from helpers import RecordingRun, tiny_fit_params, train_samples, write_tiny_inputs
 from facesim.core.data import FaceSet
-from facesim.core.models import EnsembleNet, embed_all, load_checkpoint
+from facesim.core.checkpoint import load_checkpoint
+from facesim.core.embedding import embed_all
+from facesim.core.models import EnsembleNet
 from facesim.core.params import ParamsError
 from facesim.pipeline.train import train_and_save
 

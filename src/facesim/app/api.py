@@ -2,17 +2,22 @@
 
 The same three functions back the `facesim` command line, a notebook or a
 service. A model is named by what the pipeline trained (`<backbone>-<loss>`, e.g.
-'dlib-triplet': `models/<name>.pt` with the threshold from
+'dlib-triplet': `models/<name>.onnx`, the export stage's, with its threshold in its
+metadata, else the checkpoint `models/<name>.pt` with the threshold from
 `reports/metrics/<name>.json`; 'contrastive' and 'triplet' name the compact
 ones), 'best' (the default: of the models the pipeline trained, the one with
-the lowest committed cross-validation EER), by the path of a checkpoint, or by
-an MLflow model URI (`models:/facesim-dlib-triplet@champion`); `load_model` once
-and pass the `FaceModel` to repeated calls to load it only once.
+the lowest committed cross-validation EER), by the path of an ONNX model (.onnx)
+or a checkpoint (.pt), or by an MLflow model URI
+(`models:/facesim-dlib-triplet@champion`); `load_model` once and pass the
+`FaceModel` to repeated calls to load it only once. ONNX models run on
+onnxruntime: that path imports neither torch nor MLflow; a checkpoint or an
+MLflow URI runs on torch.
 
 Every picture is decoded by `facesim.core.images`, framed like the ORL faces when the
 face is only part of the photo (`facesim.core.detect`: "no face found" otherwise),
-and prepared by `prepare_images`, the functions training and evaluation use
-(`facesim.core.inference`). Gallery embeddings are cached (`facesim.app.gallery`).
+and prepared as in training and evaluation (`facesim.core.inference`: torch's own
+preparation for a checkpoint, its numpy twin `facesim.core.preprocess` for an ONNX
+model). Gallery embeddings are cached (`facesim.app.gallery`).
 """
 
 from __future__ import annotations
@@ -32,14 +37,15 @@ import numpy as np
 from facesim.app.gallery import ImageInput, SkippedFilesWarning, cache_for, embed_files, face_label, load_face
 from facesim.app.repo import find_root, missing_output
 from facesim.core.images import ImageError, load_image
-from facesim.core.inference import FaceModel, from_checkpoint
+from facesim.core.inference import FaceModel, from_checkpoint, from_onnx
 from facesim.core.metrics import top_k_neighbours
-from facesim.core.models import MODELS, ModelError
+from facesim.core.model_files import MODELS, ModelError
 from facesim.core.paths import show_path
 
 DEFAULT_GALLERY = Path("data", "raw", "faces", "testing")  # the held-out test faces, under the repo root
 BEST = "best"  # the model name that picks the most accurate model the pipeline trained (`best_model`)
 PIPELINE_MODEL = re.compile(rf"[A-Za-z0-9_]+-({'|'.join(MODELS)})")  # <backbone>-<loss>, as dvc.yaml names them
+MODEL_SUFFIXES = (".onnx", ".pt")  # the model files: the export stage's (onnxruntime), the train stage's (torch)
 
 __all__ = ["Embeddings", "FaceModel", "ImageError", "Match", "ModelError", "SearchResult", "SkippedFilesWarning",
            "Verification", "best_model", "embed", "load_model", "search", "search_figure", "verify"]
@@ -53,25 +59,25 @@ def is_mlflow_uri(spec: str) -> bool:
 
 
 def best_model(root: str | os.PathLike | None = None) -> tuple[str, float]:
-    """(name, CV EER) of the most accurate model the pipeline trained: of the `models/<backbone>-<loss>.pt`
-    present, the one whose committed cross-validation summary (`reports/cv/<backbone>/<loss>.json`) has the
-    lowest mean EER on people never seen in training."""
+    """(name, CV EER) of the most accurate model the pipeline trained: of the `models/<backbone>-<loss>.onnx`
+    or `.pt` present, the one whose committed cross-validation summary (`reports/cv/<backbone>/<loss>.json`)
+    has the lowest mean EER on people never seen in training."""
     base = find_root(root)
     scored = []
-    for checkpoint in sorted((base / "models").glob("*.pt")):
-        if not PIPELINE_MODEL.fullmatch(checkpoint.stem):
+    for stem in sorted({path.stem for suffix in MODEL_SUFFIXES for path in (base / "models").glob(f"*{suffix}")}):
+        if not PIPELINE_MODEL.fullmatch(stem):
             continue
-        backbone, loss = checkpoint.stem.rsplit("-", 1)
+        backbone, loss = stem.rsplit("-", 1)
         summary = base / "reports" / "cv" / backbone / f"{loss}.json"
         try:
             eer = float(json.loads(summary.read_text(encoding="utf-8"))["eer"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a model without a cross-validation summary is not ranked
         if math.isfinite(eer):
-            scored.append((eer, checkpoint.stem))
+            scored.append((eer, stem))
     if not scored:
         raise ModelError(f"{show_path(base)}: no trained model with a cross-validation summary (models/<backbone>-"
-                         "<loss>.pt and reports/cv/<backbone>/<loss>.json) to pick the most accurate from; run "
+                         "<loss>.onnx or .pt and reports/cv/<backbone>/<loss>.json) to pick the most accurate from; run "
                          "`dvc repro` (and `dvc repro cv/dvc.yaml`), or name one with --model, e.g. --model "
                          "compact-triplet")
     eer, name = min(scored)
@@ -84,13 +90,15 @@ def load_model(
     root: str | os.PathLike | None = None,
     threshold: float | None = None,
 ) -> FaceModel:
-    """Load a model by name ('best', '<backbone>-<loss>', 'contrastive', 'triplet'), checkpoint path (.pt) or
-    MLflow model URI.
+    """Load a model by name ('best', '<backbone>-<loss>', 'contrastive', 'triplet'), model file path (.onnx or .pt)
+    or MLflow model URI.
 
-    A name reads `<root>/models/<name>.pt` and the threshold from `<root>/reports/metrics/<name>.json`
-    ('best': the name `best_model` picks; 'contrastive' and 'triplet': 'compact-contrastive', 'compact-triplet');
-    a path reads the threshold from a `.json` of the same stem beside it; an MLflow URI loads the
-    pyfunc that the evaluate stage registered. `threshold` overrides the saved one.
+    A name reads `<root>/models/<name>.onnx` (on onnxruntime, threshold from its metadata) where the export
+    stage wrote it, else `<root>/models/<name>.pt` (on torch) and the threshold from
+    `<root>/reports/metrics/<name>.json` ('best': the name `best_model` picks; 'contrastive' and 'triplet':
+    'compact-contrastive', 'compact-triplet'); a .onnx path carries its threshold, a .pt path reads it from a
+    `.json` of the same stem beside it; an MLflow URI loads the pyfunc that the evaluate stage registered.
+    `threshold` overrides the saved one.
     """
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                   or not math.isfinite(threshold) or threshold <= 0):
@@ -112,19 +120,26 @@ def load_model(
     if is_mlflow_uri(spec):
         return _from_mlflow(spec, root, threshold)
     path = Path(spec)
-    if not path.exists() and path.suffix != ".pt":
+    if not path.exists() and path.suffix not in MODEL_SUFFIXES:
         raise ModelError(f"{spec}: not a model name (best, <backbone>-<loss> such as dlib-triplet, {', '.join(MODELS)}), "
-                         "checkpoint file or MLflow model URI; pass one of those, e.g. --model compact-triplet, "
-                         "--model my.pt or --model models:/facesim-dlib-triplet@champion")
+                         "model file (.onnx, .pt) or MLflow model URI; pass one of those, e.g. --model compact-triplet, "
+                         "--model my.onnx or --model models:/facesim-dlib-triplet@champion")
     if not path.is_file():
-        raise FileNotFoundError(f"{spec}: checkpoint not found; check the path, or name a model the pipeline "
+        kind = "ONNX model" if path.suffix == ".onnx" else "checkpoint"
+        raise FileNotFoundError(f"{spec}: {kind} not found; check the path, or name a model the pipeline "
                                 "trained (best, or <backbone>-<loss> such as dlib-triplet)")
+    if path.suffix == ".onnx":
+        return from_onnx(path, threshold, name=spec)
     return from_checkpoint(path, path.with_suffix(".json"), threshold, name=spec)
 
 
 def _pipeline_model(name: str, base: Path, threshold: float | None) -> FaceModel:
-    """The model the pipeline trained: models/<name>.pt, threshold from reports/metrics/<name>.json; a
-    missing file is explained by what dvc.lock records of it."""
+    """The model the pipeline trained: models/<name>.onnx where the export stage wrote it (its threshold in it),
+    else models/<name>.pt with the threshold from reports/metrics/<name>.json; a missing file is explained by
+    what dvc.lock records of it."""
+    exported = base / "models" / f"{name}.onnx"
+    if exported.is_file():
+        return from_onnx(exported, threshold, name=name)
     checkpoint, metrics = f"models/{name}.pt", f"reports/metrics/{name}.json"
     if not (base / checkpoint).is_file():
         what, problem, todo = missing_output(base, checkpoint, "checkpoint", "train")

@@ -1,8 +1,8 @@
 """Pictures from files and folders, and the gallery's embedding cache.
 
 Gallery embeddings are cached in `<repo>/.facesim-cache/`, keyed by the sha256
-of each file's bytes and of the checkpoint, so a second search over the same
-gallery embeds nothing and a changed file is embedded again.
+of each file's bytes and of the model file (.onnx or .pt), so a second search over
+the same gallery embeds nothing and a changed file is embedded again.
 """
 
 from __future__ import annotations

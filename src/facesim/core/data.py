@@ -4,10 +4,11 @@ The ORL set is 400 images of 92x112 grey pixels (4 MB): decoding them once
 into one tensor and building every pair, triplet or P x K batch by indexing
 is far faster than opening files per item. `prepare_images` is the one
 function that turns any picture into model input, in training, evaluation
-and the command line alike: it stacks the 8-bit grey pixels of same-sized
-pictures and resizes each stack in one torch call (bilinear, antialiased like
-Pillow's resize, and like it rounded to whole grey levels), then normalises.
-Files are read by `facesim.core.images`.
+and evaluation alike: it stacks the 8-bit grey pixels of same-sized pictures
+and resizes each stack in one torch call (bilinear, antialiased, in integer
+arithmetic rounded to whole grey levels), then normalises. The ONNX models
+take the same input from `facesim.core.preprocess`, its numpy twin without
+torch. Files are read by `facesim.core.images`.
 
 Faces that would take more than `FACES_IN_MEMORY_MB` as model input (about
 100,000 faces at 40x32) are not held in memory: their resized 8-bit pixels are
@@ -22,7 +23,7 @@ import hashlib
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +34,7 @@ from PIL import Image
 
 from facesim.core.array_cache import cache_root, cached_array
 from facesim.core.images import ImageError, grey_pixels, load_pixels
-
-
-# The default model input, as params.yaml sets it: ORL's 92x112 faces at 32x40 (9 MFLOP a face).
-INPUT_HEIGHT, INPUT_WIDTH = 40, 32
+from facesim.core.preprocess import Preprocess, trim_uniform_borders
 
 # Faces whose prepared float32 pixels would take more than this many MiB are read from the uint8
 # memory-mapped cache instead (FACESIM_FACES_IN_MEMORY_MB overrides it; the numbers are the same either
@@ -44,56 +42,6 @@ INPUT_HEIGHT, INPUT_WIDTH = 40, 32
 FACES_IN_MEMORY_MB = 512
 FACES_IN_MEMORY_ENV = "FACESIM_FACES_IN_MEMORY_MB"
 _CACHE_VERSION = 1  # bump when the cached pixels of the same files and preprocessing would change
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How a picture becomes model input; saved in every checkpoint.
-
-    The defaults of the fields after `width` are those of checkpoints written
-    before the field existed, so that an older checkpoint is still prepared the
-    way it was trained (every checkpoint records its height and width).
-    """
-
-    height: int = INPUT_HEIGHT  # model input height in pixels (ORL originals are 112)
-    width: int = INPUT_WIDTH  # model input width (ORL originals are 92)
-    mean: float = 0.5  # "fixed" normalisation: subtracted after scaling grey levels to [0, 1]
-    std: float = 0.25  # "fixed" normalisation: divided by after subtracting the mean
-    # "fixed": (x - mean) / std for every face; "per_image": each face to zero mean and unit
-    # variance, so that a darker, brighter or flatter photo of a face gives the same input
-    normalization: str = "fixed"
-    trim_borders: bool = False  # cut away uniform rows and columns at the edges (a frame, a mat)
-    # "pixels": the prepared picture (N, 1, height, width); "dlib": dlib's 128-d descriptor of the face
-    # (N, 128; `facesim.core.dlib_face`), which a `dlib` backbone's head takes instead of pixels
-    features: str = "pixels"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# A row or column at the edge counts as border when its grey levels span at most this many
-# levels. A frame or mat added around a picture is one level, or a few after JPEG compression
-# (at quality 30 all but the 4 pixels next to the picture stay within 2); a photo's own edge
-# rows span more, even blurred (ORL's span 14 or more, 6 or more after a radius-2 blur).
-BORDER_SPREAD = 4
-
-
-def trim_uniform_borders(pixels: np.ndarray, spread: int = BORDER_SPREAD, keep: float = 0.5) -> np.ndarray:
-    """`pixels` without the near-uniform rows and columns around them, each side trimmed until its
-    edge row (column) spans more than `spread` grey levels; at least `keep` of each side stays."""
-    height, width = pixels.shape
-    row_spread = pixels.max(axis=1).astype(np.int16) - pixels.min(axis=1)
-    col_spread = pixels.max(axis=0).astype(np.int16) - pixels.min(axis=0)
-
-    def edges(spreads: np.ndarray, limit: int) -> tuple[int, int]:
-        busy = np.flatnonzero(spreads > spread)
-        if busy.size == 0:
-            return 0, len(spreads)
-        return min(int(busy[0]), limit), max(int(busy[-1]) + 1, len(spreads) - limit)
-
-    top, bottom = edges(row_spread, int(height * (1 - keep) / 2))
-    left, right = edges(col_spread, int(width * (1 - keep) / 2))
-    return pixels[top:bottom, left:right]
 
 
 def prepare_images(images: Iterable[Image.Image], preprocess: Preprocess) -> torch.Tensor:
@@ -124,7 +72,8 @@ def resize_pixels(pixels: Sequence[np.ndarray], preprocess: Preprocess) -> torch
     batch = torch.empty(len(pixels), 1, *size, dtype=torch.uint8)
     for rows in rows_by_shape.values():
         stack = torch.from_numpy(np.stack([pixels[row] for row in rows])).unsqueeze(1)
-        # on uint8 torch resizes in integer arithmetic like Pillow, and 2-3x faster than on floats
+        # on uint8 torch resizes in integer arithmetic (`facesim.core.preprocess.resize_grey`, bit for bit), and
+        # 2-3x faster than on floats
         batch[rows] = F.interpolate(stack, size=size, mode="bilinear", antialias=True, align_corners=False)
     return batch
 

@@ -4,8 +4,10 @@ Binary PGM files, the format of ORL, are decoded with numpy directly, about
 four times faster than through Pillow; every other file goes through Pillow,
 with its EXIF orientation applied (phone photos are stored sideways with a tag
 saying so) and 16-bit or floating-point grey scaled to 8 bits rather than
-clipped. Training, evaluation, the command line and the served model all read
-pictures through `decode_pixels`. Errors name the file.
+clipped. A large JPEG is decoded at a fraction of its size, as large as the
+face detector and the models need (`JPEG_MIN_SIDE`). Training, evaluation, the
+command line and the served model all read pictures through `decode_pixels`.
+Errors name the file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -96,10 +99,40 @@ def grey_pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image if image.mode == "L" else image.convert("L"))
 
 
+# A JPEG is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg scales while decoding: Pillow's draft mode) as
+# far as its shorter side keeps this many pixels. The face detector looks for faces down to 1/8 of the
+# shorter side (`facesim.core.detect`), which then still span 112 pixels, ORL's face height: all any model
+# takes (compact: 40x32; dlib's HOG finds ORL's 92x112 faces as they are). A 100-megapixel photo is decoded
+# at 1.5 megapixels: 5 MB of RGB, not 300.
+JPEG_MIN_SIDE = 8 * 112
+
+
+def _draft_jpeg(image: Image.Image) -> bool:
+    """Have an opened, not yet loaded JPEG decoded at the smallest scale that keeps JPEG_MIN_SIDE on its shorter
+    side; True when that is smaller than the picture."""
+    if image.format not in ("JPEG", "MPO"):
+        return False
+    scale = next((s for s in (8, 4, 2) if min(image.size) // s >= JPEG_MIN_SIDE), 1)
+    if scale == 1:
+        return False
+    # libjpeg's scale is the largest of 8, 4, 2 that the size asked for divides the picture by
+    image.draft(image.mode, (image.width // scale, image.height // scale))
+    return True
+
+
 def _decode_with_pillow(name: str, data: bytes) -> np.ndarray:
     """Pillow's 8-bit grey pixels of a file's bytes, upright as its EXIF orientation says."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        # Pillow warns of a picture above 89 megapixels when it opens it (and refuses one above 179): a JPEG
+        # decoded at a fraction of its size is no such risk, so its warning is dropped; any other keeps it
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+        with opened as image:
+            drafted = _draft_jpeg(image)
+            for warning in caught:
+                if not (drafted and issubclass(warning.category, Image.DecompressionBombWarning)):
+                    warnings.warn(warning.message, warning.category, stacklevel=2)
             image.load()
             return grey_pixels(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError as exc:

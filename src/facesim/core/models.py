@@ -1,20 +1,19 @@
-"""Embedding networks for 1-channel face images, and their configuration."""
+"""Embedding networks for 1-channel face images, and their configuration.
+
+What a trained network is used through lives beside it: `facesim.core.embedding` (every face's embedding,
+BatchNorm folded) and `facesim.core.checkpoint` (a checkpoint file back to its network).
+"""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from facesim.core.backbones import (
     check_frozen_blocks,
@@ -22,7 +21,7 @@ from facesim.core.backbones import (
     require_pretrained_weights,
     torchvision_backbone,
 )
-from facesim.core.data import INPUT_HEIGHT, INPUT_WIDTH
+from facesim.core.preprocess import INPUT_HEIGHT, INPUT_WIDTH
 from facesim.core.dlib_face import DESCRIPTOR_SIZE, dlib_faces
 
 # compact: our small CNN; resnet18 / efficientnet_b0: torchvision's, from scratch or ImageNet-pretrained;
@@ -31,7 +30,6 @@ from facesim.core.dlib_face import DESCRIPTOR_SIZE, dlib_faces
 BACKBONES = ("compact", "resnet18", "efficientnet_b0", "dlib")
 TORCHVISION_BACKBONES = ("resnet18", "efficientnet_b0")
 PRETRAINED = ("none", "imagenet")
-MODELS = ("contrastive", "triplet")  # the two Siamese models: what their loss makes them
 MIN_INPUT_SIDE = 16
 
 
@@ -212,9 +210,7 @@ class EmbeddingNet(nn.Module):
             self.backbone = DescriptorHead(config.embedding_dim)
         else:  # resnet18, efficientnet_b0: randomly initialised; build_embedding_net loads ImageNet weights
             self.backbone = torchvision_backbone(config.backbone, config.embedding_dim, config.frozen_blocks)
-        # oneDNN's convolutions run 2-3x faster on CPUs with channels-last (NHWC) tensors;
-        # a plain attribute, so a benchmark can switch it off to measure what it gives.
-        self.channels_last = True
+        # oneDNN's convolutions run 2-3x faster on CPUs with channels-last (NHWC) tensors
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -222,8 +218,7 @@ class EmbeddingNet(nn.Module):
             if x.dim() != 2 or x.shape[1] != DESCRIPTOR_SIZE or x.shape[0] == 0:
                 raise ValueError(f"expected a non-empty batch of dlib descriptors (N, {DESCRIPTOR_SIZE}), "
                                  f"got {tuple(x.shape)}")
-            embeddings = self.backbone(x)
-            return F.normalize(embeddings, p=2, dim=1) if self.config.normalize else embeddings
+            return self.embed(x)
         if x.dim() != 4 or x.shape[1] != 1:
             raise ValueError(f"expected faces of shape (N, 1, H, W), got {tuple(x.shape)}")
         smallest = minimum_input_side(self.config)
@@ -232,12 +227,12 @@ class EmbeddingNet(nn.Module):
                 f"expected a non-empty batch of faces at least {smallest}x{smallest}, "
                 f"got {tuple(x.shape)}"
             )
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        return self.embed(x.contiguous(memory_format=torch.channels_last))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """`forward` after its checks, on `x` in the memory layout it comes in (benchmarks time NCHW with it)."""
         embeddings = self.backbone(x)
-        if self.config.normalize:
-            embeddings = F.normalize(embeddings, p=2, dim=1)
-        return embeddings
+        return F.normalize(embeddings, p=2, dim=1) if self.config.normalize else embeddings
 
 
 class EnsembleNet(nn.Module):
@@ -282,131 +277,3 @@ def build_embedding_net(config: ModelConfig, load_pretrained: bool = True) -> Em
         for member in network.members if isinstance(network, EnsembleNet) else [network]:
             member.backbone.load_imagenet(state)
     return network
-
-
-def count_flops(model: nn.Module, input_height: int, input_width: int) -> int:
-    """FLOPs (2 x multiply-adds) of the Conv2d and Linear layers for one 1-channel face.
-
-    Biases, normalisation, activations and pooling are not counted.
-    """
-    flops = 0
-
-    def count_conv(module: nn.Conv2d, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        nonlocal flops
-        kernel_height, kernel_width = module.kernel_size
-        inputs_per_output = module.in_channels // module.groups
-        multiply_adds_per_output = inputs_per_output * kernel_height * kernel_width
-        flops += 2 * output.numel() * multiply_adds_per_output
-
-    def count_linear(module: nn.Linear, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        nonlocal flops
-        flops += 2 * output.numel() * module.in_features
-
-    handles = []
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            handles.append(module.register_forward_hook(count_conv))
-        elif isinstance(module, nn.Linear):
-            handles.append(module.register_forward_hook(count_linear))
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    was_training = model.training
-    try:
-        # eval mode so that BatchNorm neither needs a batch > 1 nor updates its statistics
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 1, input_height, input_width, device=device))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return int(flops)
-
-
-def _copy_module_tree(module: nn.Module) -> nn.Module:
-    """A copy of `module` and its submodules that shares their parameters, buffers and other attributes."""
-    clone = copy.copy(module)
-    clone._modules = {name: None if child is None else _copy_module_tree(child)
-                      for name, child in module._modules.items()}
-    return clone
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of `model` with each BatchNorm2d folded into the Conv2d just before it.
-
-    In eval mode a BatchNorm is a fixed per-channel scale and shift, which the
-    conv's weights and bias can absorb: same outputs, one pass over the
-    activations less per layer. Folds conv -> BatchNorm pairs that follow each
-    other in an nn.Sequential (every pair of the compact backbone, the
-    downsampling shortcuts of ResNet-18). `model` itself is left as it was; the
-    copy shares everything with it but the module tree and the folded convs.
-    """
-    folded = _copy_module_tree(model).eval()
-    with torch.no_grad():
-        for module in folded.modules():
-            if not isinstance(module, nn.Sequential):
-                continue
-            names = list(module._modules)
-            for conv_name, bn_name in zip(names, names[1:]):
-                conv, bn = module._modules[conv_name], module._modules[bn_name]
-                # without running statistics a BatchNorm normalises by each batch's own: nothing to fold
-                if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
-                    module._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
-                    module._modules[bn_name] = nn.Identity()
-    return folded
-
-
-def embed_all(model: EmbeddingNet, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Embeddings of every image, in eval mode, without autograd: (N, D) on the CPU."""
-    model.eval()
-    device = next(model.parameters()).device
-    # BatchNorm took a fifth of the compact model's time: folding it costs about 2 ms a call
-    # and gives 1.3-1.5x the faces/s
-    inference = fold_batchnorm(model)
-    if len(images) == 0:  # the network refuses an empty batch: (0, D), D from one blank face
-        return embed_all(model, torch.zeros(1, *images.shape[1:]), batch_size)[:0]
-    with torch.inference_mode():
-        return torch.cat([inference(images[i : i + batch_size].to(device)).cpu()
-                          for i in range(0, len(images), batch_size)])
-
-
-class ModelError(ValueError):
-    """A model cannot be found or loaded, or has no threshold where one is needed."""
-
-
-def read_threshold(metrics_path: str | os.PathLike) -> float:
-    """The `threshold` of an evaluate-stage metrics JSON (calibrated on the validation people)."""
-    path = Path(metrics_path)
-    try:
-        threshold = json.loads(path.read_text(encoding="utf-8"))["threshold"]
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: metrics file not found; run the evaluate stage (`dvc repro`) first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise ModelError(f"{path}: not an evaluate metrics file with a 'threshold' ({exc!r}); rerun the evaluate stage") from None
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise ModelError(f"{path}: 'threshold' must be a finite number, got {threshold!r}")
-    return float(threshold)
-
-
-def inference_device(checkpoint: dict[str, Any]) -> torch.device:
-    """Where a pipeline stage embeds with a trained model: CUDA when there is one and the model was trained
-    with `train.device` auto or cuda, else the CPU (embeddings always come back on the CPU)."""
-    wanted = checkpoint.get("params", {}).get("device", "auto")
-    return torch.device("cuda" if wanted in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[EmbeddingNet, dict[str, Any]]:
-    """The embedding network of a checkpoint written by `facesim.pipeline.train.train_and_save`, in eval mode."""
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: checkpoint not found; run the train stage (`dvc repro`) first") from None
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable facesim checkpoint ({exc}); give a .pt file the train stage wrote") from None
-    missing = {"model_state", "model_config", "preprocess", "epoch"} - set(checkpoint)
-    if missing:
-        raise ValueError(f"{path}: not a facesim checkpoint (missing {', '.join(sorted(missing))}); give a .pt file the train stage wrote")
-    model = build_embedding_net(ModelConfig.from_dict(checkpoint["model_config"]), load_pretrained=False)
-    model.load_state_dict(checkpoint["model_state"])
-    model.to(device).eval()
-    return model, checkpoint

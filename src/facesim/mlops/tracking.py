@@ -65,6 +65,7 @@ class Run(Protocol):
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def log_model(self, model: Any, input_example: Any, metadata: Mapping[str, str | int | float]) -> None: ...
+    def log_onnx_model(self, path: str | os.PathLike, input_example: Any, metadata: Mapping[str, str]) -> None: ...
 
 
 class NullRun:
@@ -85,6 +86,9 @@ class NullRun:
         pass
 
     def log_model(self, model: Any, input_example: Any, metadata: Mapping[str, str | int | float]) -> None:
+        pass
+
+    def log_onnx_model(self, path: str | os.PathLike, input_example: Any, metadata: Mapping[str, str]) -> None:
         pass
 
 
@@ -197,6 +201,27 @@ class MlflowRun:
             # on its channels-last weights; pickle took 0.1 s. Loading needs facesim installed,
             # as the registered pyfunc does anyway.
             serialization_format="pickle",
+            metadata=dict(metadata),
+        )
+
+    def log_onnx_model(self, path: str | os.PathLike, input_example: Any, metadata: Mapping[str, str]) -> None:
+        """Log an ONNX model file (the onnx flavor) with its signature (`input_example` in, onnxruntime's output
+        out) and `metadata`."""
+        import mlflow.onnx
+        import onnx
+        import onnxruntime
+        from mlflow.models import infer_signature
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        output = session.run(None, {session.get_inputs()[0].name: input_example})[0]
+        self._mlflow.onnx.log_model(
+            onnx.load(str(path)),
+            name="onnx",
+            signature=infer_signature(input_example, output),
+            input_example=input_example,
+            # pinned rather than inferred, as for the pytorch flavor
+            pip_requirements=[f"onnxruntime=={onnxruntime.__version__}", f"onnx=={onnx.__version__}"],
+            save_as_external_data=False,  # one file, as the export stage wrote it
             metadata=dict(metadata),
         )
 

@@ -1,5 +1,5 @@
-"""Layer 3, the DVC stages' work: fetch, sample, train, evaluate, robustness, cross-validation,
-render, and the process settings every stage script runs under (`runtime`).
+"""Layer 4, the DVC stages' work: fetch, sample, train, evaluate, robustness, export, cross-validation,
+render, and what every stage script starts and ends with (`runtime`).
 
-Imports `facesim.core` and `facesim.mlops`.
+Imports `facesim.core`, `facesim.mlops` and `facesim.training`.
 """

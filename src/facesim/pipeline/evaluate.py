@@ -39,7 +39,8 @@ from facesim.core.paths import natural_key
 from facesim.pipeline.sample import Face, held_out_faces, load_tables
 from facesim.mlops.registry import register_model
 from facesim.mlops.tracking import NULL_RUN, Run
-from facesim.core.models import embed_all, inference_device, load_checkpoint
+from facesim.core.checkpoint import inference_device, load_checkpoint
+from facesim.core.embedding import embed_all
 
 PREDICTION_COLUMNS = ["set", "image1", "image2", "subject1", "subject2", "label", "distance", "predicted"]
 
@@ -111,6 +112,16 @@ def evaluate_embeddings(
     }
     return metrics, {"test": test_d, "all_pairs": all_d,
                      "all_pairs_first": first, "all_pairs_second": second, "all_pairs_label": same}
+
+
+# The files the evaluate stage writes, by their name in `evaluate_model`'s outputs (its script's options).
+OUTPUTS = {
+    "metrics": "headline metrics JSON (a DVC metric)",
+    "details": "every metric of every pair set (JSON)",
+    "roc": "ROC curve CSV of all held-out pairs (a DVC plot)",
+    "predictions": "per-pair distances and verdicts (CSV)",
+    "embeddings": "held-out face embeddings (CSV)",
+}
 
 
 def evaluate_model(
@@ -191,3 +202,12 @@ def evaluate_model(
         register_model(run, model_name, checkpoint_path, metrics,
                        example_pair=(Path(faces_dir) / test_paths[0], Path(faces_dir) / test_paths[1]))
     return metrics
+
+
+def summary_line(model_name: str, metrics: dict[str, Any]) -> str:
+    """The one line the evaluate stage prints: the threshold and the held-out people's figures."""
+    held_out, validation = metrics["all_pairs"], metrics["validation"]
+    return (f"evaluate@{model_name}: threshold {metrics['threshold']:.3f} (validation FAR {validation['far']:.4f}, "
+            f"FRR {validation['frr']:.4f}), held-out FAR {held_out['far']:.4f}, FRR {held_out['frr']:.4f}, "
+            f"AUC {held_out['roc_auc']:.4f}, EER {held_out['eer']:.4f}, "
+            f"test accuracy {metrics['test']['accuracy']:.4f}, precision@1 {metrics['retrieval']['precision_at_1']:.3f}")

@@ -52,6 +52,16 @@ class ModelOutputs:
     history: Path
     robustness: Path  # the robustness stage's table: family, strength, acceptance rates
 
+    @classmethod
+    def under(cls, name: str, metrics_dir: str | os.PathLike, plots_dir: str | os.PathLike,
+              eval_dir: str | os.PathLike) -> ModelOutputs:
+        """Model `name`'s outputs where dvc.yaml puts them: <metrics_dir>/<name>_details.json,
+        <plots_dir>/<name>/{roc,history,robustness}.csv, <eval_dir>/<name>/{predictions,embeddings}.csv."""
+        plots, evaluated = Path(plots_dir) / name, Path(eval_dir) / name
+        return cls(name=name, metrics=Path(metrics_dir) / f"{name}_details.json", roc=plots / "roc.csv",
+                   history=plots / "history.csv", predictions=evaluated / "predictions.csv",
+                   embeddings=evaluated / "embeddings.csv", robustness=plots / "robustness.csv")
+
 
 def _embedding_table(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     table = pd.read_csv(path)

@@ -23,7 +23,9 @@ from facesim.core.atomic import staged_outputs
 from facesim.core.data import Preprocess, prepare_pixels
 from facesim.core.images import load_pixels
 from facesim.core.photo import Change, blur, contrast, exposure, jpeg, looser, mirror, rotation, scale, shifted, tighter
-from facesim.core.models import embed_all, inference_device, load_checkpoint, read_threshold
+from facesim.core.model_files import read_threshold
+from facesim.core.checkpoint import inference_device, load_checkpoint
+from facesim.core.embedding import embed_all
 from facesim.pipeline.sample import held_out_faces, load_tables
 from facesim.mlops.tracking import NULL_RUN, Run
 

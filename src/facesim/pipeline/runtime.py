@@ -27,16 +27,23 @@ One-line failures. `run_stage` runs a stage's `main`: an expected failure prints
 `<stage>: <problem>; <what to do>` and what DVC did to the stage's outputs (it
 deletes them before running a stage; `dvc checkout` brings the committed ones
 back from its cache), and exits non-zero; FACESIM_DEBUG=1 shows the traceback.
+
+So a stage script in stages/ is its own few lines (as DVC's example stages): `stage_args` reads its
+command line, `pin_runtime` pins a torch stage's arithmetic, it reads its params section, opens its
+MLflow run (`facesim.mlops.tracking.stage_run`), calls one function of `facesim.pipeline` and prints
+one line; `run_stage` runs it.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from facesim.core.params import ParamsError
+from facesim.core.params import ParamsError, load_section
 from facesim.mlops.tracking import StageKilled
 
 PINNED_KERNELS = {
@@ -79,6 +86,24 @@ def pin_arithmetic(params: RuntimeParams) -> dict[str, str]:
     torch.set_num_threads(params.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     return pinned
+
+
+def pin_runtime(params_path: str | os.PathLike) -> dict[str, str]:
+    """`pin_arithmetic` with the `runtime` section of the params file: a torch stage's first step, before any
+    tensor."""
+    return pin_arithmetic(load_section(RuntimeParams, params_path, "runtime"))
+
+
+def stage_args(doc: str | None, reads: str, **options: str | Mapping[str, Any]) -> argparse.Namespace:
+    """A stage script's command line: `--params` (the params file, params.yaml by default; `reads` says what the
+    stage reads of it) and one required option per keyword, `train_pairs` as `--train-pairs`, given its help
+    or argparse's keyword arguments for it (`{"choices": MODELS, "help": ...}`)."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--params", default="params.yaml", help=f"params file; this stage reads {reads}")
+    for name, option in options.items():
+        settings = {"help": option} if isinstance(option, str) else dict(option)
+        parser.add_argument("--" + name.replace("_", "-"), required=True, **settings)
+    return parser.parse_args()
 
 
 def _is_expected(exc: BaseException) -> bool:

@@ -1,21 +1,29 @@
-"""Stage `train`: read a model's sample CSVs, fit it (`facesim.pipeline.fit`), write its
-checkpoint and loss history, and log both to MLflow."""
+"""Stage `train`: read a model's sample CSVs, fit it (`facesim.training.fit`), write its
+checkpoint and loss history, and log both to MLflow.
+
+With train.processes > 1 the stage starts itself again under torchrun, that many processes on this
+machine (DistributedDataParallel); under torchrun started by hand (several machines) it joins their
+group. Only rank 0 logs to MLflow and writes the outputs (`run_train_stage`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 
 from facesim.core.atomic import staged_outputs
 from facesim.core.data import FaceSet
+from facesim.core.digest import content_digest
+from facesim.core.dlib_face import DlibUnavailable
 from facesim.core.models import require_backbone
-from facesim.mlops.tracking import NULL_RUN, Run
-from facesim.pipeline.distributed import SINGLE, World
-from facesim.pipeline.fit import TrainResult, fit
-from facesim.pipeline.objectives import OBJECTIVES
+from facesim.mlops.tracking import NULL_RUN, Run, stage_run
 from facesim.pipeline.sample import face_paths, load_tables
-from facesim.pipeline.train_params import TrainParams
+from facesim.training.distributed import SINGLE, World, process_group, relaunch_if_needed
+from facesim.training.fit import TrainResult, fit, resolve_device
+from facesim.training.objectives import OBJECTIVES
+from facesim.training.train_params import TrainParams
 
 
 def train_and_save(
@@ -58,3 +66,28 @@ def train_and_save(
                       {k: result.checkpoint[k] for k in ("model_name", "epoch", "kept_val_loss")})
         run.log_artifact(staged_history, "plots")
     return result
+
+
+def run_train_stage(
+    model_name: str,
+    params: TrainParams,
+    faces_dir: str | os.PathLike,
+    samples: dict[str, str | os.PathLike],
+    checkpoint_path: str | os.PathLike,
+    history_path: str | os.PathLike,
+) -> TrainResult | None:
+    """The train stage as its script runs it: `train_and_save` in each of `params.processes` processes (this
+    script again under torchrun, when it was started plainly), rank 0 in an MLflow run. Returns rank 0's result;
+    None on the other ranks."""
+    try:  # no MLflow run for a stage that cannot start (weights or dlib missing)
+        require_backbone(params)
+    except DlibUnavailable as exc:
+        raise DlibUnavailable(f"{exc}; or leave the backbone out: dvc exp run -S 'pipeline.backbones=[compact]' "
+                              "(pipeline.backbones in params.yaml)") from None
+    relaunch_if_needed(params.processes)  # this script again, params.processes times, under torchrun
+    with process_group(params.processes, resolve_device(params.device)) as world:
+        tracking = (stage_run("train", params.resolved(model_name), tags={"data_digest": content_digest(faces_dir)})
+                    if world.is_main else contextlib.nullcontext(NULL_RUN))
+        with tracking as run:
+            result = train_and_save(model_name, params, faces_dir, samples, checkpoint_path, history_path, run, world)
+    return result if world.is_main else None

@@ -18,7 +18,7 @@ import torch
 from facesim.core.data import FaceSet
 from facesim.core.losses import BatchContrastiveLoss, BatchTripletLoss, ContrastiveLoss, TripletLoss, euclidean_distance
 from facesim.core.metrics import roc_auc
-from facesim.pipeline.train_params import ContrastiveParams, TrainParams, TripletParams
+from facesim.training.train_params import ContrastiveParams, TrainParams, TripletParams
 
 PAIR_COLUMNS = ("image1", "image2")
 TRIPLET_COLUMNS = ("anchor", "positive", "negative")

@@ -1,9 +1,9 @@
-"""One process of a distributed test training (tests/pipeline/test_distributed.py), started by torchrun.
+"""One process of a distributed test training (tests/training/test_distributed.py), started by torchrun.
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/pipeline/ddp_worker.py OUT
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/training/ddp_worker.py OUT
 
 Each process builds the tiny faces of helpers.py and tables itself (they are the same bytes on every
-process), trains every case of `CASES` with `facesim.pipeline.fit.fit` in the process group and
+process), trains every case of `CASES` with `facesim.training.fit.fit` in the process group and
 saves its result as OUT/<case>-rank<r>.pt; then runs `train_and_save` with outputs named after
 its rank (OUT/written-rank<r>/), so the test can see which ranks wrote.
 `cases(world)` run in one process too give the reference.
@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: helpers.py
 
 from helpers import RecordingRun, tiny_fit_params, tiny_training_data, train_samples, write_tiny_samples  # noqa: E402
-from facesim.pipeline.distributed import process_group  # noqa: E402
-from facesim.pipeline.fit import fit  # noqa: E402
+from facesim.training.distributed import process_group  # noqa: E402
+from facesim.training.fit import fit  # noqa: E402
 from facesim.pipeline.train import train_and_save  # noqa: E402
 
 BASE = tiny_fit_params(augment=True)

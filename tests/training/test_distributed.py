@@ -1,6 +1,6 @@
-"""facesim.pipeline.distributed: several training processes (DDP on gloo) and mixed precision.
+"""facesim.training.distributed: several training processes (DDP on gloo) and mixed precision.
 
-The 2-process tests start `tests/pipeline/ddp_worker.py` under torchrun on the tiny
+The 2-process tests start `tests/training/ddp_worker.py` under torchrun on the tiny
 faces (two gloo processes, one thread each, about 10 s) and compare with one process in this one.
 Tolerance: two processes compute one process's steps with float sums in another order, so the
 per-epoch losses agree to 1e-5 (relative) and the weights to 1e-5 after 3 epochs; except the
@@ -26,9 +26,10 @@ from torch import nn
 from helpers import REPO, tiny_fit_params, tiny_training_data, write_tiny_samples
 from ddp_worker import CASES, train_cases
 from facesim.core.losses import pairwise_euclidean
-from facesim.core.models import ModelConfig, build_embedding_net, embed_all
+from facesim.core.embedding import embed_all
+from facesim.core.models import ModelConfig, build_embedding_net
 from facesim.core.params import ParamsError
-from facesim.pipeline.distributed import (
+from facesim.training.distributed import (
     SINGLE,
     MixedPrecision,
     SyncedBatchNorm2d,
@@ -41,7 +42,7 @@ from facesim.pipeline.distributed import (
     training_forward,
     with_synced_batchnorm,
 )
-from facesim.pipeline.fit import fit
+from facesim.training.fit import fit
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 

@@ -1,12 +1,12 @@
 """The training loop: one network of either model, or an ensemble of them, on faces in memory.
 
-A batch is a tensor of row numbers (`facesim.pipeline.objectives`); the images
+A batch is a tensor of row numbers (`facesim.training.objectives`); the images
 it needs are embedded once each, augmented as a whole batch. Validation runs
 after every epoch; the best epoch's weights are kept (or the last epoch's,
 `keep: last`) and training stops after `patience` epochs without a better
 validation loss (never, with patience 0).
 
-With `world` (several processes, `facesim.pipeline.distributed`) each process runs
+With `world` (several processes, `facesim.training.distributed`) each process runs
 this same loop on the same batches, embedding its share of each batch's faces; only
 rank 0 logs. With `train.precision` bf16 or fp16 the network's forward pass runs
 under autocast (fp16 with a loss scaler); validation always runs in float32.
@@ -27,13 +27,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from facesim.core.data import FaceSet
-from facesim.core.models import EmbeddingNet, EnsembleNet, build_embedding_net, embed_all
+from facesim.core.data import Augment, FaceSet
+from facesim.core.embedding import embed_all
+from facesim.core.models import EmbeddingNet, EnsembleNet, ModelConfig, build_embedding_net
 from facesim.core.params import ParamsError
 from facesim.mlops.tracking import NULL_RUN, Run
-from facesim.pipeline.distributed import SINGLE, World, check_precision, rank_device, training_forward
-from facesim.pipeline.objectives import OBJECTIVES, Batch, Objective
-from facesim.pipeline.train_params import TrainParams
+from facesim.training.distributed import SINGLE, World, check_precision, rank_device, training_forward
+from facesim.training.objectives import OBJECTIVES, Batch, Objective
+from facesim.training.train_params import TrainParams
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_roc_auc", "seconds"]
 
@@ -162,6 +163,66 @@ def join_members(model_name: str, params: TrainParams, results: list[TrainResult
     )
 
 
+@dataclass
+class _Network:
+    """One network and what trains it: built by `_start_network` in the order that fixes its random numbers."""
+
+    model: EmbeddingNet
+    config: ModelConfig  # the network's own shape (members=1)
+    objective: Objective
+    forward: torch.nn.Module  # what embeds a training batch: the model itself (one process, float32), else through
+    # autocast and DDP (`training_forward`)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # fp16's loss scaling; disabled (a no-op) otherwise
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None  # cosine, or None for a constant learning rate
+    generator: torch.Generator  # batch order and augmentation
+
+
+def _start_network(model_name: str, objective_class: type[Objective], params: TrainParams,
+                   tables: dict[str, pd.DataFrame], faces: FaceSet, world: World) -> _Network:
+    """Seed, then build the objective, the network, its optimiser and schedule, in this order: the network's
+    initial weights come from the seeded global stream, its batches and augmentation from its own generator."""
+    seed_everything(params.seed)
+    device = rank_device(resolve_device(params.device), world)
+    check_precision(params.precision, device)
+    objective = objective_class(params, tables, faces)
+    config = replace(params.model_config(model_name), members=1)
+    model = build_embedding_net(config).to(device)
+    forward = training_forward(model, params.precision, device, world)
+    scaler = torch.amp.GradScaler(device.type, enabled=params.precision == "fp16")
+    # fused: one kernel whose square root is exact; the default (foreach) one differs by CPU model
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=True)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.max_epochs(model_name))
+                 if params.lr_schedule == "cosine" else None)
+    return _Network(model=model, config=config, objective=objective, forward=forward, optimizer=optimizer,
+                    scaler=scaler, scheduler=scheduler, generator=torch.Generator().manual_seed(params.seed))
+
+
+def _train_epoch(net: _Network, images: torch.Tensor, augment: Augment | None,
+                 on_step: OnStep | None) -> tuple[float, int]:
+    """One pass over the objective's batches, a step each: (the loss summed over the epoch's pairs, triplets or
+    faces, their number)."""
+    net.forward.train()
+    total, count = 0.0, 0
+    for batch in net.objective.batches(net.generator):
+        loss = net.objective.train_loss(net.forward, images, batch, augment, net.generator)
+        net.optimizer.zero_grad(set_to_none=True)
+        net.scaler.scale(loss).backward()
+        net.scaler.step(net.optimizer)
+        net.scaler.update()
+        n = net.objective.batch_size(batch)
+        total, count = total + loss.item() * n, count + n
+        if on_step is not None:
+            on_step(net.objective, batch)
+    return total, count
+
+
+def _snapshot(net: _Network, epoch: int, val_loss: float) -> dict[str, Any]:
+    """The weights and optimiser state of this epoch, copied: what the checkpoint keeps."""
+    return {"val_loss": val_loss, "epoch": epoch, "model_state": copy.deepcopy(net.model.state_dict()),
+            "optimizer_state": copy.deepcopy(net.optimizer.state_dict())}
+
+
 def _fit_network(
     model_name: str,
     objective_class: type[Objective],
@@ -175,50 +236,23 @@ def _fit_network(
     world: World = SINGLE,
 ) -> TrainResult:
     """Train one network of `model_name` with `params.seed`; `member` numbers it within an ensemble."""
-    seed_everything(params.seed)
-    device = rank_device(resolve_device(params.device), world)
-    check_precision(params.precision, device)
-    objective = objective_class(params, tables, faces)
-    config = replace(params.model_config(model_name), members=1)
-    model = build_embedding_net(config).to(device)
-    # what embeds a training batch: the model itself (one process, float32), else through autocast and DDP
-    forward = training_forward(model, params.precision, device, world)
-    scaler = torch.amp.GradScaler(device.type, enabled=params.precision == "fp16")  # disabled: a no-op
+    net = _start_network(model_name, objective_class, params, tables, faces, world)
     prefix, label = (f"member{member}.", f"train@{model_name} member {member}") if member else ("", f"train@{model_name}")
-    # fused: one kernel whose square root is exact; the default (foreach) one differs by CPU model
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=True)
-    max_epochs = params.max_epochs(model_name)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
-                 if params.lr_schedule == "cosine" else None)
-    augment = params.augmentation_applied()
-    generator = torch.Generator().manual_seed(params.seed)
-    images = faces.tensor
-
+    max_epochs, augment, images = params.max_epochs(model_name), params.augmentation_applied(), faces.tensor
     history: list[dict[str, float]] = []
     train_seconds: list[float] = []
     stopping = EarlyStopping(params.patience)
     kept: dict[str, Any] = {}  # the checkpointed epoch: the best one (keep: best) or the last (keep: last)
     for epoch in range(1, max_epochs + 1):
         started = time.perf_counter()
-        forward.train()
-        total, count = 0.0, 0
-        for batch in objective.batches(generator):
-            loss = objective.train_loss(forward, images, batch, augment, generator)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            n = objective.batch_size(batch)
-            total, count = total + loss.item() * n, count + n
-            if on_step is not None:
-                on_step(objective, batch)
+        total, count = _train_epoch(net, images, augment, on_step)
         train_seconds.append(time.perf_counter() - started)
-        if scheduler is not None:
-            scheduler.step()
+        if net.scheduler is not None:
+            net.scheduler.step()
         if not math.isfinite(total):
             raise FloatingPointError(f"train@{model_name} diverged in epoch {epoch} (loss is {total}); "
                                      f"lower train.lr (now {params.lr})")
-        scores = objective.validate(embed_all(model, images))
+        scores = net.objective.validate(embed_all(net.model, images))
         row = {"epoch": epoch, "train_loss": total / count, **scores, "seconds": time.perf_counter() - started}
         history.append(row)
         run.log_metrics({f"{prefix}{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
@@ -229,27 +263,30 @@ def _fit_network(
             f"{row['seconds']:.1f}s{'  *' if improved else ''}")
         # Checkpoint only when validation improves (keep: best), or once, at the end (keep: last).
         if (params.keep == "best" and improved) or (params.keep == "last" and (stop or epoch == max_epochs)):
-            kept = {"val_loss": scores["val_loss"], "epoch": epoch,
-                    "model_state": copy.deepcopy(model.state_dict()),
-                    "optimizer_state": copy.deepcopy(optimizer.state_dict())}
+            kept = _snapshot(net, epoch, scores["val_loss"])
         if stop:
             log(f"{label}: no better validation loss for {params.patience} epochs; stopping")
             break
+    return _network_result(model_name, params, net, kept, history, max_epochs, train_seconds)
 
-    model.load_state_dict(kept["model_state"])
-    model.eval()
+
+def _network_result(model_name: str, params: TrainParams, net: _Network, kept: dict[str, Any],
+                    history: list[dict[str, float]], max_epochs: int, train_seconds: list[float]) -> TrainResult:
+    """The trained network with the kept epoch's weights, in eval mode, and its checkpoint and history."""
+    net.model.load_state_dict(kept["model_state"])
+    net.model.eval()
     checkpoint = {
         "model_name": model_name,
         "model_state": kept["model_state"],
         "optimizer_state": kept["optimizer_state"],
         "epoch": kept["epoch"],
         "kept_val_loss": kept["val_loss"],
-        "model_config": config.to_dict(),
+        "model_config": net.config.to_dict(),
         "preprocess": params.preprocess().to_dict(),
         "params": params.resolved(model_name),
     }
     return TrainResult(
-        model=model,
+        model=net.model,
         checkpoint=checkpoint,
         history=pd.DataFrame(history, columns=HISTORY_COLUMNS),
         kept_epoch=kept["epoch"],

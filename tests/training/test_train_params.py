@@ -1,4 +1,4 @@
-"""facesim.pipeline.train_params: the `train` section of params.yaml, and every section of the repository's own."""
+"""facesim.training.train_params: the `train` section of params.yaml, and every section of the repository's own."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from helpers import REPO, tiny_fit_params
 from facesim.core.params import ParamsError, load_section, parse_section
-from facesim.pipeline.train_params import TrainParams
+from facesim.training.train_params import TrainParams
 
 TINY = tiny_fit_params()
 
@@ -87,7 +87,7 @@ def test_each_model_takes_its_own_epoch_limit_normalisation_and_members():
 
 
 def test_the_repositorys_params_yaml_parses():
-    from facesim.pipeline.cv import load_cv_params
+    from facesim.pipeline.cv_params import load_cv_params
     from facesim.pipeline.evaluate import EvaluateParams
     from facesim.pipeline.fetch import FetchParams
     from facesim.pipeline.render import RenderParams

@@ -1,4 +1,4 @@
-"""facesim.pipeline.fit: the training loop, early stopping, learning-rate schedules, ensembles.
+"""facesim.training.fit: the training loop, early stopping, learning-rate schedules, ensembles.
 
 Every fit runs on the tiny synthetic faces of helpers.py (10x12 PGMs, 8 training subjects) at
 16x16 with a two-block CNN, a few epochs: well under a second each on a CPU.
@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from helpers import tiny_fit_params, tiny_training_data
-from facesim.core.models import EnsembleNet, embed_all
+from facesim.core.embedding import embed_all
+from facesim.core.models import EnsembleNet
 from facesim.core.params import ParamsError
-from facesim.pipeline.fit import (
+from facesim.training.fit import (
     HISTORY_COLUMNS,
     EarlyStopping,
     TrainResult,
@@ -26,8 +27,8 @@ from facesim.pipeline.fit import (
     member_seed,
     resolve_device,
 )
-from facesim.pipeline.objectives import OBJECTIVES, ContrastiveObjective, Objective
-from facesim.pipeline.train_params import TrainParams
+from facesim.training.objectives import OBJECTIVES, ContrastiveObjective, Objective
+from facesim.training.train_params import TrainParams
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 

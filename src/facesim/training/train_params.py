@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from facesim.core.data import INPUT_HEIGHT, INPUT_WIDTH, Augment, Preprocess
-from facesim.core.models import MODELS, ModelConfig
+from facesim.core.data import Augment
+from facesim.core.model_files import MODELS
+from facesim.core.models import ModelConfig
 from facesim.core.params import ParamsError, load_params_file, parse_section, require
+from facesim.core.preprocess import INPUT_HEIGHT, INPUT_WIDTH, Preprocess
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class TripletParams:
 class TrainParams:
     seed: int = 42  # model initialisation, batch order and augmentation
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
-    # training processes in all (DistributedDataParallel, facesim.pipeline.distributed): the train stage
+    # training processes in all (DistributedDataParallel, facesim.training.distributed): the train stage
     # starts itself under torchrun with this many on one machine; several machines: docs/distributed.md
     processes: int = 1
     # fp32 | bf16 (autocast, CPUs and GPUs) | fp16 (autocast with a loss scaler, CUDA only): the network's

@@ -1,4 +1,4 @@
-"""facesim.pipeline.objectives: embedding rows, and what each loss trains on, counted by hand on tiny batches.
+"""facesim.training.objectives: embedding rows, and what each loss trains on, counted by hand on tiny batches.
 
 The objectives here see a FaceSet of blank 16x16 faces: batches, row numbers and counts do not depend on
 the pixels. Training itself is tested in test_fit.py.
@@ -15,8 +15,8 @@ import torch
 
 from helpers import counting_net, tiny_train_params
 from facesim.core.data import FaceSet
-from facesim.pipeline import objectives
-from facesim.pipeline.objectives import (
+from facesim.training import objectives
+from facesim.training.objectives import (
     OBJECTIVES,
     ContrastiveObjective,
     TripletObjective,
