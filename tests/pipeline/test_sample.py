@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import write_people_dir
-from facesim.core.params import ParamsError, parse_section
+from helpers import repo_params, write_people_dir
+from facesim.core.params import ParamsError
 from facesim.pipeline import sample
 from facesim.pipeline.sample import (
     PAIR_COLUMNS,
@@ -41,7 +41,8 @@ from facesim.pipeline.sample import (
 
 TRAINING_SUBJECTS = {"s1", "s2", "s3", "s4", "s8", "s9", "s10", "s11"}
 TESTING_SUBJECTS = {"s5", "s6", "s7"}
-DEFAULTS = SampleParams()
+# The sample section as the tests were written for: validation pairs drawn among the training people's pairs.
+DEFAULTS = repo_params(SampleParams, "sample", split_by="pairs")
 
 
 @pytest.fixture
@@ -362,12 +363,12 @@ def test_any_number_of_images_per_person_samples(tmp_path: Path) -> None:
 )
 def test_bad_params_name_the_key(raw, key) -> None:
     with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
-        parse_section(SampleParams, raw, "sample")
+        repo_params(SampleParams, "sample", **raw)
 
 
 def test_params_yaml_defaults_parse() -> None:
     raw = {"seed": 1, "val_size": "2.5e-1", "split_by": "subjects"}
-    params = parse_section(SampleParams, raw, "sample")
+    params = repo_params(SampleParams, "sample", **raw)
     assert (params.seed, params.val_size, params.split_by) == (1, 0.25, "subjects")
 
 
@@ -387,7 +388,7 @@ PEOPLE = {**{f"person{i}": 4 for i in range(1, 9)}, "single1": 1, "single2": 1}
 def people_params(**kw) -> SampleParams:
     base = dict(layout="people", similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1,
                 test_similar_per_image=1, test_dissimilar_per_image=1, test_triplets_per_image=1)
-    return SampleParams(**{**base, **kw})
+    return dataclasses.replace(DEFAULTS, **{**base, **kw})
 
 
 def test_people_layout_holds_out_the_named_people(tmp_path: Path) -> None:
@@ -472,7 +473,7 @@ def test_held_out_fraction_too_small_is_named(tmp_path: Path) -> None:
 )
 def test_bad_layout_params_name_the_key(raw, message) -> None:
     with pytest.raises(ParamsError, match=message):
-        parse_section(SampleParams, raw, "sample")
+        repo_params(SampleParams, "sample", **raw)
 
 
 def test_all_faces_lists_both_layouts(tmp_path: Path, faces_dir: Path) -> None:
@@ -498,5 +499,5 @@ def test_split_layout_held_out_faces_are_the_testing_folder(faces_dir: Path):
     they saw when they listed that folder."""
     from facesim.pipeline.sample import held_out_faces
 
-    tables = build_samples(SampleParams(), faces_dir)
+    tables = build_samples(DEFAULTS, faces_dir)
     assert held_out_faces(tables["pairs"]["test"]) == list_faces(faces_dir, "testing")

@@ -49,10 +49,10 @@ PREDICTION_COLUMNS = ["set", "image1", "image2", "subject1", "subject2", "label"
 class EvaluateParams(OperatingPoint):
     """The evaluate section: the operating point (`OperatingPoint`'s two keys), retrieval and calibration size."""
 
-    retrieval_k: tuple[int, ...] = (1, 5)  # precision@k reported for each k
+    retrieval_k: tuple[int, ...]  # precision@k reported for each k
     # the threshold is calibrated on every pair of at most this many validation faces (whole people)
-    max_calibration_faces: int = 5000
-    seed: int = 42  # which validation people calibrate, when they have more faces than that
+    max_calibration_faces: int
+    seed: int  # which validation people calibrate, when they have more faces than that
 
     def validate(self) -> None:
         super().validate()

@@ -40,20 +40,20 @@ class SampleError(ValueError):
 
 @dataclass(frozen=True)
 class SampleParams:
-    seed: int = 42  # seeds every random choice of this stage
-    similar_per_image: int = 3  # same-subject pairs drawn for each training image (label 1)
-    dissimilar_per_image: int = 3  # other-subject pairs drawn for each training image (label 0)
-    triplets_per_image: int = 3  # (anchor, positive, negative) triplets per training image as anchor
-    test_similar_per_image: int = 2
-    test_dissimilar_per_image: int = 2
-    test_triplets_per_image: int = 2
-    val_size: float = 0.2  # share of training pairs/triplets (or subjects) held out for validation
-    split_by: Literal["pairs", "subjects"] = "pairs"  # "subjects": validation subjects unseen in training
+    seed: int  # seeds every random choice of this stage
+    similar_per_image: int  # same-subject pairs drawn for each training image (label 1)
+    dissimilar_per_image: int  # other-subject pairs drawn for each training image (label 0)
+    triplets_per_image: int  # (anchor, positive, negative) triplets per training image as anchor
+    test_similar_per_image: int
+    test_dissimilar_per_image: int
+    test_triplets_per_image: int
+    val_size: float  # share of training pairs/triplets (or subjects) held out for validation
+    split_by: Literal["pairs", "subjects"]  # "subjects": validation subjects unseen in training
     # "split": <group>/<person>/<image> with groups training/ and testing/ (ORL; testing/ is held out);
     # "people": <person>/<image>, the held-out people named by held_out or drawn by held_out_fraction
-    layout: Literal["split", "people"] = "split"
-    held_out: tuple[str, ...] = ()  # layout "people": the people (folder names) kept for the test set
-    held_out_fraction: float = 0.0  # layout "people": else this share of the people, drawn with `seed`
+    layout: Literal["split", "people"]
+    held_out: tuple[str, ...]  # layout "people": the people (folder names) kept for the test set
+    held_out_fraction: float  # layout "people": else this share of the people, drawn with `seed`
 
     def validate(self) -> None:
         for name in (
