@@ -26,7 +26,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from facesim.mlops.tracking import NullRun
+from facesim.mlops.runs import NullRun
 
 # Like the real archive: testing subjects s5-s7 sit among the training subjects.
 DEFAULT_TRAINING = (1, 2, 3, 4, 8, 9, 10, 11)

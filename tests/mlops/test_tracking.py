@@ -22,20 +22,16 @@ import pytest
 import yaml
 
 from helpers import REPO
+from facesim.mlops.runs import NULL_RUN, MlflowRun, NullRun, Run, flatten
 from facesim.mlops.tracking import (
     EXPERIMENT,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     GROUP_TAG,
     HOST_TAG,
-    NULL_RUN,
     PID_TAG,
-    MlflowRun,
-    NullRun,
-    Run,
     StageKilled,
     TrackingError,
-    flatten,
     git_commit,
     group_key,
     repo_root,

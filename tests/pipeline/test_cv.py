@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 
 from helpers import RecordingRun, repo_params, tiny_fit_params, write_faces_dir
-from facesim.core.metrics import equal_error_rate, retrieval_metrics, roc_auc
+from facesim.core.metrics import equal_error_rate, roc_auc
+from facesim.core.retrieval import retrieval_metrics
 from facesim.core.params import ParamsError
 from facesim.pipeline.cv import (calibration_gap, fold_tables, run_fold, subject_folds, unseen_metrics,
                                  validation_faces, write_fold)
 from facesim.pipeline.cv_params import CVParams
-from facesim.pipeline.sample import list_faces
+from facesim.pipeline.faces import list_faces
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 

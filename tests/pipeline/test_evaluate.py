@@ -19,7 +19,7 @@ from facesim.pipeline.evaluate import (
     evaluate_embeddings,
     evaluate_model,
 )
-from facesim.pipeline.sample import Face
+from facesim.pipeline.faces import Face
 from facesim.pipeline.train import train_and_save
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
@@ -323,7 +323,7 @@ def test_evaluate_model_calibrates_for_the_target_far_on_the_validation_people(s
     from facesim.core.checkpoint import load_checkpoint
     from facesim.core.embedding import embed_all
     from facesim.pipeline.calibration import calibrate
-    from facesim.pipeline.sample import held_out_faces, load_tables
+    from facesim.pipeline.faces import held_out_faces, load_tables
 
     model, checkpoint = load_checkpoint(stage["checkpoint"])
     tables = load_tables(stage["pairs"])

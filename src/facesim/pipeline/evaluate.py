@@ -28,17 +28,17 @@ from facesim.core.data import FaceSet, Preprocess
 from facesim.core.metrics import (
     headline,
     pair_distances,
-    retrieval_metrics,
     roc_points,
     unordered_pair_distances,
     verification_metrics,
 )
 from facesim.core.params import require
+from facesim.core.retrieval import retrieval_metrics
 from facesim.pipeline.calibration import OperatingPoint, calibrate
 from facesim.core.paths import natural_key
-from facesim.pipeline.sample import Face, held_out_faces, load_tables
+from facesim.pipeline.faces import Face, held_out_faces, load_tables
 from facesim.mlops.registry import register_model
-from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.mlops.runs import NULL_RUN, Run
 from facesim.core.checkpoint import inference_device, load_checkpoint
 from facesim.core.embedding import embed_all
 

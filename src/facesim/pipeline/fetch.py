@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from facesim.core.atomic import staged_outputs
 from facesim.core.digest import content_digest
 from facesim.core.params import ParamsError, require
-from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.mlops.runs import NULL_RUN, Run
 
 # The environment variable that replaces params' fetch.url (a mirror, an offline copy).
 DATA_URL_ENV = "FACESIM_DATA_URL"

@@ -19,9 +19,9 @@ from PIL import Image
 
 from facesim.core.atomic import staged_outputs
 from facesim.core.images import load_image
-from facesim.core.metrics import top_k_neighbours
+from facesim.core.retrieval import top_k_neighbours
 from facesim.core.params import require
-from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.mlops.runs import NULL_RUN, Run
 
 MATCH_COLOUR, MISTAKE_COLOUR, UNKNOWN_COLOUR = "#1a9850", "#d73027", "#636363"
 SAME_COLOUR, DIFFERENT_COLOUR = "#4575b4", "#f46d43"

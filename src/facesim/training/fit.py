@@ -31,7 +31,7 @@ from facesim.core.data import Augment, FaceSet
 from facesim.core.embedding import embed_all
 from facesim.core.models import EmbeddingNet, EnsembleNet, ModelConfig, build_embedding_net
 from facesim.core.params import ParamsError
-from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.mlops.runs import NULL_RUN, Run
 from facesim.training.distributed import SINGLE, World, rank_device, training_forward
 from facesim.training.objectives import OBJECTIVES, Batch, Objective
 from facesim.training.train_params import TrainParams
