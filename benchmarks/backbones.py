@@ -54,7 +54,7 @@ def measure_backbone(args, params, tables, backbone: str, size: tuple[int, int],
     from facesim.core.embedding import embed_all
     from flops import count_flops
     from facesim.training.fit import fit
-    from facesim.pipeline.sample import face_paths
+    from facesim.pipeline.faces import face_paths
 
     height, width = size
     contrastive = dataclasses.replace(params.contrastive, mining="all", members=1, epochs=epochs)

@@ -21,7 +21,7 @@ from facesim.core.data import FaceSet, Preprocess
 from facesim.pipeline.calibration import calibrate
 from facesim.pipeline.cv import fold_split, unseen_metrics, validation_faces
 from facesim.pipeline.cv_params import FOLD_METRICS, load_cv_params, load_operating_point
-from facesim.pipeline.sample import list_faces
+from facesim.pipeline.faces import list_faces
 
 
 def raw_folds(params_path: str, faces_dir: str) -> list[dict]:

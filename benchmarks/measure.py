@@ -49,7 +49,7 @@ def seconds_to_auc(history: list[dict]) -> float | None:
 
 def load_data(args):
     """The sample stage's CSVs by name, every face's path (training and testing), the testing faces' paths."""
-    from facesim.pipeline.sample import list_faces, load_tables
+    from facesim.pipeline.faces import list_faces, load_tables
 
     tables = load_tables({name: Path(args.samples) / f"{name}.csv" for name in TABLES})
     test_paths = [f.path for f in list_faces(args.faces, "testing")]

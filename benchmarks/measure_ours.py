@@ -14,7 +14,7 @@ def run_ours(args, model_name: str) -> dict:
     from flops import count_flops
     from facesim.core.params import load_section
     from facesim.training.fit import fit
-    from facesim.pipeline.sample import face_paths
+    from facesim.pipeline.faces import face_paths
     from facesim.training.train_params import TrainParams
 
     tables, all_paths, test_paths = load_data(args)

@@ -32,7 +32,7 @@ def fingerprint(model_name: str, epochs: int) -> str:
     from facesim.core.params import load_section
     from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic
     from facesim.training.fit import fit
-    from facesim.pipeline.sample import load_tables
+    from facesim.pipeline.faces import load_tables
     from facesim.training.train_params import TrainParams
 
     pin_arithmetic(load_section(RuntimeParams, "params.yaml", "runtime"))

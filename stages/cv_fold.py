@@ -5,12 +5,10 @@ group it never saw."""
 from facesim.core.digest import content_digest
 from facesim.core.model_files import MODELS
 from facesim.core.models import require_backbone
-from facesim.core.params import load_section
 from facesim.mlops.tracking import group_key, stage_run
-from facesim.pipeline.cv import run_fold, write_fold
+from facesim.pipeline.cv import fold_faces, run_fold, write_fold
 from facesim.pipeline.cv_params import cv_config, load_cv_params, load_operating_point
 from facesim.pipeline.runtime import pin_runtime, run_stage, stage_args
-from facesim.pipeline.sample import SampleParams, all_faces
 
 
 def main() -> None:
@@ -26,7 +24,7 @@ def main() -> None:
     cv, train = load_cv_params(args.params, args.backbone)
     target_far = load_operating_point(args.params).target()
     require_backbone(train)  # no MLflow run for a fold that cannot start (weights or dlib missing)
-    faces = all_faces(args.faces, load_section(SampleParams, args.params, "sample").layout)  # the folds deal them out
+    faces = fold_faces(args.params, args.faces)
     # the fold's own seed (one of cv.seeds) is the seed it trains with, not train.seed
     run_params = {**train.resolved(args.model), "cv_backbone": args.backbone, "model": args.model, "fold": args.fold,
                   "seed": args.seed, "target_far": target_far}

@@ -19,6 +19,7 @@ from helpers import (
     build_faces_archive,
     evaluate_outputs,
     free_port,
+    repo_params,
     write_cv_summary,
     write_faces_dir,
     write_tiny_inputs,
@@ -131,7 +132,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory):
         with stage_run("evaluate", {"model": REGISTERED_MODEL}, root=root) as run:
             # the untrained tiny model puts some faces at distance 0 from others: at a target FAR its threshold
             # would accept nothing (below 0), so the best-accuracy point
-            metrics = evaluate_model(REGISTERED_MODEL, EvaluateParams(operating_point="best_accuracy"), checkpoint, faces,
+            params = repo_params(EvaluateParams, "evaluate", operating_point="best_accuracy")
+            metrics = evaluate_model(REGISTERED_MODEL, params, checkpoint, faces,
                                      {f"pairs_{s}": samples["pairs"][s] for s in ("train", "val", "test")}, outputs, run)
         yield {"root": root, "uri": uri, "faces": faces, "checkpoint": checkpoint, "metrics": metrics,
                "run_id": run.run_id}

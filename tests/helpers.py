@@ -26,7 +26,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from facesim.mlops.tracking import NullRun
+from facesim.mlops.runs import NullRun
 
 # Like the real archive: testing subjects s5-s7 sit among the training subjects.
 DEFAULT_TRAINING = (1, 2, 3, 4, 8, 9, 10, 11)
@@ -82,6 +82,39 @@ def face_image_bytes(subject: int, image: int, fmt: str = "PPM", size: tuple[int
     return out.getvalue()
 
 
+def repo_params(cls, section: str, **changes):
+    """Section `section` of this repository's params.yaml (where every default lives) as a `cls`, with `changes` put
+    over its keys as `cv.train` is put over `train` (a nested section key by key: `triplet={"margin": 0.3}`),
+    parsed and validated as the stages parse it. The params a test starts from."""
+    from facesim.core.params import parse_section
+    from facesim.training.train_params import merge
+
+    raw = dict(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))[section])
+    if section == "cv":
+        raw.pop("train", None)  # put over the train section, not one of cv's keys
+    return parse_section(cls, merge(raw, changes), section)
+
+
+def model_config(**changes):
+    """A `ModelConfig`: the contrastive model's network of this repository's params.yaml as one network (members 1),
+    with `changes` replacing fields (not validated: bad configs are what some tests build)."""
+    import dataclasses
+
+    from facesim.training.train_params import TrainParams
+
+    network = repo_params(TrainParams, "train").model_config("contrastive")
+    return dataclasses.replace(network, **{"members": 1, **changes})
+
+
+def tiny_sample_params(**changes):
+    """`SampleParams` of the tiny faces' tests: one similar, one dissimilar pair and one triplet per image, the
+    validation pairs drawn from the training people's pairs (split_by pairs), the rest as params.yaml has it."""
+    from facesim.pipeline.sample import SampleParams
+
+    return repo_params(SampleParams, "sample", **{"similar_per_image": 1, "dissimilar_per_image": 1,
+                                                  "triplets_per_image": 1, "split_by": "pairs", **changes})
+
+
 def _groups(subjects_training: Sequence[int], subjects_testing: Sequence[int]):
     return (("training", tuple(subjects_training)), ("testing", tuple(subjects_testing)))
 
@@ -89,12 +122,11 @@ def _groups(subjects_training: Sequence[int], subjects_testing: Sequence[int]):
 def write_tiny_samples(faces_dir: Path, samples_dir: Path) -> dict[str, dict[str, Path]]:
     """The sample stage's CSVs for `faces_dir`, one similar, one dissimilar pair and one triplet per
     image, under `samples_dir`: {"pairs" | "triplets": {"train" | "val" | "test": path}}."""
-    from facesim.pipeline.sample import SampleParams, write_samples
+    from facesim.pipeline.sample import write_samples
 
     outputs = {kind: {split: samples_dir / f"{kind}_{split}.csv" for split in ("train", "val", "test")}
                for kind in ("pairs", "triplets")}
-    write_samples(SampleParams(similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1), faces_dir,
-                  outputs)
+    write_samples(tiny_sample_params(), faces_dir, outputs)
     return outputs
 
 
@@ -110,11 +142,10 @@ def tiny_training_data(directory: Path, preprocess=None):
     import pandas as pd
 
     from facesim.core.data import FaceSet
-    from facesim.pipeline.sample import SampleParams, build_samples
+    from facesim.pipeline.sample import build_samples
 
     faces_dir = write_faces_dir(directory / "faces")
-    samples = build_samples(SampleParams(similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1),
-                            faces_dir)
+    samples = build_samples(tiny_sample_params(), faces_dir)
     tables = {name: samples[name.split("_")[0]][name.split("_")[1]] for name in TABLE_NAMES}
     paths = pd.concat([tables[n][c] for n in tables for c in tables[n].columns
                        if c in ("image1", "image2", "anchor", "positive", "negative")])
@@ -317,13 +348,28 @@ class RecordingRun(NullRun):
 # ---- tiny models and a tiny repository ------------------------------------------------------------------
 
 
+# The training recipe the training tests were written for, over params.yaml's train section: one network per
+# model trained on the CSVs (no mining), for the epochs train.epochs says, kept at its best validation loss with
+# early stopping, fixed pixel normalisation, no border trimming, no blur.
+TINY_RECIPE = {
+    "normalization": "fixed", "trim_borders": False, "lr_schedule": "constant", "patience": 5, "keep": "best",
+    "augmentation": {"max_blur": 0.0},
+    "contrastive": {"epochs": 0, "mining": "none", "people_per_batch": 16, "members": 1},
+    "triplet": {"margin": 0.2, "epochs": 0, "members": 1},
+}
+
+
 def tiny_train_params(**changes):
-    """`TrainParams` for a 16x16 two-block CNN with 8 dimensions, on the CPU, without augmentation:
-    a fit of the tiny faces takes well under a second an epoch. `changes` replace any field."""
+    """`TrainParams` for a 16x16 two-block CNN with 8 dimensions, on the CPU, without augmentation (`TINY_RECIPE`
+    over params.yaml's train section): a fit of the tiny faces takes well under a second an epoch. `changes`
+    replace any field (a nested section's as a whole, as `dataclasses.replace` does)."""
+    import dataclasses
+
     from facesim.training.train_params import TrainParams
 
-    base = dict(device="cpu", input_height=16, input_width=16, channels=(4, 8), embedding_dim=8, augment=False)
-    return TrainParams(**{**base, **changes})
+    base = repo_params(TrainParams, "train", device="cpu", input_height=16, input_width=16, channels=[4, 8],
+                       embedding_dim=8, augment=False, **TINY_RECIPE)
+    return dataclasses.replace(base, **changes)
 
 
 def tiny_fit_params(epochs: int = 3, **changes):
@@ -344,7 +390,7 @@ def counting_net():
     records the batch size of every forward call; `.net` is the network itself."""
     import torch
 
-    from facesim.core.models import ModelConfig, build_embedding_net
+    from facesim.core.models import build_embedding_net
 
     class CountingNet(torch.nn.Module):
         def __init__(self, net: torch.nn.Module):
@@ -358,7 +404,7 @@ def counting_net():
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        net = build_embedding_net(ModelConfig(embedding_dim=8, input_height=16, input_width=16, channels=(4, 8)))
+        net = build_embedding_net(model_config(embedding_dim=8, input_height=16, input_width=16, channels=(4, 8)))
     return CountingNet(net).eval()
 
 
@@ -367,9 +413,9 @@ def write_tiny_model(path: Path, threshold: float | None = TINY_THRESHOLD, seed:
     import torch
 
     from facesim.core.data import Preprocess
-    from facesim.core.models import ModelConfig, build_embedding_net
+    from facesim.core.models import build_embedding_net
 
-    config = ModelConfig(input_height=16, input_width=16, channels=(4, 8), embedding_dim=8)
+    config = model_config(input_height=16, input_width=16, channels=(4, 8), embedding_dim=8)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         network = build_embedding_net(config)

@@ -22,7 +22,8 @@ import pytest
 from helpers import REPO, free_port
 from facesim.app import ui
 from facesim.app.cli import main
-from facesim.mlops.tracking import EXPERIMENT, HOST_TAG, PID_TAG, flatten, stage_run
+from facesim.mlops.runs import flatten
+from facesim.mlops.tracking import EXPERIMENT, HOST_TAG, PID_TAG, stage_run
 from headless import dom, needs_chromium, screenshot
 
 # one stage run each, named and logging as the pipeline's do (a subset of their metrics)

@@ -6,8 +6,8 @@ import importlib.util
 import pytest
 from torch import nn
 
-from helpers import REPO
-from facesim.core.models import ModelConfig, build_embedding_net
+from helpers import REPO, model_config
+from facesim.core.models import build_embedding_net
 
 _SPEC = importlib.util.spec_from_file_location("flops", REPO / "benchmarks" / "flops.py")
 flops = importlib.util.module_from_spec(_SPEC)
@@ -32,7 +32,7 @@ def test_count_flops_adds_linear_layers_and_restores_training_mode():
 
 
 def test_count_flops_of_compact_cnn_by_hand():
-    config = ModelConfig(embedding_dim=3, channels=(2, 4), convs_per_block=2, input_height=16, input_width=16)
+    config = model_config(embedding_dim=3, channels=(2, 4), convs_per_block=2, input_height=16, input_width=16)
     # block 1 at 16x16 (256 px): 1->2 conv 2*9*1 = 18 MACs/px, 2->2 conv 2*9*2 = 36 MACs/px
     # block 2 at 8x8 (64 px):    2->4 conv 4*9*2 = 72,         4->4 conv 4*9*4 = 144
     # head 4 -> 3: 12 MACs
@@ -45,4 +45,4 @@ def test_count_flops_of_compact_cnn_by_hand():
 
 def test_count_flops_refuses_the_dlib_backbone_in_words():
     with pytest.raises(ValueError, match="dlib's own network"):
-        count_flops(build_embedding_net(ModelConfig(backbone="dlib", embedding_dim=128)), 40, 32)
+        count_flops(build_embedding_net(model_config(backbone="dlib", embedding_dim=128)), 40, 32)

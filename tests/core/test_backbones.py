@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import modules_imported_by, tiny_train_params, tiny_training_data
+from helpers import model_config, modules_imported_by, tiny_train_params, tiny_training_data
 from facesim.core.backbones import BLOCKS, require_pretrained_weights, weights_path
 from facesim.core.data import Preprocess
 from facesim.core.checkpoint import load_checkpoint
@@ -63,7 +63,7 @@ def no_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def config(backbone: str, **changes) -> ModelConfig:
-    return ModelConfig(backbone=backbone, embedding_dim=8, **changes)
+    return model_config(backbone=backbone, embedding_dim=8, **changes)
 
 
 def block_prefixes(backbone: str, blocks: slice) -> tuple[str, ...]:
@@ -79,7 +79,7 @@ def test_weights_are_looked_up_in_torch_home_by_torchvisions_file_names(hub, wei
         assert weights_path(backbone) == hub[0] / "hub" / "checkpoints" / file
         assert require_pretrained_weights(config(backbone, pretrained="imagenet")) == weights_path(backbone)
     assert require_pretrained_weights(config("resnet18")) is None  # pretrained: none needs no file
-    assert require_pretrained_weights(ModelConfig()) is None
+    assert require_pretrained_weights(model_config()) is None
 
 
 @pytest.mark.parametrize("backbone, enum", [("resnet18", "ResNet18_Weights"),
@@ -222,7 +222,7 @@ def test_every_block_frozen_trains_the_head_alone(backbone):
 )
 def test_bad_frozen_blocks_or_pretrained_names_the_field(changes, message):
     with pytest.raises(ValueError, match=message):
-        dataclasses.replace(ModelConfig(), **changes).validate()
+        dataclasses.replace(model_config(), **changes).validate()
 
 
 # ---- training --------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import constant_image, random_grey_pixels
+from helpers import constant_image, random_grey_pixels, tiny_train_params
 from facesim.core.data import Augment, FaceSet, Preprocess, prepare_images, prepare_pixels
 from facesim.core.images import ImageError, load_image, load_pixels
 
@@ -224,22 +225,27 @@ def test_faceset_subject_ids_are_equal_exactly_for_the_same_subject(level_faces:
 # ---- Augment ----------------------------------------------------------------------
 
 
+def augment(**changes) -> Augment:
+    """The augmentation of params.yaml's train section without blur (`tiny_train_params`), with `changes`."""
+    return dataclasses.replace(tiny_train_params().augmentation, **changes)
+
+
 def random_batch(n: int = 6, height: int = 16, width: int = 12) -> torch.Tensor:
     return torch.randn(n, 1, height, width, generator=torch.Generator().manual_seed(RNG_SEED))
 
 
 def test_augment_is_deterministic_for_a_seed_and_keeps_shape():
     batch = random_batch()
-    first = Augment()(batch, torch.Generator().manual_seed(7))
-    second = Augment()(batch, torch.Generator().manual_seed(7))
+    first = augment()(batch, torch.Generator().manual_seed(7))
+    second = augment()(batch, torch.Generator().manual_seed(7))
     assert first.shape == batch.shape and first.dtype == batch.dtype
     assert torch.equal(first, second)
 
 
 def test_augment_differs_with_another_seed_and_from_the_input():
     batch = random_batch()
-    first = Augment()(batch, torch.Generator().manual_seed(7))
-    other = Augment()(batch, torch.Generator().manual_seed(8))
+    first = augment()(batch, torch.Generator().manual_seed(7))
+    other = augment()(batch, torch.Generator().manual_seed(8))
     assert not torch.allclose(first, other, atol=1e-3)
     assert not torch.allclose(first, batch, atol=1e-3)
 
@@ -247,19 +253,19 @@ def test_augment_differs_with_another_seed_and_from_the_input():
 def test_augment_does_not_modify_its_input():
     batch = random_batch()
     before = batch.clone()
-    Augment()(batch, torch.Generator().manual_seed(7))
+    augment()(batch, torch.Generator().manual_seed(7))
     assert torch.equal(batch, before)
 
 
 def test_augment_with_nothing_to_do_returns_the_input():
-    identity = Augment(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, flip=False,
+    identity = augment(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, flip=False,
                        max_brightness=0.0, max_contrast=0.0)
     batch = random_batch()
     assert torch.allclose(identity(batch, torch.Generator().manual_seed(7)), batch, atol=1e-5)
 
 
 def test_augment_flip_alone_mirrors_some_faces_left_right():
-    flip_only = Augment(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, flip=True,
+    flip_only = augment(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, flip=True,
                         max_brightness=0.0, max_contrast=0.0)
     batch = random_batch(n=32)
     out = flip_only(batch, torch.Generator().manual_seed(7))
@@ -271,7 +277,7 @@ def test_augment_flip_alone_mirrors_some_faces_left_right():
 
 
 def test_augment_brightness_alone_shifts_each_face_by_a_bounded_constant():
-    brightness_only = Augment(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, flip=False,
+    brightness_only = augment(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, flip=False,
                               max_brightness=0.3, max_contrast=0.0)
     batch = random_batch()
     shift = brightness_only(batch, torch.Generator().manual_seed(7)) - batch
@@ -352,17 +358,17 @@ def test_gaussian_blur_sigma_zero_leaves_an_image_and_each_image_has_its_own():
 
 def test_augment_draws_blur_only_when_asked_so_other_settings_keep_their_numbers():
     batch = torch.rand(4, 1, 16, 12, generator=torch.Generator().manual_seed(1))
-    plain = Augment()(batch, torch.Generator().manual_seed(7))
-    zero_blur = Augment(max_blur=0.0)(batch, torch.Generator().manual_seed(7))
+    plain = augment()(batch, torch.Generator().manual_seed(7))
+    zero_blur = augment(max_blur=0.0)(batch, torch.Generator().manual_seed(7))
     assert torch.equal(plain, zero_blur)
-    blurred = Augment(max_blur=1.0)(batch, torch.Generator().manual_seed(7))
+    blurred = augment(max_blur=1.0)(batch, torch.Generator().manual_seed(7))
     assert blurred.shape == batch.shape and not torch.allclose(blurred, plain)
 
 
 @pytest.mark.parametrize("field, value", [("max_blur", -1.0), ("max_scale", 1.0), ("max_shift", -0.1)])
 def test_augment_validate_names_the_key(field, value):
     with pytest.raises(ValueError, match=f"train.augmentation.{field}"):
-        Augment(**{field: value}).validate()
+        augment(**{field: value}).validate()
 
 
 # ---- faces beyond the in-memory limit: the memory-mapped pixel cache ----------------------------------

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import TESTING, needs_orl, random_grey_pixels, tiny_train_params
+from helpers import TESTING, model_config, needs_orl, random_grey_pixels, tiny_train_params
 from facesim.core import dlib_face
 from facesim.core.data import Preprocess, prepare_pixels
 from facesim.core.images import load_pixels
 from facesim.core.embedding import embed_all
-from facesim.core.models import DescriptorHead, ModelConfig, build_embedding_net
+from facesim.core.models import DescriptorHead, build_embedding_net
 
 dlib = pytest.importorskip("dlib", reason="the dlib extra is not installed (pip install -e '.[dlib]')")
 
@@ -103,7 +103,7 @@ def test_the_head_starts_as_the_identity_on_the_descriptor():
     x = torch.randn(5, 128)
     torch.testing.assert_close(DescriptorHead(128)(x), x)
     torch.testing.assert_close(DescriptorHead(16)(x), x[:, :16])
-    network = build_embedding_net(ModelConfig(backbone="dlib", embedding_dim=128, normalize=True))
+    network = build_embedding_net(model_config(backbone="dlib", embedding_dim=128, normalize=True))
     torch.testing.assert_close(embed_all(network, x), torch.nn.functional.normalize(x, dim=1))
     with pytest.raises(ValueError, match=r"dlib descriptors \(N, 128\)"):
         network(torch.zeros(2, 1, 40, 32))
@@ -122,7 +122,7 @@ def test_the_dlib_backbone_trains_without_augmentation():
 def test_a_dlib_checkpoint_is_a_face_model_for_pictures(cache: Path, tmp_path: Path):
     from facesim.core.inference import from_checkpoint
 
-    config = ModelConfig(backbone="dlib", embedding_dim=128)
+    config = model_config(backbone="dlib", embedding_dim=128)
     network = build_embedding_net(config)
     checkpoint = tmp_path / "dlib.pt"
     torch.save({"model_state": network.state_dict(), "model_config": config.to_dict(),

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import counting_net
+from helpers import counting_net, model_config
 from facesim.core.embedding import embed_all, fold_batchnorm
-from facesim.core.models import ModelConfig, build_embedding_net
+from facesim.core.models import build_embedding_net
 
 
 def with_trained_batchnorm(network: nn.Module, seed: int = 0) -> nn.Module:
@@ -42,10 +42,10 @@ def test_fold_batchnorm_of_one_pair_by_hand():
 
 @pytest.mark.parametrize(
     "config",
-    [ModelConfig(input_height=40, input_width=32),
-     ModelConfig(embedding_dim=8, channels=(4, 8, 8, 16), convs_per_block=2, normalize=True),
-     ModelConfig(backbone="resnet18", embedding_dim=16),
-     ModelConfig(backbone="efficientnet_b0", embedding_dim=16, frozen_blocks=2)],
+    [model_config(input_height=40, input_width=32),
+     model_config(embedding_dim=8, channels=(4, 8, 8, 16), convs_per_block=2, normalize=True),
+     model_config(backbone="resnet18", embedding_dim=16),
+     model_config(backbone="efficientnet_b0", embedding_dim=16, frozen_blocks=2)],
 )
 def test_fold_batchnorm_gives_the_same_embeddings_and_leaves_the_model_alone(config):
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def test_fold_batchnorm_keeps_a_batchnorm_without_running_statistics():
 
 def test_embed_all_equals_the_unfolded_eval_model():
     torch.manual_seed(0)
-    network = with_trained_batchnorm(build_embedding_net(ModelConfig(input_height=40, input_width=32)))
+    network = with_trained_batchnorm(build_embedding_net(model_config(input_height=40, input_width=32)))
     faces = torch.randn(300, 1, 40, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = network.eval()(faces)
@@ -94,5 +94,5 @@ def test_embed_all_batches_every_image_in_order_without_grad():
 
 
 def test_embed_all_of_no_images_is_an_empty_matrix_of_the_embedding_width():
-    ensemble = build_embedding_net(ModelConfig(channels=(4, 8), embedding_dim=8, members=3))
+    ensemble = build_embedding_net(model_config(channels=(4, 8), embedding_dim=8, members=3))
     assert embed_all(ensemble, torch.zeros(0, 1, 40, 32)).shape == (0, 24)

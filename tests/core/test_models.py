@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import model_config
 from facesim.core.models import CompactCNN, ModelConfig, build_embedding_net
 
 SMALL_COMPACT = dict(backbone="compact", embedding_dim=8, channels=(4, 8, 8, 16))
@@ -23,26 +24,26 @@ def embed(config: ModelConfig, height: int, width: int, batch: int = 2) -> torch
 
 @pytest.mark.parametrize("height, width", [(112, 92), (56, 46), (16, 16)])
 def test_compact_output_shape(height, width):
-    assert embed(ModelConfig(**SMALL_COMPACT), height, width).shape == (2, 8)
+    assert embed(model_config(**SMALL_COMPACT), height, width).shape == (2, 8)
 
 
 def test_compact_with_default_widths_at_full_size():
-    assert embed(ModelConfig(), 112, 92).shape == (2, 64)
+    assert embed(model_config(), 112, 92).shape == (2, 64)
 
 
 @pytest.mark.parametrize("height, width", [(112, 92), (28, 23)])
 def test_resnet18_output_shape(height, width):
-    assert embed(ModelConfig(backbone="resnet18", embedding_dim=16), height, width).shape == (2, 16)
+    assert embed(model_config(backbone="resnet18", embedding_dim=16), height, width).shape == (2, 16)
 
 
 def test_resnet18_takes_one_channel_and_has_no_classifier_head_left():
-    network = build_embedding_net(ModelConfig(backbone="resnet18", embedding_dim=16))
+    network = build_embedding_net(model_config(backbone="resnet18", embedding_dim=16))
     assert network.backbone.conv1.in_channels == 1
     assert network.backbone.fc.in_features == 512 and network.backbone.fc.out_features == 16
 
 
 def test_compact_cnn_structure():
-    network = CompactCNN(embedding_dim=8, channels=(4, 6))
+    network = CompactCNN(embedding_dim=8, channels=(4, 6), convs_per_block=1)
     convs = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 4), (4, 6)]
     assert all(c.bias is None for c in convs)
@@ -82,13 +83,13 @@ def test_compact_cnn_pools_before_relu_with_the_numbers_of_relu_before_pooling(t
 
 @pytest.mark.parametrize("backbone", ["compact", "resnet18"])
 def test_normalize_gives_unit_norm_embeddings(backbone):
-    config = ModelConfig(backbone=backbone, embedding_dim=8, channels=(4, 8), normalize=True)
+    config = model_config(backbone=backbone, embedding_dim=8, channels=(4, 8), normalize=True)
     norms = embed(config, 32, 32, batch=3).norm(dim=1)
     assert torch.allclose(norms, torch.ones(3), atol=1e-5)
 
 
 def test_without_normalize_norms_are_not_forced_to_one():
-    norms = embed(ModelConfig(**SMALL_COMPACT), 32, 32, batch=3).norm(dim=1)
+    norms = embed(model_config(**SMALL_COMPACT), 32, 32, batch=3).norm(dim=1)
     assert not torch.allclose(norms, torch.ones(3), atol=1e-3)
 
 
@@ -99,7 +100,7 @@ def test_without_normalize_norms_are_not_forced_to_one():
     "shape", [(2, 3, 32, 32), (2, 32, 32), (0, 1, 32, 32), (2, 1, 8, 32)]
 )
 def test_embedding_net_rejects_bad_input(shape):
-    network = build_embedding_net(ModelConfig(**SMALL_COMPACT))
+    network = build_embedding_net(model_config(**SMALL_COMPACT))
     with pytest.raises(ValueError, match=r"expected .*faces"):
         network(torch.zeros(shape))
 
@@ -118,7 +119,7 @@ def test_embedding_net_rejects_bad_input(shape):
     ],
 )
 def test_bad_config_names_the_field(changes, message):
-    config = dataclasses.replace(ModelConfig(), **changes)
+    config = dataclasses.replace(model_config(), **changes)
     with pytest.raises(ValueError, match=message):
         config.validate()
     with pytest.raises(ValueError, match=message):
@@ -126,16 +127,16 @@ def test_bad_config_names_the_field(changes, message):
 
 
 def test_validate_accepts_the_defaults_and_uses_the_given_section():
-    ModelConfig().validate()
+    model_config().validate()
     with pytest.raises(ValueError, match="model.backbone"):
-        ModelConfig(backbone="vgg").validate(section="model")
+        model_config(backbone="vgg").validate(section="model")
 
 
 # ---- config round trip ----------------------------------------------------------------
 
 
 def test_config_round_trips_through_a_plain_dict():
-    config = ModelConfig(backbone="resnet18", embedding_dim=32, input_height=56, input_width=46,
+    config = model_config(backbone="resnet18", embedding_dim=32, input_height=56, input_width=46,
                          channels=(8, 16, 32), normalize=True)
     as_dict = config.to_dict()
     assert as_dict["channels"] == [8, 16, 32]  # plain list, JSON/YAML friendly
@@ -146,4 +147,7 @@ def test_from_dict_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ValueError, match=r"unknown model config keys \['embeding_dim'\]"):
         ModelConfig.from_dict({"embeding_dim": 32})
     with pytest.raises(ValueError, match="train.embedding_dim"):
-        ModelConfig.from_dict({"embedding_dim": -3})
+        ModelConfig.from_dict({**model_config().to_dict(), "embedding_dim": -3})
+    with pytest.raises(ValueError, match="model config without frozen_blocks, pretrained: not one a facesim"):
+        ModelConfig.from_dict({k: v for k, v in model_config().to_dict().items() if k not in ("pretrained",
+                                                                                             "frozen_blocks")})

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import TESTING, face_image_bytes, needs_orl, write_tiny_model
+from helpers import TESTING, face_image_bytes, model_config, needs_orl, write_tiny_model
 from facesim.core.inference import from_checkpoint
 from facesim.core.model_files import ModelError
 from facesim.mlops.pyfunc import INPUT_COLUMNS, FaceVerifier, decode_image, encode_image
@@ -110,10 +110,10 @@ def test_the_served_dlib_backbone_verifies_real_faces(tmp_path: Path, monkeypatc
     import torch
 
     from facesim.core.data import Preprocess
-    from facesim.core.models import ModelConfig, build_embedding_net
+    from facesim.core.models import build_embedding_net
 
     monkeypatch.setenv("FACESIM_CACHE", str(tmp_path / "cache"))
-    config = ModelConfig(backbone="dlib", embedding_dim=128)  # the head as it starts: dlib's own distances
+    config = model_config(backbone="dlib", embedding_dim=128)  # the head as it starts: dlib's own distances
     checkpoint = tmp_path / "dlib.pt"
     torch.save({"model_state": build_embedding_net(config).state_dict(), "model_config": config.to_dict(),
                 "preprocess": Preprocess(features="dlib").to_dict(), "epoch": 1}, checkpoint)

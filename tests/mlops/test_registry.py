@@ -23,7 +23,8 @@ from facesim.mlops.registry import (
     should_promote,
     version_tags,
 )
-from facesim.mlops.tracking import NULL_RUN, stage_run
+from facesim.mlops.runs import NULL_RUN
+from facesim.mlops.tracking import stage_run
 
 
 def client(registry):

@@ -22,20 +22,16 @@ import pytest
 import yaml
 
 from helpers import REPO
+from facesim.mlops.runs import NULL_RUN, MlflowRun, NullRun, Run, flatten
 from facesim.mlops.tracking import (
     EXPERIMENT,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     GROUP_TAG,
     HOST_TAG,
-    NULL_RUN,
     PID_TAG,
-    MlflowRun,
-    NullRun,
-    Run,
     StageKilled,
     TrackingError,
-    flatten,
     git_commit,
     group_key,
     repo_root,
@@ -358,7 +354,8 @@ def test_unreachable_server_fails_fast_with_a_clear_message(tmp_path: Path, monk
 def test_sample_stage_with_an_unreachable_server_leaves_its_outputs(tmp_path: Path, make_faces_dir,
                                                                     unreachable_url) -> None:
     faces = make_faces_dir(tmp_path / "data" / "raw" / "faces", subjects_training=(1, 2, 3), subjects_testing=(4, 5))
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sample": {"seed": 1, "similar_per_image": 2}}))
+    sample = {**yaml.safe_load((REPO / "params.yaml").read_text())["sample"], "seed": 1, "similar_per_image": 2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sample": sample}))
     processed = tmp_path / "data" / "processed"
     processed.mkdir(parents=True)
     args = [sys.executable, str(REPO / "stages" / "sample.py"), "--faces", str(faces.relative_to(tmp_path))]

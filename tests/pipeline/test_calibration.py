@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from facesim.core.params import ParamsError
+from facesim.core.params import ParamsError, parse_section
 from facesim.pipeline.calibration import OperatingPoint, calibrate, calibration_pairs
 
 # validation faces of people a, a, b on a line at 0, 1, 5; training faces at 2 and 9
@@ -42,12 +43,12 @@ def test_a_target_the_pairs_cannot_resolve_names_the_key_and_what_would_work():
 
 
 def test_the_operating_point_section():
-    # the schema's default is the pipeline's (params.yaml): one value, not two that can disagree
     evaluate = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())["evaluate"]
-    assert OperatingPoint().target() == evaluate["target_far"] == 0.004
-    assert OperatingPoint(operating_point="best_accuracy").target() is None
-    with pytest.raises(ParamsError, match=r"evaluate\.operating_point"):
-        OperatingPoint(operating_point="eer").validate()
+    point = parse_section(OperatingPoint, {k: evaluate[k] for k in ("operating_point", "target_far")}, "evaluate")
+    assert point.target() == evaluate["target_far"] == 0.004
+    assert dataclasses.replace(point, operating_point="best_accuracy").target() is None
+    with pytest.raises(ParamsError, match=r"evaluate\.operating_point must be one of target_far, best_accuracy"):
+        parse_section(OperatingPoint, {"operating_point": "eer", "target_far": 0.01}, "evaluate")
 
 
 def test_calibrate_uses_every_unordered_pair_by_hand():

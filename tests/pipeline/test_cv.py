@@ -10,17 +10,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import RecordingRun, tiny_fit_params, write_faces_dir
-from facesim.core.metrics import equal_error_rate, retrieval_metrics, roc_auc
+from helpers import RecordingRun, repo_params, tiny_fit_params, write_faces_dir
+from facesim.core.metrics import equal_error_rate, roc_auc
+from facesim.core.retrieval import retrieval_metrics
 from facesim.core.params import ParamsError
 from facesim.pipeline.cv import (calibration_gap, fold_tables, run_fold, subject_folds, unseen_metrics,
                                  validation_faces, write_fold)
 from facesim.pipeline.cv_params import CVParams
-from facesim.pipeline.sample import list_faces
+from facesim.pipeline.faces import list_faces
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 
+
 TINY = tiny_fit_params(epochs=2)
+
+
+def cv_params(**changes) -> CVParams:
+    """This repository's cv section with `changes`."""
+    return repo_params(CVParams, "cv", **changes)
 
 
 def test_subject_folds_partition_the_subjects_and_depend_only_on_the_seed():
@@ -43,7 +50,7 @@ def test_fold_tables_hold_only_the_seen_subjects(tmp_path: Path, split_by: str):
     faces_dir = write_faces_dir(tmp_path / "faces")
     faces = list_faces(faces_dir, "training")
     seen = [f for f in faces if f.subject not in ("s1", "s2")]
-    params = CVParams(similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1, split_by=split_by,
+    params = cv_params(similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1, split_by=split_by,
                       val_size=0.35)
     tables = fold_tables(seen, params, np.random.default_rng(0))
     for name, table in tables.items():
@@ -83,7 +90,7 @@ def test_calibration_gap_is_the_far_miss_at_a_target_and_the_accuracy_loss_at_th
 
 # One fold of 11 people (s1-s11) with 6 faces each in 3 groups, trained one epoch: the smallest fold that
 # still has validation people of its own to calibrate on.
-FOLD_CV = CVParams(subject_groups=3, folds=(1, 2, 3), seeds=(1, 2), similar_per_image=1, dissimilar_per_image=1,
+FOLD_CV = cv_params(subject_groups=3, folds=(1, 2, 3), seeds=(1, 2), similar_per_image=1, dissimilar_per_image=1,
                    triplets_per_image=1, val_size=0.3)
 FOLD_TRAIN = dataclasses.replace(TINY, epochs=1)
 FACES_PER_PERSON = 6
@@ -139,7 +146,7 @@ def test_a_fold_run_again_gives_the_same_numbers_and_another_seed_other_ones(fol
 def test_fold_validation_people_are_neither_trained_on_nor_tested(tmp_path: Path):
     faces_dir = write_faces_dir(tmp_path / "faces")
     faces = list_faces(faces_dir, "training")
-    cv = CVParams(similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1, val_size=0.3)
+    cv = cv_params(similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1, val_size=0.3)
     seen = [f for f in faces if f.subject not in ("s1", "s2")]
     tables = fold_tables(seen, cv, np.random.default_rng(0))
     calibration_people = {path.split("/")[1] for path in validation_faces(tables)}
@@ -152,14 +159,14 @@ def test_run_fold_refuses_a_fold_beyond_the_groups(tmp_path: Path):
     faces_dir = write_faces_dir(tmp_path / "faces")
     faces = list_faces(faces_dir, "training")
     with pytest.raises(ParamsError, match="fold 4"):
-        run_fold(CVParams(subject_groups=3, folds=(1, 2, 3)), TINY, "triplet", 4, 1, faces, faces_dir)
+        run_fold(cv_params(subject_groups=3, folds=(1, 2, 3)), TINY, "triplet", 4, 1, faces, faces_dir)
 
 
 def test_run_fold_stops_before_any_work_without_the_imagenet_weights(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     train = dataclasses.replace(TINY, backbone="efficientnet_b0", pretrained="imagenet")
     with pytest.raises(FileNotFoundError, match=r"train.pretrained: imagenet needs .*efficientnet_b0_rwightman"):
-        run_fold(CVParams(subject_groups=3, folds=(1, 2, 3)), train, "triplet", 1, 1, [], tmp_path / "no_faces")
+        run_fold(cv_params(subject_groups=3, folds=(1, 2, 3)), train, "triplet", 1, 1, [], tmp_path / "no_faces")
 
 
 def test_write_fold_writes_and_logs_the_metrics_and_the_roc_points(fold2_seed1, tmp_path: Path):

@@ -7,33 +7,38 @@ from pathlib import Path
 import pytest
 import yaml
 
-from facesim.core.params import ParamsError, parse_section
+from helpers import REPO, repo_params
+from facesim.core.params import ParamsError
 from facesim.pipeline.cv_params import CVParams, load_cv_params, load_operating_point
+from facesim.training.train_params import merge
 
 
 def test_cv_params_refuse_bad_values_naming_the_key():
     with pytest.raises(ParamsError, match="cv.subject_groups"):
-        parse_section(CVParams, {"subject_groups": 1}, "cv")
+        repo_params(CVParams, "cv", subject_groups=1)
     with pytest.raises(ParamsError, match="cv.folds"):
-        parse_section(CVParams, {"subject_groups": 5, "folds": [1, 6]}, "cv")
+        repo_params(CVParams, "cv", subject_groups=5, folds=[1, 6])
     with pytest.raises(ParamsError, match="cv.folds"):
-        parse_section(CVParams, {"folds": [2, 2]}, "cv")
+        repo_params(CVParams, "cv", folds=[2, 2])
     with pytest.raises(ParamsError, match="cv.seeds"):
-        parse_section(CVParams, {"seeds": []}, "cv")
+        repo_params(CVParams, "cv", seeds=[])
     with pytest.raises(ParamsError, match="cv.models"):
-        parse_section(CVParams, {"models": ["siamese"]}, "cv")
-
+        repo_params(CVParams, "cv", models=["siamese"])
 
 
 def write_params(tmp_path: Path, cv: dict) -> Path:
+    """This repository's params.yaml with a train section of 30 epochs at a constant rate (the triplet model 60
+    epochs of batches of 16 people), the compact backbone only, and `cv`'s keys in the cv section (none in cv.train
+    unless it names them)."""
+    repo = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    repo["train"] = merge(repo["train"], {"epochs": 30, "lr": 0.001, "lr_schedule": "constant",
+                                          "triplet": {"epochs": 60, "people_per_batch": 16}})
+    repo["backbones"] = {"compact": {"backbone": "compact"}}
+    repo["cv"] = {**{k: v for k, v in repo["cv"].items() if k != "train"}, "subject_groups": 5,
+                  "backbones": ["compact"], **cv}
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({
-        "train": {"epochs": 30, "lr": 0.001, "triplet": {"epochs": 60, "people_per_batch": 16}},
-        "backbones": {"compact": {"backbone": "compact"}},
-        "cv": {"subject_groups": 5, **cv},
-    }))
+    path.write_text(yaml.safe_dump(repo))
     return path
-
 
 
 def test_load_cv_params_puts_cv_train_over_the_train_section_key_by_key(tmp_path: Path):
@@ -45,11 +50,9 @@ def test_load_cv_params_puts_cv_train_over_the_train_section_key_by_key(tmp_path
     assert (train.triplet.epochs, train.triplet.people_per_batch) == (150, 16)
 
 
-
 def test_load_cv_params_without_cv_train_is_the_train_section(tmp_path: Path):
     _, train = load_cv_params(write_params(tmp_path, {}))
     assert (train.epochs, train.triplet.epochs, train.lr_schedule) == (30, 60, "constant")
-
 
 
 @pytest.mark.parametrize(("override", "named"), [
@@ -62,7 +65,6 @@ def test_load_cv_params_names_a_bad_cv_train_key(tmp_path: Path, override: dict,
         load_cv_params(write_params(tmp_path, {"train": override}))
 
 
-
 def test_load_cv_params_puts_a_backbones_keys_over_cv_train(tmp_path: Path):
     path = write_params(tmp_path, {"train": {"lr": 0.01, "triplet": {"epochs": 150}}, "backbones": ["compact", "dlib"]})
     data = yaml.safe_load(path.read_text())
@@ -73,7 +75,6 @@ def test_load_cv_params_puts_a_backbones_keys_over_cv_train(tmp_path: Path):
     _, dlib = load_cv_params(path, "dlib")
     assert (dlib.backbone, dlib.lr, dlib.triplet.epochs, dlib.triplet.margin) == ("dlib", 0.0001, 150, 0.3)
     assert load_cv_params(path)[1] == compact  # no backbone named: cv.train over train only
-
 
 
 @pytest.mark.parametrize(("cv", "backbones", "backbone", "named"), [
@@ -93,7 +94,6 @@ def test_load_cv_params_names_a_bad_backbone(tmp_path: Path, cv: dict, backbones
         load_cv_params(path, backbone)
 
 
-
 def test_load_operating_point_reads_the_evaluate_sections_two_keys(tmp_path: Path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"evaluate": {"operating_point": "target_far", "target_far": 0.05,
@@ -101,6 +101,9 @@ def test_load_operating_point_reads_the_evaluate_sections_two_keys(tmp_path: Pat
     assert load_operating_point(path).target() == 0.05
     path.write_text(yaml.safe_dump({"evaluate": {"operating_point": "best_accuracy", "target_far": 0.05}}))
     assert load_operating_point(path).target() is None
-    path.write_text(yaml.safe_dump({"evaluate": {"target_far": 1.5}}))
+    path.write_text(yaml.safe_dump({"evaluate": {"operating_point": "target_far", "target_far": 1.5}}))
     with pytest.raises(ParamsError, match=r"evaluate\.target_far must lie strictly between 0 and 1"):
+        load_operating_point(path)
+    path.write_text(yaml.safe_dump({"evaluate": {"target_far": 0.01}}))
+    with pytest.raises(ParamsError, match=r"missing key evaluate\.operating_point"):
         load_operating_point(path)

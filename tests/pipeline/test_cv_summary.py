@@ -8,10 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import RecordingRun
+from helpers import RecordingRun, repo_params
 from facesim.pipeline.cv import calibration_gap
 from facesim.pipeline.cv_params import CVParams
 from facesim.pipeline.cv_summary import read_fold_results, summarise_folds, write_summary
+
+
+def cv_params(**changes) -> CVParams:
+    """This repository's cv section with `changes`."""
+    return repo_params(CVParams, "cv", **changes)
 
 
 def fold_row(model: str, fold: int, seed: int, eer: float, accuracy: float = 0.9, best: float = 0.92,
@@ -21,7 +26,6 @@ def fold_row(model: str, fold: int, seed: int, eer: float, accuracy: float = 0.9
     return {"model": model, "fold": fold, "seed": seed, **row, "eer": eer, "accuracy": accuracy, "far": far,
             "best_accuracy": best, "threshold": 1.0, "target_far": 0.01,
             "calibration_gap": calibration_gap({"far": far}, 0.01)}
-
 
 
 def test_summarise_folds_by_hand():
@@ -38,7 +42,6 @@ def test_summarise_folds_by_hand():
     assert summary["runs"] == 4
 
 
-
 def write_fold_files(folder: Path, rows: list[dict]) -> None:
     for row in rows:
         path = folder / row["model"] / f"fold{row['fold']}-seed{row['seed']}.json"
@@ -46,9 +49,8 @@ def write_fold_files(folder: Path, rows: list[dict]) -> None:
         path.write_text(json.dumps(row))
 
 
-
 def test_write_summary_reads_exactly_the_runs_asked_for(tmp_path: Path):
-    cv = CVParams(subject_groups=2, folds=(1, 2), seeds=(1,), models=("triplet",))
+    cv = cv_params(subject_groups=2, folds=(1, 2), seeds=(1,), models=("triplet",))
     rows = [fold_row("triplet", 1, 1, 0.1), fold_row("triplet", 2, 1, 0.3)]
     # left behind by an earlier run with another seed: not part of this summary
     write_fold_files(tmp_path / "folds", rows + [fold_row("triplet", 1, 9, 0.9)])
@@ -68,21 +70,19 @@ def test_write_summary_reads_exactly_the_runs_asked_for(tmp_path: Path):
     assert [(path.name, folder) for path, folder in run.artifacts] == [("triplet_details.json", "metrics")]
 
 
-
 def test_write_summary_names_a_missing_run_and_writes_nothing(tmp_path: Path):
-    cv = CVParams(subject_groups=2, folds=(1, 2), seeds=(1,), models=("triplet",))
+    cv = cv_params(subject_groups=2, folds=(1, 2), seeds=(1,), models=("triplet",))
     write_fold_files(tmp_path / "folds", [fold_row("triplet", 1, 1, 0.1)])
     out, details = tmp_path / "triplet.json", tmp_path / "triplet_details.json"
     with pytest.raises(FileNotFoundError, match="triplet fold 2 seed 1.*dvc repro cv/dvc.yaml"):
         write_summary(cv, "triplet", tmp_path / "folds", out, details)
     assert not out.exists() and not details.exists()
-    assert len(read_fold_results(CVParams(subject_groups=2, folds=(1,), seeds=(1,), models=("triplet",)),
+    assert len(read_fold_results(cv_params(subject_groups=2, folds=(1,), seeds=(1,), models=("triplet",)),
                                  tmp_path / "folds", "triplet")) == 1
-
 
 
 def test_write_summary_refuses_a_foreign_json(tmp_path: Path):
     (tmp_path / "folds").mkdir()
     (tmp_path / "folds" / "notes.json").write_text('{"hello": 1}')
     with pytest.raises(ValueError, match="notes.json: not a fold metrics file"):
-        read_fold_results(CVParams(), tmp_path / "folds", "triplet")
+        read_fold_results(cv_params(), tmp_path / "folds", "triplet")

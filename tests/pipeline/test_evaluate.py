@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from helpers import evaluate_outputs, tiny_train_params, train_samples, write_tiny_inputs
-from facesim.core.params import ParamsError, parse_section
+from helpers import evaluate_outputs, repo_params, tiny_train_params, train_samples, write_tiny_inputs
+from facesim.core.params import ParamsError
 from facesim.pipeline.evaluate import (
     PREDICTION_COLUMNS,
     EvaluateParams,
@@ -19,7 +19,7 @@ from facesim.pipeline.evaluate import (
     evaluate_embeddings,
     evaluate_model,
 )
-from facesim.pipeline.sample import Face
+from facesim.pipeline.faces import Face
 from facesim.pipeline.train import train_and_save
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
@@ -192,15 +192,20 @@ def test_evaluate_embeddings_refuses_single_class_test_pairs():
 # ---- params -----------------------------------------------------------------------------
 
 
+def evaluate_params(**changes) -> EvaluateParams:
+    """This repository's evaluate section with `changes`."""
+    return repo_params(EvaluateParams, "evaluate", **changes)
+
+
 def test_evaluate_params_parse():
-    assert parse_section(EvaluateParams, {"retrieval_k": [1, 3, 10]}, "evaluate").retrieval_k == (1, 3, 10)
-    assert parse_section(EvaluateParams, {}, "evaluate").retrieval_k == (1, 5)
+    assert evaluate_params(retrieval_k=[1, 3, 10]).retrieval_k == (1, 3, 10)
+    assert evaluate_params().retrieval_k == (1, 5)
 
 
 def test_evaluate_params_operating_point():
     # the threshold evaluate_embeddings is given: the target FAR, or None for the best accuracy
-    assert parse_section(EvaluateParams, {"target_far": 0.001}, "evaluate").target() == 0.001
-    best = parse_section(EvaluateParams, {"operating_point": "best_accuracy", "target_far": 0.001}, "evaluate")
+    assert evaluate_params(target_far=0.001).target() == 0.001
+    best = evaluate_params(operating_point="best_accuracy", target_far=0.001)
     assert best.target() is None
 
 
@@ -212,14 +217,14 @@ def test_evaluate_params_operating_point():
 ])
 def test_evaluate_params_refuse_a_bad_operating_point(raw, key):
     with pytest.raises(ParamsError, match=rf"evaluate\.{key} must "):
-        parse_section(EvaluateParams, raw, "evaluate")
+        evaluate_params(**raw)
 
 
 @pytest.mark.parametrize("raw", [{"retrieval_k": [0]}, {"retrieval_k": [1, -5]}, {"retrieval_k": []},
                                  {"retrieval_k": [1.5]}, {"retrieval_k": 5}, {"k": [1]}])
 def test_evaluate_params_refuse_bad_retrieval_k(raw):
     with pytest.raises(ParamsError, match=r"evaluate\.(retrieval_k|k)"):
-        parse_section(EvaluateParams, raw, "evaluate")
+        evaluate_params(**raw)
 
 
 def test_calibration_faces_are_all_of_them_up_to_the_limit_then_whole_people() -> None:
@@ -244,7 +249,7 @@ def test_calibration_faces_are_all_of_them_up_to_the_limit_then_whole_people() -
 
 
 def test_evaluate_model_reports_a_reduced_calibration_set(stage, tmp_path: Path):
-    metrics = evaluate_model("compact-contrastive", EvaluateParams(max_calibration_faces=25, seed=3),
+    metrics = evaluate_model("compact-contrastive", evaluate_params(max_calibration_faces=25, seed=3),
                              stage["checkpoint"], stage["faces_dir"],
                              stage["pairs"],
                              evaluate_outputs(tmp_path / "eval"))
@@ -279,7 +284,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> dict:
     checkpoint = root / "models" / "compact-contrastive.pt"
     train_and_save("contrastive", TINY, faces_dir, train_samples(outputs), checkpoint, root / "history.csv")
     paths = evaluate_outputs(root / "eval")
-    metrics = evaluate_model("compact-contrastive", EvaluateParams(), checkpoint, faces_dir,
+    metrics = evaluate_model("compact-contrastive", evaluate_params(), checkpoint, faces_dir,
                              pair_paths, paths)
     return {"root": root, "faces_dir": faces_dir, "pairs": pair_paths, "checkpoint": checkpoint,
             "outputs": paths, "metrics": metrics}
@@ -318,7 +323,7 @@ def test_evaluate_model_calibrates_for_the_target_far_on_the_validation_people(s
     from facesim.core.checkpoint import load_checkpoint
     from facesim.core.embedding import embed_all
     from facesim.pipeline.calibration import calibrate
-    from facesim.pipeline.sample import held_out_faces, load_tables
+    from facesim.pipeline.faces import held_out_faces, load_tables
 
     model, checkpoint = load_checkpoint(stage["checkpoint"])
     tables = load_tables(stage["pairs"])
@@ -335,7 +340,7 @@ def test_evaluate_model_calibrates_for_the_target_far_on_the_validation_people(s
 
 
 def test_evaluate_model_at_the_best_accuracy(stage, tmp_path: Path):
-    params = EvaluateParams(operating_point="best_accuracy", target_far=0.01)
+    params = evaluate_params(operating_point="best_accuracy", target_far=0.01)
     metrics = evaluate_model("compact-contrastive", params, stage["checkpoint"], stage["faces_dir"],
                              stage["pairs"],
                              evaluate_outputs(tmp_path / "eval"))
@@ -414,7 +419,7 @@ def test_evaluate_model_names_a_missing_checkpoint(stage, tmp_path: Path):
     outputs = evaluate_outputs(tmp_path, ".out")
     missing = tmp_path / "models" / "never_trained.pt"
     with pytest.raises(FileNotFoundError, match="never_trained.pt") as info:
-        evaluate_model("compact-contrastive", EvaluateParams(), missing, stage["faces_dir"],
+        evaluate_model("compact-contrastive", evaluate_params(), missing, stage["faces_dir"],
                        stage["pairs"], outputs)
     assert "checkpoint" in str(info.value)
     assert not any(path.exists() for path in outputs.values())
@@ -424,6 +429,6 @@ def test_evaluate_model_names_a_missing_pairs_file(stage, tmp_path: Path):
     outputs = evaluate_outputs(tmp_path, ".out")
     pairs = {**stage["pairs"], "pairs_test": tmp_path / "no_test_pairs.csv"}
     with pytest.raises(FileNotFoundError, match="no_test_pairs.csv"):
-        evaluate_model("compact-contrastive", EvaluateParams(), stage["checkpoint"], stage["faces_dir"], pairs,
+        evaluate_model("compact-contrastive", evaluate_params(), stage["checkpoint"], stage["faces_dir"], pairs,
                        outputs)
     assert not any(path.exists() for path in outputs.values())

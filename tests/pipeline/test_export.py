@@ -16,13 +16,13 @@ import onnxruntime
 import pytest
 import torch
 
-from helpers import REPO, TESTING, RecordingRun, write_faces_dir, write_tiny_model
+from helpers import REPO, TESTING, RecordingRun, model_config, write_faces_dir, write_tiny_model
 from facesim.core.data import prepare_pixels
 from facesim.core.images import load_pixels
 from facesim.core.inference import from_checkpoint, from_onnx
 from facesim.core.checkpoint import load_checkpoint
 from facesim.core.embedding import embed_all
-from facesim.core.models import ModelConfig, build_embedding_net
+from facesim.core.models import build_embedding_net
 from facesim.core.onnx_model import FORMAT, FORMAT_VERSION, OnnxMetadata, OnnxNetwork
 from facesim.core.preprocess import Preprocess
 from facesim.pipeline.export import OPSET, PARITY, export_model, onnx_bytes
@@ -35,7 +35,7 @@ TINY = dict(input_height=16, input_width=16, channels=(4, 8), embedding_dim=8)
 def tiny_network(seed: int = 0, **config) -> torch.nn.Module:
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(seed)
-        network = build_embedding_net(ModelConfig(**{**TINY, **config}))
+        network = build_embedding_net(model_config(**{**TINY, **config}))
         # BatchNorm statistics other than 0 and 1, so that folding them into the convolutions is checked
         for module in network.modules():
             if isinstance(module, torch.nn.BatchNorm2d):

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from helpers import repo_params
 from facesim.pipeline import fetch
 from facesim.core.digest import content_digest
 from facesim.pipeline.fetch import DATA_URL_ENV, FetchError, FetchParams, fetch_faces
-from facesim.core.params import ParamsError, parse_section
+from facesim.core.params import ParamsError
 
 # Well formed, but the digest of no tree these tests build.
 OTHER_DIGEST = "sha256:" + "0" * 64
@@ -32,7 +34,8 @@ def reference_digest(make_faces_dir, root: Path, **layout) -> str:
 
 
 def params_for(source: str | Path, digest: str, **kw) -> FetchParams:
-    return FetchParams(url=str(source), digest=digest, **kw)
+    """This repository's fetch section for `source` and `digest`, with `kw` (not validated: fetch_faces checks)."""
+    return dataclasses.replace(repo_params(FetchParams, "fetch"), url=str(source), digest=digest, **kw)
 
 
 def assert_nothing_left(out_dir: Path) -> None:
@@ -316,14 +319,13 @@ def test_unreachable_url_retries_then_points_to_the_environment_variable(out_dir
 )
 def test_validate_refuses_a_malformed_digest(digest):
     with pytest.raises(ParamsError, match="fetch.digest") as caught:
-        parse_section(FetchParams, {"url": "https://example.org/a.zip", "digest": digest}, "fetch")
+        repo_params(FetchParams, "fetch", url="https://example.org/a.zip", digest=digest)
     assert repr(digest) in str(caught.value)
 
 
 def test_validate_accepts_a_digest_as_content_digest_writes_it(tmp_path):
     (tmp_path / "a.pgm").write_bytes(b"x")
-    params = parse_section(FetchParams, {"url": "https://example.org/a.zip", "digest": content_digest(tmp_path)},
-                           "fetch")
+    params = repo_params(FetchParams, "fetch", url="https://example.org/a.zip", digest=content_digest(tmp_path))
     assert params.digest == content_digest(tmp_path)
     assert (params.max_bytes, params.timeout_s, params.retries) == (100_000_000, 60.0, 3)
 
@@ -336,7 +338,7 @@ def test_validate_accepts_a_digest_as_content_digest_writes_it(tmp_path):
 def test_validate_refuses_out_of_range_values(key, value, expected):
     raw = {"url": "https://example.org/a.zip", "digest": OTHER_DIGEST, key: value}
     with pytest.raises(ParamsError, match=expected):
-        parse_section(FetchParams, raw, "fetch")
+        repo_params(FetchParams, "fetch", **raw)
 
 
 # ---- any face set: a local folder, another folder inside the archive, other formats -------------------
@@ -402,4 +404,4 @@ def test_local_folder_without_faces_folder_is_named(tmp_path, out_dir):
 def test_validate_refuses_bad_folder_or_pattern(key, value, expected):
     raw = {"url": "x.zip", "digest": OTHER_DIGEST, key: value}
     with pytest.raises(ParamsError, match=expected):
-        parse_section(FetchParams, raw, "fetch")
+        repo_params(FetchParams, "fetch", **raw)

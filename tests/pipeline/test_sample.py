@@ -19,29 +19,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import write_people_dir
-from facesim.core.params import ParamsError, parse_section
-from facesim.pipeline import sample
-from facesim.pipeline.sample import (
-    PAIR_COLUMNS,
-    SPLITS,
-    TRIPLET_COLUMNS,
-    Face,
-    SampleError,
-    SampleParams,
-    all_faces,
-    build_samples,
-    list_faces,
-    make_pairs,
-    make_triplets,
-    split_faces,
-    split_rows,
-    write_samples,
-)
+from helpers import repo_params, write_people_dir
+from facesim.core.params import ParamsError
+from facesim.pipeline.faces import SampleError, all_faces, held_out_faces, list_faces
+from facesim.pipeline.pairs import PAIR_COLUMNS, TRIPLET_COLUMNS, make_pairs, make_triplets
+from facesim.pipeline.sample import SPLITS, SampleParams, build_samples, split_faces, write_samples
 
 TRAINING_SUBJECTS = {"s1", "s2", "s3", "s4", "s8", "s9", "s10", "s11"}
 TESTING_SUBJECTS = {"s5", "s6", "s7"}
-DEFAULTS = SampleParams()
+# The sample section as the tests were written for: validation pairs drawn among the training people's pairs.
+DEFAULTS = repo_params(SampleParams, "sample", split_by="pairs")
 
 
 @pytest.fixture
@@ -74,25 +61,6 @@ def test_fixture_faces_are_small_grey_pgms_that_differ(faces_dir: Path) -> None:
     with Image.open(faces_dir / "training" / "s1" / "1.pgm") as first:
         assert (first.format, first.mode, first.size) == ("PPM", "L", (10, 12))
     assert len({p.read_bytes() for p in images}) == 110  # no two images alike
-
-
-# ---- list_faces ---------------------------------------------------------------------------------
-
-
-def test_list_faces_is_in_natural_order_and_relative(faces_dir: Path) -> None:
-    faces = list_faces(faces_dir, "training")
-    assert len(faces) == 80
-    assert faces[:2] == [Face("training/s1/1.pgm", "s1"), Face("training/s1/2.pgm", "s1")]
-    assert faces[9] == Face("training/s1/10.pgm", "s1")  # 10 after 9, not after 1
-    assert [f.subject for f in faces[::10]] == ["s1", "s2", "s3", "s4", "s8", "s9", "s10", "s11"]
-
-
-def test_list_faces_without_the_group_is_a_sample_error(tmp_path: Path) -> None:
-    with pytest.raises(SampleError, match="run the fetch stage first"):
-        list_faces(tmp_path, "training")
-    (tmp_path / "testing" / "s1").mkdir(parents=True)
-    with pytest.raises(SampleError, match="no <person>/<image> files"):
-        list_faces(tmp_path, "testing")
 
 
 # ---- pairs ------------------------------------------------------------------------------------
@@ -160,17 +128,6 @@ def test_paths_in_csvs_are_relative_and_exist(tables, faces_dir: Path) -> None:
                 assert (faces_dir / path).is_file()
 
 
-def test_make_pairs_counts_on_a_tiny_set() -> None:
-    # 3 subjects x 5 images, 2 similar + 1 dissimilar each: 15 x 2 = 30 same, 15 x 1 = 15 different.
-    faces = [Face(f"training/s{s}/{k}.pgm", f"s{s}") for s in (1, 2, 3) for k in range(1, 6)]
-    pairs = make_pairs(faces, 2, 1, np.random.default_rng(0))
-    assert pairs["label"].value_counts().to_dict() == {1: 30, 0: 15}
-    # 5 images of one subject have 10 unordered pairs; k = 2 = (5-1)/2 takes every one of them
-    same = pairs[pairs["label"] == 1]
-    assert (same["subject1"].value_counts() == 10).all()
-    assert len(set(unordered(pairs))) == 45
-
-
 # ---- triplets --------------------------------------------------------------------------------
 
 
@@ -193,19 +150,6 @@ def test_train_and_val_triplets_are_disjoint(tables) -> None:
     val = set(map(tuple, tables["triplets"]["val"][["anchor", "positive", "negative"]].to_numpy()))
     assert len(train) == 192 and len(val) == 48
     assert not train & val
-
-
-# ---- split_rows -----------------------------------------------------------------------------
-
-
-def test_split_rows_keeps_each_label_share_and_row_order() -> None:
-    table = pd.DataFrame({"x": range(15), "label": [1] * 10 + [0] * 5})
-    train, val = split_rows(table, 0.4, np.random.default_rng(0), stratify="label")
-    # round(0.4 x 10) = 4 positives and round(0.4 x 5) = 2 negatives go to val
-    assert val["label"].value_counts().to_dict() == {1: 4, 0: 2}
-    assert len(train) == 9
-    assert sorted(train["x"].tolist() + val["x"].tolist()) == list(range(15))
-    assert train["x"].is_monotonic_increasing and val["x"].is_monotonic_increasing
 
 
 # ---- split by subjects ------------------------------------------------------------------------
@@ -233,15 +177,6 @@ def test_split_by_subjects_gives_every_image_all_its_pairs(faces_dir: Path) -> N
         pairs = tables["pairs"][split]
         assert pairs["label"].value_counts().to_dict() == {1: 3 * n_images, 0: 3 * n_images}, split
         assert (pairs[pairs["label"] == 0]["image1"].value_counts() == 3).all(), split
-
-
-def test_more_dissimilar_pairs_than_exist_give_every_one_once() -> None:
-    # 2 subjects x 3 images have only 3 x 3 = 9 different-subject pairs; 6 images x 3 asks for 18:
-    # s1's images take all 9 (3 each), s2's find every partner taken
-    faces = [Face(f"training/s{s}/{k}.pgm", f"s{s}") for s in (1, 2) for k in range(1, 4)]
-    different = make_pairs(faces, 1, 3, np.random.default_rng(0)).query("label == 0")
-    assert len(different) == 9 and len(set(unordered(different))) == 9
-    assert different["image1"].value_counts().to_dict() == {f"training/s1/{k}.pgm": 3 for k in (1, 2, 3)}
 
 
 def test_split_by_subjects_needs_two_subjects_on_each_side(faces_dir: Path) -> None:
@@ -296,34 +231,6 @@ def test_similar_pairs_beyond_the_circulant_design_take_every_pair_once(faces_di
     assert len(set(unordered(pairs))) == 8 * 45
 
 
-def test_other_faces_are_ranked_without_listing_them() -> None:
-    # 6 faces, the person's are 2 and 3: the others, in order, are 0, 1, 4, 5
-    np.testing.assert_array_equal(sample._OtherFaces(6, [2, 3])[np.arange(4)], [0, 1, 4, 5])
-    np.testing.assert_array_equal(sample._OtherFaces(6, [0, 5])[np.array([3, 0, 2])], [4, 1, 3])
-    assert sample._OtherFaces(6, [0, 1, 2, 3, 4, 5]).count == 0
-
-
-def test_random_others_end_with_every_other_face() -> None:
-    others = sample._OtherFaces(9, [1, 4])
-    drawn = list(sample._random_others(others, 2, np.random.default_rng(0)))
-    assert len(drawn) == 8 * 6 + 7 and set(drawn) <= {0, 2, 3, 5, 6, 7, 8}
-    assert sorted(drawn[-7:]) == [0, 2, 3, 5, 6, 7, 8]  # after the random draws, all of them in a shuffle
-
-
-def test_beyond_the_balanced_size_different_person_partners_are_drawn_at_random(faces_dir: Path, monkeypatch) -> None:
-    faces = list_faces(faces_dir, "training")  # 80
-    balanced = make_pairs(faces, 3, 3, np.random.default_rng(0))
-    monkeypatch.setattr(sample, "BALANCED_PAIRS_MAX_FACES", 79)
-    drawn = make_pairs(faces, 3, 3, np.random.default_rng(0))
-    pd.testing.assert_frame_equal(drawn[drawn["label"] == 1], balanced[balanced["label"] == 1])  # same pairs alike
-    different = drawn[drawn["label"] == 0]
-    assert len(different) == 80 * 3 and (different.groupby("image1").size() == 3).all()
-    assert (different["subject1"] != different["subject2"]).all()
-    assert len(set(unordered(drawn))) == len(drawn)  # no pair twice, in either order
-    assert not different.equals(balanced[balanced["label"] == 0])
-    pd.testing.assert_frame_equal(drawn, make_pairs(faces, 3, 3, np.random.default_rng(0)))
-
-
 def test_triplets_beyond_the_other_images_take_each_positive_once(faces_dir: Path) -> None:
     # 10 triplets asked for, 9 other images of each subject: 9 per anchor, each positive once
     triplets = build_samples(dataclasses.replace(DEFAULTS, test_triplets_per_image=10), faces_dir)["triplets"]["test"]
@@ -362,12 +269,12 @@ def test_any_number_of_images_per_person_samples(tmp_path: Path) -> None:
 )
 def test_bad_params_name_the_key(raw, key) -> None:
     with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
-        parse_section(SampleParams, raw, "sample")
+        repo_params(SampleParams, "sample", **raw)
 
 
 def test_params_yaml_defaults_parse() -> None:
     raw = {"seed": 1, "val_size": "2.5e-1", "split_by": "subjects"}
-    params = parse_section(SampleParams, raw, "sample")
+    params = repo_params(SampleParams, "sample", **raw)
     assert (params.seed, params.val_size, params.split_by) == (1, 0.25, "subjects")
 
 
@@ -387,7 +294,7 @@ PEOPLE = {**{f"person{i}": 4 for i in range(1, 9)}, "single1": 1, "single2": 1}
 def people_params(**kw) -> SampleParams:
     base = dict(layout="people", similar_per_image=1, dissimilar_per_image=1, triplets_per_image=1,
                 test_similar_per_image=1, test_dissimilar_per_image=1, test_triplets_per_image=1)
-    return SampleParams(**{**base, **kw})
+    return dataclasses.replace(DEFAULTS, **{**base, **kw})
 
 
 def test_people_layout_holds_out_the_named_people(tmp_path: Path) -> None:
@@ -472,7 +379,7 @@ def test_held_out_fraction_too_small_is_named(tmp_path: Path) -> None:
 )
 def test_bad_layout_params_name_the_key(raw, message) -> None:
     with pytest.raises(ParamsError, match=message):
-        parse_section(SampleParams, raw, "sample")
+        repo_params(SampleParams, "sample", **raw)
 
 
 def test_all_faces_lists_both_layouts(tmp_path: Path, faces_dir: Path) -> None:
@@ -482,21 +389,8 @@ def test_all_faces_lists_both_layouts(tmp_path: Path, faces_dir: Path) -> None:
     assert len(faces) == 34 and {f.subject for f in faces} == set(PEOPLE)
 
 
-def test_held_out_faces_are_the_faces_of_the_test_pairs_once_each_in_natural_order():
-    from facesim.pipeline.sample import held_out_faces
-
-    pairs = pd.DataFrame({"image1": ["p/s10/1.png", "p/s2/3.png", "p/s2/1.png"],
-                          "image2": ["p/s2/1.png", "p/s10/1.png", "p/s2/3.png"],
-                          "subject1": ["s10", "s2", "s2"], "subject2": ["s2", "s10", "s2"], "label": [0, 0, 1]})
-    faces = held_out_faces(pairs)
-    assert [(f.path, f.subject) for f in faces] == [("p/s2/1.png", "s2"), ("p/s2/3.png", "s2"),
-                                                    ("p/s10/1.png", "s10")]
-
-
 def test_split_layout_held_out_faces_are_the_testing_folder(faces_dir: Path):
     """For the split layout the test pairs name every face of testing/: evaluate and robustness see what
     they saw when they listed that folder."""
-    from facesim.pipeline.sample import held_out_faces
-
-    tables = build_samples(SampleParams(), faces_dir)
+    tables = build_samples(DEFAULTS, faces_dir)
     assert held_out_faces(tables["pairs"]["test"]) == list_faces(faces_dir, "testing")

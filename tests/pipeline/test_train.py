@@ -172,10 +172,10 @@ def test_the_train_stage_without_dlib_names_the_extra_and_how_to_leave_the_backb
     stub = tmp_path / "stub"
     stub.mkdir()
     (stub / "dlib.py").write_text("raise ImportError('dlib is not installed here')\n")  # as if the extra were missing
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "train": {"device": "cpu"}, "runtime": {"threads": 1},
-        "backbones": {"compact": {"backbone": "compact"}, "dlib": {"backbone": "dlib", "embedding_dim": 128}}}))
     repo = Path(__file__).resolve().parents[2]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["device"], params["runtime"]["threads"] = "cpu", 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     args = [sys.executable, str(repo / "stages" / "train.py"), "--backbone", "dlib", "--model", "triplet",
             "--faces", "faces", "--checkpoint", "models/dlib-triplet.pt", "--history", "history.csv"]
     for kind in ("pairs", "triplets"):

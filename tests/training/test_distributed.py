@@ -23,18 +23,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from helpers import REPO, tiny_fit_params, tiny_training_data, write_tiny_samples
+from helpers import REPO, TINY_RECIPE, model_config, tiny_fit_params, tiny_training_data, write_tiny_samples
 from ddp_worker import CASES, train_cases
 from facesim.core.losses import pairwise_euclidean
 from facesim.core.embedding import embed_all
-from facesim.core.models import ModelConfig, build_embedding_net
+from facesim.core.models import build_embedding_net
 from facesim.core.params import ParamsError
 from facesim.training.distributed import (
     SINGLE,
     MixedPrecision,
     SyncedBatchNorm2d,
     World,
-    check_precision,
     process_group,
     relaunch_if_needed,
     shard_bounds,
@@ -43,6 +42,7 @@ from facesim.training.distributed import (
     with_synced_batchnorm,
 )
 from facesim.training.fit import fit
+from facesim.training.train_params import merge
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 
@@ -181,7 +181,7 @@ def test_one_process_in_float32_trains_the_network_itself():
 
 
 def test_synced_batchnorm_copies_share_the_weights_and_leave_the_network_alone():
-    net = build_embedding_net(ModelConfig(embedding_dim=8, input_height=16, input_width=16, channels=(4, 8)))
+    net = build_embedding_net(model_config(embedding_dim=8, input_height=16, input_width=16, channels=(4, 8)))
     synced = with_synced_batchnorm(net)
     assert not any(isinstance(m, SyncedBatchNorm2d) for m in net.modules())
     assert sum(isinstance(m, SyncedBatchNorm2d) for m in synced.modules()) == 2
@@ -219,15 +219,8 @@ def test_synced_batchnorm_in_one_process_is_batchnorm(tmp_path):
 # ---- mixed precision ------------------------------------------------------------------------------------
 
 
-def test_fp16_needs_cuda():
-    with pytest.raises(ParamsError, match="train.precision"):
-        check_precision("fp16", torch.device("cpu"))
-    check_precision("bf16", torch.device("cpu"))
-    check_precision("fp32", torch.device("cpu"))
-
-
 def test_bf16_embeds_under_autocast_and_returns_float32():
-    net = build_embedding_net(ModelConfig(embedding_dim=8, input_height=16, input_width=16, channels=(4, 8))).train()
+    net = build_embedding_net(model_config(embedding_dim=8, input_height=16, input_width=16, channels=(4, 8))).train()
     forward = training_forward(net, "bf16", torch.device("cpu"), SINGLE)
     assert isinstance(forward, MixedPrecision) and forward.network is net
     seen = []
@@ -260,9 +253,10 @@ def test_the_train_stage_starts_itself_under_torchrun(tmp_path):
     faces = tmp_path / "faces"
     _, _, _ = tiny_training_data(tmp_path)
     samples = write_tiny_samples(faces, tmp_path / "samples")
-    train = {"device": "cpu", "processes": 2, "input_height": 16, "input_width": 16, "channels": [4, 8],
-             "embedding_dim": 8, "augment": True, "epochs": 2, "batch_size": 16,
-             "contrastive": {"mining": "all", "people_per_batch": 4}}
+    train = merge(yaml.safe_load((REPO / "params.yaml").read_text())["train"], {
+        **TINY_RECIPE, "device": "cpu", "processes": 2, "input_height": 16, "input_width": 16, "channels": [4, 8],
+        "embedding_dim": 8, "augment": True, "epochs": 2, "batch_size": 16,
+        "contrastive": {**TINY_RECIPE["contrastive"], "mining": "all", "people_per_batch": 4}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": train, "runtime": {"threads": 1},
                                                           "backbones": {"compact": {"backbone": "compact"}}}))
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")

@@ -1,4 +1,5 @@
-"""facesim.training.train_params: the `train` section of params.yaml, and every section of the repository's own."""
+"""facesim.training.train_params: the `train` section of params.yaml (every section of the repository's own:
+tests/test_params_yaml.py)."""
 
 from __future__ import annotations
 
@@ -6,20 +7,20 @@ import dataclasses
 
 import pytest
 
-from helpers import REPO, tiny_fit_params
-from facesim.core.params import ParamsError, load_section, parse_section
+from helpers import repo_params, tiny_fit_params
+from facesim.core.params import ParamsError
 from facesim.training.train_params import TrainParams
 
 TINY = tiny_fit_params()
 
 
 def test_train_params_parse_from_a_section():
-    params = parse_section(
-        TrainParams, {"channels": [4, 8], "lr": "1e-2", "triplet": {"mining": "hard", "margin": 0.5}}, "train")
+    params = repo_params(TrainParams, "train", channels=[4, 8], lr="1e-2", triplet={"mining": "hard", "margin": 0.3})
     assert params.channels == (4, 8) and params.lr == 0.01
-    assert params.triplet.mining == "hard" and params.triplet.margin == 0.5
-    assert params.triplet.people_per_batch == 16  # untouched defaults stay
-    assert params.contrastive == TrainParams().contrastive
+    assert params.triplet.mining == "hard" and params.triplet.margin == 0.3
+    repo = repo_params(TrainParams, "train")
+    assert params.triplet.people_per_batch == repo.triplet.people_per_batch  # the keys not given stay
+    assert params.contrastive == repo.contrastive
 
 
 @pytest.mark.parametrize(
@@ -56,15 +57,24 @@ def test_train_params_parse_from_a_section():
 )
 def test_train_params_refuse_bad_values_naming_the_key(raw, key):
     with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
-        parse_section(TrainParams, raw, "train")
+        repo_params(TrainParams, "train", **raw)
 
 
-def test_one_process_in_float32_is_the_default_and_is_recorded():
-    params = parse_section(TrainParams, {}, "train")
+def test_one_process_in_float32_is_the_repositorys_choice_and_is_recorded():
+    params = repo_params(TrainParams, "train")
     assert (params.processes, params.precision) == (1, "fp32")
     assert TINY.resolved("contrastive")["processes"] == 1 and TINY.resolved("contrastive")["precision"] == "fp32"
-    parse_section(TrainParams, {"processes": 4, "precision": "bf16", "device": "cpu"}, "train")
-    parse_section(TrainParams, {"precision": "fp16", "device": "auto"}, "train")  # CUDA checked when training
+    repo_params(TrainParams, "train", processes=4, precision="bf16", device="cpu")
+    repo_params(TrainParams, "train", precision="fp16", device="auto")  # CUDA checked when training
+
+
+def test_fp16_needs_cuda_when_training_starts():
+    params = repo_params(TrainParams, "train", precision="fp16", device="auto")
+    with pytest.raises(ParamsError, match="train.precision fp16 needs a CUDA device"):
+        params.check_precision_on("cpu")
+    params.check_precision_on("cuda")
+    for precision in ("bf16", "fp32"):
+        repo_params(TrainParams, "train", precision=precision, device="cpu").check_precision_on("cpu")
 
 
 def test_resolved_config_holds_the_models_loss_only():
@@ -84,23 +94,3 @@ def test_each_model_takes_its_own_epoch_limit_normalisation_and_members():
     preprocess = dataclasses.replace(TINY, normalization="per_image", trim_borders=True).preprocess()
     assert (preprocess.height, preprocess.width, preprocess.normalization, preprocess.trim_borders) == (
         16, 16, "per_image", True)
-
-
-def test_the_repositorys_params_yaml_parses():
-    from facesim.pipeline.cv_params import load_cv_params
-    from facesim.pipeline.evaluate import EvaluateParams
-    from facesim.pipeline.fetch import FetchParams
-    from facesim.pipeline.render import RenderParams
-    from facesim.pipeline.runtime import RuntimeParams
-    from facesim.pipeline.sample import SampleParams
-
-    path = REPO / "params.yaml"
-    assert load_section(FetchParams, path, "fetch").digest.startswith("sha256:")
-    assert load_section(SampleParams, path, "sample").val_size == 0.2
-    train = load_section(TrainParams, path, "train")
-    assert train.epochs >= 1 and set(train.resolved("triplet")["loss"]) == set(dataclasses.asdict(train.triplet))
-    for cls, section in ((EvaluateParams, "evaluate"), (RenderParams, "render"), (RuntimeParams, "runtime")):
-        assert isinstance(load_section(cls, path, section), cls)
-    cv, cv_train = load_cv_params(path)
-    assert cv.folds and isinstance(cv_train, TrainParams)
-

@@ -21,6 +21,9 @@ DEBUG_ENV = "FACESIM_DEBUG"  # the stage scripts' switch too
 DEBUG_HELP = "on failure, also print the Python traceback (as FACESIM_DEBUG=1 does)"
 RERUN = "rerun with --debug (or FACESIM_DEBUG=1) for the traceback, and report it"
 UNEXPECTED_CHARS = 500  # of an unexpected error's message; --debug shows all of it
+# `facesim search --figure`'s resolution: the CLI's own, run outside any pipeline (its params.yaml draws the
+# pipeline's figures at render.dpi, 110 too)
+FIGURE_DPI = 110
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -146,11 +149,9 @@ def _run(args: argparse.Namespace) -> str:
         result = api.search(args.query, args.gallery, args.k, args.model, root=args.root,
                             threshold=args.threshold, cache=not args.no_cache, detect=not args.no_detect)
         if args.figure:
-            from facesim.pipeline.render import RenderParams
-
             figure = api.search_figure(result, args.k)
             try:
-                figure.savefig(args.figure, dpi=RenderParams().dpi, metadata={"Software": None})
+                figure.savefig(args.figure, dpi=FIGURE_DPI, metadata={"Software": None})
             except ValueError as exc:  # matplotlib's unknown format: its message does not name the file
                 raise ValueError(f"{args.figure}: cannot draw the figure ({exc}); end the name in .png, "
                                  "e.g. --figure top5.png") from exc

@@ -212,13 +212,13 @@ class FaceSet:
 class Augment:
     """Label-preserving changes applied to whole training batches at once (the params' train.augmentation)."""
 
-    max_shift: float = 0.06  # translation, as a fraction of the image size
-    max_rotation_deg: float = 8.0
-    max_scale: float = 0.08  # zoom in or out by up to this fraction
-    flip: bool = True  # mirror half of the faces left-right
-    max_brightness: float = 0.15  # added, in normalised units
-    max_contrast: float = 0.15  # multiplicative, fraction
-    max_blur: float = 0.0  # Gaussian blur of up to this sigma, in model-input pixels (0: none)
+    max_shift: float  # translation, as a fraction of the image size
+    max_rotation_deg: float
+    max_scale: float  # zoom in or out by up to this fraction
+    flip: bool  # mirror half of the faces left-right
+    max_brightness: float  # added, in normalised units
+    max_contrast: float  # multiplicative, fraction
+    max_blur: float  # Gaussian blur of up to this sigma, in model-input pixels (0: none)
 
     def validate(self) -> None:
         for name in ("max_shift", "max_rotation_deg", "max_scale", "max_brightness", "max_contrast", "max_blur"):

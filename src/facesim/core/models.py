@@ -21,7 +21,6 @@ from facesim.core.backbones import (
     require_pretrained_weights,
     torchvision_backbone,
 )
-from facesim.core.preprocess import INPUT_HEIGHT, INPUT_WIDTH
 from facesim.core.dlib_face import DESCRIPTOR_SIZE, dlib_faces
 
 # compact: our small CNN; resnet18 / efficientnet_b0: torchvision's, from scratch or ImageNet-pretrained;
@@ -35,25 +34,32 @@ MIN_INPUT_SIDE = 16
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of the embedding network; saved in checkpoints via to_dict()."""
+    """Shape of the embedding network; saved in checkpoints via to_dict().
 
-    backbone: str = "compact"  # one of BACKBONES
-    embedding_dim: int = 64  # length of the face embedding
-    input_height: int = INPUT_HEIGHT  # face height in pixels fed to the network (ORL originals are 112)
-    input_width: int = INPUT_WIDTH  # face width in pixels (ORL originals are 92)
-    channels: tuple[int, ...] = (16, 32, 64, 128)  # compact CNN: conv width of each block
-    convs_per_block: int = 1  # compact CNN: 3x3 convs in each block (VGG uses 2)
-    normalize: bool = False  # L2-normalise embeddings, putting them on the unit sphere
+    Its values are the train params' (`TrainParams.model_config`: the train section of params.yaml, the
+    model's loss section giving `normalize` and `members`) or a checkpoint's (`from_dict`); it has no
+    defaults of its own. `validate` is where the network's keys are checked, for both.
+    """
+
+    backbone: str  # one of BACKBONES
+    embedding_dim: int  # length of the face embedding
+    input_height: int  # face height in pixels fed to the network (ORL originals are 112)
+    input_width: int  # face width in pixels (ORL originals are 92)
+    channels: tuple[int, ...]  # compact CNN: conv width of each block
+    convs_per_block: int  # compact CNN: 3x3 convs in each block (VGG uses 2)
+    normalize: bool  # L2-normalise embeddings, putting them on the unit sphere
     # networks of this shape trained apart (each with its own seed); a face's embedding is
     # theirs side by side (`EnsembleNet`), embedding_dim x members numbers
-    members: int = 1
+    members: int
     # torchvision backbones: their starting weights ("imagenet": torchvision's, from torch's hub cache)
-    pretrained: str = "none"
+    pretrained: str
     # torchvision backbones: how many early blocks keep their starting weights (0: all are trained)
-    frozen_blocks: int = 0
+    frozen_blocks: int
 
-    def validate(self, section: str = "train") -> None:
-        """Raise ValueError naming the first bad field as `{section}.{field}`."""
+    def validate(self, section: str = "train", loss_section: str | None = None) -> None:
+        """Raise ValueError naming the first bad field as `{section}.{field}` (`normalize` and `members`, which
+        each loss sets in params.yaml, as `{loss_section}.{field}` when it is given)."""
+        own = loss_section or section
         if self.backbone not in BACKBONES:
             raise ValueError(
                 f"{section}.backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}"
@@ -84,9 +90,9 @@ class ModelConfig:
                     f"got {value!r}"
                 )
         if not isinstance(self.normalize, bool):
-            raise ValueError(f"{section}.normalize must be true or false, got {self.normalize!r}")
+            raise ValueError(f"{own}.normalize must be true or false, got {self.normalize!r}")
         if not _is_positive_int(self.members):
-            raise ValueError(f"{section}.members must be a positive integer, got {self.members!r}")
+            raise ValueError(f"{own}.members must be a positive integer, got {self.members!r}")
         if self.pretrained not in PRETRAINED:
             raise ValueError(f"{section}.pretrained must be one of {', '.join(PRETRAINED)}, got {self.pretrained!r}")
         if self.pretrained != "none" and self.backbone not in TORCHVISION_BACKBONES:
@@ -107,11 +113,13 @@ class ModelConfig:
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """Inverse of to_dict; unknown keys are an error so typos do not pass silently."""
         known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown, missing = sorted(set(values) - known), sorted(known - set(values))
         if unknown:
             raise ValueError(
                 f"unknown model config keys {unknown}; expected some of {sorted(known)}"
             )
+        if missing:
+            raise ValueError(f"model config without {', '.join(missing)}: not one a facesim checkpoint holds")
         values = dict(values)
         if "channels" in values and isinstance(values["channels"], list):
             values["channels"] = tuple(values["channels"])
@@ -150,10 +158,10 @@ class CompactCNN(nn.Module):
 
     def __init__(
         self,
-        embedding_dim: int = 64,
-        channels: tuple[int, ...] = (16, 32, 64, 128),
+        embedding_dim: int,
+        channels: tuple[int, ...],
+        convs_per_block: int,
         in_channels: int = 1,
-        convs_per_block: int = 1,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []

@@ -3,6 +3,12 @@
 Each stage owns one section. Unknown keys are refused (a typo in
 `dvc exp run -S` would otherwise be silently ignored) and every error names
 the file and the `section.key` that is wrong and what was expected.
+
+params.yaml holds every value: the dataclasses of its sections declare names,
+types and ranges, and no defaults (tests/test_params_yaml.py), so a section
+that lacks a key is refused naming it (`missing key train.lr_schedule`).
+An override put over a section (`cv.train`, `backbones.<name>`) sets some of
+its keys only; `check_override` checks those.
 """
 
 from __future__ import annotations
@@ -92,8 +98,8 @@ def _check_type(value: Any, expected: Any, where: str) -> Any:
     raise TypeError(f"unsupported parameter type {expected!r} for {where}")
 
 
-def parse_section(cls: type[T], raw: Any, section: str, source: str = "params.yaml", validate: bool = True) -> T:
-    """Build dataclass `cls` from `raw`, refusing unknown or missing keys, then validate it."""
+def _known_fields(cls: type, raw: Any, section: str, source: str) -> dict[str, dataclasses.Field]:
+    """The fields of dataclass `cls`, once `raw` is known to be a mapping of some of them only."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: section '{section}' must be a mapping, got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -103,6 +109,25 @@ def parse_section(cls: type[T], raw: Any, section: str, source: str = "params.ya
             f"{source}: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
             f"allowed: {', '.join(fields)}"
         )
+    return fields
+
+
+def check_override(cls: type, raw: Any, section: str, source: str = "params.yaml") -> None:
+    """Check the keys an override of a `cls` section sets (`cv.train`, `backbones.<name>` over `train`): each one
+    known and of its type, a nested section's key by key; the keys it leaves out come from the section it is put
+    over, whose ranges are checked once merged."""
+    _known_fields(cls, raw, section, source)
+    hints = typing.get_type_hints(cls)
+    for name, value in raw.items():
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+            check_override(hints[name], value, f"{section}.{name}", source)
+        else:
+            _check_type(value, hints[name], f"{source}: {section}.{name}")
+
+
+def parse_section(cls: type[T], raw: Any, section: str, source: str = "params.yaml", validate: bool = True) -> T:
+    """Build dataclass `cls` from `raw`, refusing unknown or missing keys, then validate it."""
+    fields = _known_fields(cls, raw, section, source)
     hints = typing.get_type_hints(cls)
     values = {}
     for name, field in fields.items():

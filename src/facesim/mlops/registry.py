@@ -25,7 +25,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 from facesim.mlops.pyfunc import FaceVerifier, encode_image
-from facesim.mlops.tracking import Run
+from facesim.mlops.runs import Run
 
 REGISTERED_PREFIX = "facesim-"
 CHAMPION = "champion"

@@ -25,19 +25,15 @@ import numpy as np
 from facesim.core.metrics import calibrated_threshold, pair_distances, unordered_pair_distances
 from facesim.core.params import ParamsError, require
 
-OPERATING_POINTS = ("target_far", "best_accuracy")
-
 
 @dataclass(frozen=True)
 class OperatingPoint:
     """The keys `operating_point` and `target_far` of the evaluate section (which the cv folds read too)."""
 
-    operating_point: Literal["target_far", "best_accuracy"] = "target_far"
-    target_far: float = 0.004  # operating_point target_far: the false accept rate the threshold allows
+    operating_point: Literal["target_far", "best_accuracy"]
+    target_far: float  # operating_point target_far: the false accept rate the threshold allows
 
     def validate(self) -> None:
-        require(self.operating_point in OPERATING_POINTS,
-                f"evaluate.operating_point must be 'target_far' or 'best_accuracy', got {self.operating_point!r}")
         require(0 < self.target_far < 1, "evaluate.target_far must lie strictly between 0 and 1 (a false accept "
                 f"rate, e.g. 0.01 for 1%), got {self.target_far}")
 

@@ -27,16 +27,24 @@ import pandas as pd
 from facesim.core.atomic import staged_outputs
 from facesim.core.data import FaceSet
 from facesim.core.embedding import embed_all
-from facesim.core.metrics import (best_accuracy, retrieval_metrics, roc_points, unordered_pair_distances,
-                                  verification_metrics)
+from facesim.core.metrics import best_accuracy, roc_points, unordered_pair_distances, verification_metrics
 from facesim.core.models import require_backbone
-from facesim.core.params import ParamsError
-from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.core.retrieval import retrieval_metrics
+from facesim.core.params import ParamsError, load_section
+from facesim.mlops.runs import NULL_RUN, Run
 from facesim.pipeline.calibration import calibrate, calibration_pairs
 from facesim.pipeline.cv_params import FOLD_METRICS, CVParams
-from facesim.pipeline.sample import Face, train_val_tables
+from facesim.pipeline.faces import Face, all_faces
+from facesim.pipeline.pairs import train_val_tables
+from facesim.pipeline.sample import SampleParams
 from facesim.training.fit import fit
 from facesim.training.train_params import TrainParams
+
+
+def fold_faces(params_path: str | os.PathLike, faces_dir: str | os.PathLike) -> list[Face]:
+    """Every face of every person, in the layout the params file's `sample.layout` names: the folds deal the
+    people into groups themselves."""
+    return all_faces(faces_dir, load_section(SampleParams, params_path, "sample").layout)
 
 
 def subject_folds(subjects: list[str], folds: int, seed: int) -> list[list[str]]:

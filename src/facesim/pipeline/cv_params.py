@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from facesim.core.metrics import REPORTED_FARS
 from facesim.core.model_files import MODELS
-from facesim.core.params import ParamsError, load_params_file, parse_section, require
+from facesim.core.params import ParamsError, check_override, load_params_file, parse_section, require
 from facesim.pipeline.calibration import OperatingPoint
 from facesim.training.train_params import TrainParams, backbone_keys, merge
 
@@ -22,19 +22,19 @@ FOLD_METRICS = ("roc_auc", "eer", "accuracy", "best_accuracy", "far", "frr",
 
 @dataclass(frozen=True)
 class CVParams:
-    seed: int = 42  # which subjects share a group, and every fold's pairs and triplets
-    subject_groups: int = 5  # 40 subjects / 5 = 8 unseen subjects per fold
-    folds: tuple[int, ...] = (1, 2, 3, 4, 5)  # which groups to hold out, one fold each (1-based)
-    seeds: tuple[int, ...] = (1, 2, 3)  # training seeds (train.seed): each fold is trained once per seed
-    models: tuple[str, ...] = MODELS
-    similar_per_image: int = 3  # training pairs per image, as in the sample stage
-    dissimilar_per_image: int = 3
-    triplets_per_image: int = 3
-    val_size: float = 0.2
+    seed: int  # which subjects share a group, and every fold's pairs and triplets
+    subject_groups: int  # 40 subjects / 5 = 8 unseen subjects per fold
+    folds: tuple[int, ...]  # which groups to hold out, one fold each (1-based)
+    seeds: tuple[int, ...]  # training seeds (train.seed): each fold is trained once per seed
+    models: tuple[str, ...]
+    similar_per_image: int  # training pairs per image, as in the sample stage
+    dissimilar_per_image: int
+    triplets_per_image: int
+    val_size: float
     # "subjects": validation (calibration) people unseen in training, as in the sample stage
-    split_by: Literal["pairs", "subjects"] = "subjects"
-    retrieval_k: tuple[int, ...] = (1, 5)
-    backbones: tuple[str, ...] = ("compact",)  # names of the top-level backbones section, each one cross-validated
+    split_by: Literal["pairs", "subjects"]
+    retrieval_k: tuple[int, ...]
+    backbones: tuple[str, ...]  # names of the top-level backbones section, each one cross-validated
 
     def validate(self) -> None:
         require(self.subject_groups >= 2, f"cv.subject_groups must be >= 2, got {self.subject_groups}")
@@ -72,7 +72,7 @@ def load_cv_params(path: str | os.PathLike, backbone: str | None = None) -> tupl
     overrides = raw_cv.pop("train", None) or {}
     cv = parse_section(CVParams, raw_cv, "cv", source=str(path))
     # parsed alone first, so that a bad key is named as cv.train.<key>
-    parse_section(TrainParams, overrides, "cv.train", source=str(path), validate=False)
+    check_override(TrainParams, overrides, "cv.train", source=str(path))
     for name in cv.backbones:
         backbone_keys(data, name, str(path))  # each named backbone exists and sets train keys only
     if backbone is not None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from facesim.core.atomic import staged_outputs
 from facesim.core.metrics import headline
-from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.mlops.runs import NULL_RUN, Run
 from facesim.pipeline.cv_params import FOLD_METRICS, CVParams
 
 

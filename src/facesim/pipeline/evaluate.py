@@ -28,17 +28,17 @@ from facesim.core.data import FaceSet, Preprocess
 from facesim.core.metrics import (
     headline,
     pair_distances,
-    retrieval_metrics,
     roc_points,
     unordered_pair_distances,
     verification_metrics,
 )
 from facesim.core.params import require
+from facesim.core.retrieval import retrieval_metrics
 from facesim.pipeline.calibration import OperatingPoint, calibrate
 from facesim.core.paths import natural_key
-from facesim.pipeline.sample import Face, held_out_faces, load_tables
+from facesim.pipeline.faces import Face, held_out_faces, load_tables
 from facesim.mlops.registry import register_model
-from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.mlops.runs import NULL_RUN, Run
 from facesim.core.checkpoint import inference_device, load_checkpoint
 from facesim.core.embedding import embed_all
 
@@ -49,10 +49,10 @@ PREDICTION_COLUMNS = ["set", "image1", "image2", "subject1", "subject2", "label"
 class EvaluateParams(OperatingPoint):
     """The evaluate section: the operating point (`OperatingPoint`'s two keys), retrieval and calibration size."""
 
-    retrieval_k: tuple[int, ...] = (1, 5)  # precision@k reported for each k
+    retrieval_k: tuple[int, ...]  # precision@k reported for each k
     # the threshold is calibrated on every pair of at most this many validation faces (whole people)
-    max_calibration_faces: int = 5000
-    seed: int = 42  # which validation people calibrate, when they have more faces than that
+    max_calibration_faces: int
+    seed: int  # which validation people calibrate, when they have more faces than that
 
     def validate(self) -> None:
         super().validate()

@@ -36,7 +36,7 @@ from facesim.core.embedding import embed_all
 from facesim.core.onnx_model import FORMAT, FORMAT_VERSION, INPUT_KINDS, INPUT_NAMES, OUTPUT_NAME, OnnxMetadata, OnnxNetwork
 from facesim.core.paths import natural_key
 from facesim.core.preprocess import Preprocess
-from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.mlops.runs import NULL_RUN, Run
 
 OPSET = 18  # ONNX opset of every export: onnxruntime 1.14 and later run it
 PARITY = 1e-4  # largest difference allowed between onnxruntime's and torch's embeddings (max abs)

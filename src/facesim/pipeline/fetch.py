@@ -28,15 +28,11 @@ from pathlib import Path, PurePosixPath
 from facesim.core.atomic import staged_outputs
 from facesim.core.digest import content_digest
 from facesim.core.params import ParamsError, require
-from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.mlops.runs import NULL_RUN, Run
 
 # The environment variable that replaces params' fetch.url (a mirror, an offline copy).
 DATA_URL_ENV = "FACESIM_DATA_URL"
 
-# The ORL images kept by default: data/faces/{training,testing}/s<N>/<K>.pgm (the archive also holds a
-# K.pgm.png copy of each and READMEs, which are left out)
-ORL_FACES_FOLDER = "data/faces"
-ORL_IMAGE_PATTERN = r"(training|testing)/s\d+/\d+\.pgm"
 _CHUNK = 1 << 20
 
 
@@ -50,12 +46,12 @@ class FetchParams:
     digest: str  # "sha256:<hex>" over the extracted images (see content_digest)
     # where the faces lie inside the archive (below GitHub's '<repo>-<commit>/' folder, if any) or the
     # folder: a relative POSIX path, "" or "." for the top
-    faces_folder: str = ORL_FACES_FOLDER
+    faces_folder: str
     # the files kept: a regular expression their path below faces_folder matches in full
-    image_pattern: str = ORL_IMAGE_PATTERN
-    max_bytes: int = 100_000_000  # refuse archives (and their unpacked images) beyond this size
-    timeout_s: float = 60.0  # per network attempt
-    retries: int = 3  # network attempts after the first one
+    image_pattern: str
+    max_bytes: int  # refuse archives (and their unpacked images) beyond this size
+    timeout_s: float  # per network attempt
+    retries: int  # network attempts after the first one
 
     def validate(self) -> None:
         require(bool(self.url), "fetch.url must not be empty")

@@ -19,9 +19,9 @@ from PIL import Image
 
 from facesim.core.atomic import staged_outputs
 from facesim.core.images import load_image
-from facesim.core.metrics import top_k_neighbours
+from facesim.core.retrieval import top_k_neighbours
 from facesim.core.params import require
-from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.mlops.runs import NULL_RUN, Run
 
 MATCH_COLOUR, MISTAKE_COLOUR, UNKNOWN_COLOUR = "#1a9850", "#d73027", "#636363"
 SAME_COLOUR, DIFFERENT_COLOUR = "#4575b4", "#f46d43"
@@ -29,10 +29,10 @@ SAME_COLOUR, DIFFERENT_COLOUR = "#4575b4", "#f46d43"
 
 @dataclass(frozen=True)
 class RenderParams:
-    dpi: int = 110
-    top_k: int = 5  # neighbours shown per query in top5_<model>.png
+    dpi: int
+    top_k: int  # neighbours shown per query in top5_<model>.png
     # held-out people in colour in the PCA figures and as query rows in the top-k ones (the first by name)
-    max_people: int = 10
+    max_people: int
 
     def validate(self) -> None:
         require(self.dpi >= 30, f"render.dpi must be >= 30, got {self.dpi}")

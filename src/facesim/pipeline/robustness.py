@@ -26,8 +26,8 @@ from facesim.core.photo import Change, blur, contrast, exposure, jpeg, looser, m
 from facesim.core.model_files import read_threshold
 from facesim.core.checkpoint import inference_device, load_checkpoint
 from facesim.core.embedding import embed_all
-from facesim.pipeline.sample import held_out_faces, load_tables
-from facesim.mlops.tracking import NULL_RUN, Run
+from facesim.pipeline.faces import held_out_faces, load_tables
+from facesim.mlops.runs import NULL_RUN, Run
 
 # family -> strength -> change (framing in percent of the picture). "none" is the reference: the
 # unchanged faces. Strengths become MLflow metric names: letters, digits, spaces, - and . only.

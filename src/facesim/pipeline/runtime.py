@@ -61,7 +61,7 @@ RESTORE_HINT = ("DVC deletes a stage's outputs before running it: `dvc checkout`
 class RuntimeParams:
     """params.yaml `runtime`: how every torch stage computes."""
 
-    threads: int = 2  # torch CPU threads; the numbers depend on it, so it is fixed, not one per core
+    threads: int  # torch CPU threads; the numbers depend on it, so it is fixed, not one per core
 
     def validate(self) -> None:
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:

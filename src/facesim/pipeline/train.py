@@ -18,8 +18,9 @@ from facesim.core.data import FaceSet
 from facesim.core.digest import content_digest
 from facesim.core.dlib_face import DlibUnavailable
 from facesim.core.models import require_backbone
-from facesim.mlops.tracking import NULL_RUN, Run, stage_run
-from facesim.pipeline.sample import face_paths, load_tables
+from facesim.mlops.runs import NULL_RUN, Run
+from facesim.mlops.tracking import stage_run
+from facesim.pipeline.faces import face_paths, load_tables
 from facesim.training.distributed import SINGLE, World, process_group, relaunch_if_needed
 from facesim.training.fit import TrainResult, fit, resolve_device
 from facesim.training.objectives import OBJECTIVES

@@ -268,10 +268,3 @@ def training_forward(network: nn.Module, precision: str, device: torch.device, w
         ids = [device.index] if device.type == "cuda" else None
         forward = ShardedForward(nn.parallel.DistributedDataParallel(forward, device_ids=ids), world)
     return forward
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    """fp16 needs CUDA (its gradients go through a loss scaler); bf16 runs on CPUs and GPUs."""
-    if precision == "fp16" and device.type != "cuda":
-        raise ParamsError("train.precision fp16 needs a CUDA device (train.device is not one here); "
-                          "use bf16 or fp32 on CPUs")

@@ -31,8 +31,8 @@ from facesim.core.data import Augment, FaceSet
 from facesim.core.embedding import embed_all
 from facesim.core.models import EmbeddingNet, EnsembleNet, ModelConfig, build_embedding_net
 from facesim.core.params import ParamsError
-from facesim.mlops.tracking import NULL_RUN, Run
-from facesim.training.distributed import SINGLE, World, check_precision, rank_device, training_forward
+from facesim.mlops.runs import NULL_RUN, Run
+from facesim.training.distributed import SINGLE, World, rank_device, training_forward
 from facesim.training.objectives import OBJECTIVES, Batch, Objective
 from facesim.training.train_params import TrainParams
 
@@ -184,7 +184,7 @@ def _start_network(model_name: str, objective_class: type[Objective], params: Tr
     initial weights come from the seeded global stream, its batches and augmentation from its own generator."""
     seed_everything(params.seed)
     device = rank_device(resolve_device(params.device), world)
-    check_precision(params.precision, device)
+    params.check_precision_on(device.type)
     objective = objective_class(params, tables, faces)
     config = replace(params.model_config(model_name), members=1)
     model = build_embedding_net(config).to(device)

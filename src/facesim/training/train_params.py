@@ -4,98 +4,99 @@ Parsed by `facesim.core.params.parse_section`; it gives the network's shape
 (`model_config`) and the preprocessing (`preprocess`) to the core layer, and
 one resolved config dict per model (`resolved`) to MLflow, the checkpoint and
 the metrics.
+
+The dataclasses declare the keys, their types and ranges; every value is params.yaml's (no defaults here:
+tests/test_params_yaml.py). The network's keys (backbone ... frozen_blocks, and each loss's normalize and
+members) are checked where the network is: `ModelConfig.validate`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from facesim.core.data import Augment
 from facesim.core.model_files import MODELS
 from facesim.core.models import ModelConfig
-from facesim.core.params import ParamsError, load_params_file, parse_section, require
-from facesim.core.preprocess import INPUT_HEIGHT, INPUT_WIDTH, Preprocess
+from facesim.core.params import ParamsError, check_override, load_params_file, parse_section, require
+from facesim.core.preprocess import Preprocess
 
 
 @dataclass(frozen=True)
 class ContrastiveParams:
-    margin: float = 2.0  # different people are pushed at least this far apart
-    normalize: bool = False  # L2-normalise embeddings (distances then lie in [0, 2])
-    epochs: int = 0  # this model's epoch limit; 0 = train.epochs
+    margin: float  # different people are pushed at least this far apart
+    normalize: bool  # L2-normalise embeddings (distances then lie in [0, 2])
+    epochs: int  # this model's epoch limit; 0 = train.epochs
     # "none": the sampled pair CSV; "all": batches of people_per_batch x faces_per_person
     # faces and every pair among them (same-person and different-person terms weighed equally)
-    mining: Literal["none", "all"] = "none"
-    people_per_batch: int = 16
-    faces_per_person: int = 4
-    members: int = 1  # an ensemble of this many networks, each trained with its own seed
+    mining: Literal["none", "all"]
+    people_per_batch: int
+    faces_per_person: int
+    members: int  # an ensemble of this many networks, each trained with its own seed
 
 
 @dataclass(frozen=True)
 class TripletParams:
-    margin: float = 0.2  # d(anchor, negative) must exceed d(anchor, positive) by this much
-    normalize: bool = True
-    epochs: int = 0  # this model's epoch limit; 0 = train.epochs (P x K epochs are short: ~5 steps)
+    margin: float  # d(anchor, negative) must exceed d(anchor, positive) by this much
+    normalize: bool
+    epochs: int  # this model's epoch limit; 0 = train.epochs (P x K epochs are short: ~5 steps)
     # "none": the sampled triplet CSV; "semihard" / "hard" / "all": batches of
     # people_per_batch x faces_per_person faces with triplets mined in the batch (FaceNet).
-    mining: Literal["none", "semihard", "hard", "all"] = "semihard"
-    people_per_batch: int = 16
-    faces_per_person: int = 4
-    members: int = 1  # an ensemble of this many networks, each trained with its own seed
+    mining: Literal["none", "semihard", "hard", "all"]
+    people_per_batch: int
+    faces_per_person: int
+    members: int  # an ensemble of this many networks, each trained with its own seed
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    seed: int = 42  # model initialisation, batch order and augmentation
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
+    seed: int  # model initialisation, batch order and augmentation
+    device: Literal["auto", "cpu", "cuda"]  # auto: CUDA when present
     # training processes in all (DistributedDataParallel, facesim.training.distributed): the train stage
     # starts itself under torchrun with this many on one machine; several machines: docs/distributed.md
-    processes: int = 1
+    processes: int
     # fp32 | bf16 (autocast, CPUs and GPUs) | fp16 (autocast with a loss scaler, CUDA only): the network's
     # forward pass in training; the losses, validation and the saved model stay float32
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    backbone: Literal["compact", "resnet18", "efficientnet_b0", "dlib"] = "compact"
-    pretrained: Literal["none", "imagenet"] = "none"  # torchvision backbones: starting weights
-    frozen_blocks: int = 0  # torchvision backbones: early blocks kept at their starting weights
-    embedding_dim: int = 64
-    channels: tuple[int, ...] = (16, 32, 64, 128)  # compact backbone: width of each conv block
-    convs_per_block: int = 1  # compact backbone: 3x3 convs per block
-    input_height: int = INPUT_HEIGHT
-    input_width: int = INPUT_WIDTH
-    pixel_mean: float = 0.5  # normalization "fixed": grey levels in [0, 1] minus this, over pixel_std
-    pixel_std: float = 0.25
+    precision: Literal["fp32", "bf16", "fp16"]
+    # the network (`ModelConfig`, which checks these keys): compact, resnet18, efficientnet_b0 or dlib
+    backbone: str
+    pretrained: str  # torchvision backbones: starting weights (none or imagenet)
+    frozen_blocks: int  # torchvision backbones: early blocks kept at their starting weights
+    embedding_dim: int
+    channels: tuple[int, ...]  # compact backbone: width of each conv block
+    convs_per_block: int  # compact backbone: 3x3 convs per block
+    input_height: int
+    input_width: int
+    pixel_mean: float  # normalization "fixed": grey levels in [0, 1] minus this, over pixel_std
+    pixel_std: float
     # "per_image": each face to zero mean, unit variance (exposure and contrast of a photo drop out)
-    normalization: Literal["fixed", "per_image"] = "fixed"
-    trim_borders: bool = False  # cut uniform rows and columns at a picture's edges before resizing
-    epochs: int = 30  # at most; early stopping may end sooner
-    batch_size: int = 256  # pairs or triplets per step (P x K faces when mining)
-    lr: float = 1e-3
+    normalization: Literal["fixed", "per_image"]
+    trim_borders: bool  # cut uniform rows and columns at a picture's edges before resizing
+    epochs: int  # at most; early stopping may end sooner
+    batch_size: int  # pairs or triplets per step (P x K faces when mining)
+    lr: float
     # "cosine": the learning rate falls from lr to 0 along half a cosine over the epoch limit
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    weight_decay: float = 0.0
-    patience: int = 5  # epochs without a better validation loss before stopping; 0 = never stop early
+    lr_schedule: Literal["constant", "cosine"]
+    weight_decay: float
+    patience: int  # epochs without a better validation loss before stopping; 0 = never stop early
     # which weights training ends with: the epoch of the best validation loss, or the last epoch
     # (with validation people unseen in training, their loss bottoms out long before training does)
-    keep: Literal["best", "last"] = "best"
-    augment: bool = True  # shifts, small rotations and zoom, mirror, brightness/contrast, blur
-    augmentation: Augment = field(default_factory=Augment)  # how strong each change may be
-    contrastive: ContrastiveParams = field(default_factory=ContrastiveParams)
-    triplet: TripletParams = field(default_factory=TripletParams)
+    keep: Literal["best", "last"]
+    augment: bool  # shifts, small rotations and zoom, mirror, brightness/contrast, blur
+    augmentation: Augment  # how strong each change may be
+    contrastive: ContrastiveParams
+    triplet: TripletParams
 
     def validate(self) -> None:
         require(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
         require(not isinstance(self.processes, bool) and isinstance(self.processes, int) and self.processes >= 1,
                 f"train.processes must be a whole number >= 1, got {self.processes!r}")
-        require(self.precision in ("fp32", "bf16", "fp16"),
-                f"train.precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
-        require(not (self.precision == "fp16" and self.device == "cpu"),
-                "train.precision fp16 needs CUDA (train.device is cpu); use bf16 or fp32 on CPUs")
+        if self.device == "cpu":  # with auto, the device the stage finds is checked when training starts
+            self.check_precision_on("cpu")
         require(self.batch_size >= 2, f"train.batch_size must be >= 2, got {self.batch_size}")
         require(self.lr > 0, f"train.lr must be positive, got {self.lr}")
-        require(self.lr_schedule in ("constant", "cosine"),
-                f"train.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         require(self.patience >= 0, f"train.patience must be >= 0 (0 = no early stopping), got {self.patience}")
         require(self.pixel_std > 0, f"train.pixel_std must be positive, got {self.pixel_std}")
@@ -109,12 +110,18 @@ class TrainParams:
                     f"train.{name}.people_per_batch must be >= 2, got {loss.people_per_batch}")
             require(loss.faces_per_person >= 2,
                     f"train.{name}.faces_per_person must be >= 2, got {loss.faces_per_person}")
-            require(loss.members >= 1, f"train.{name}.members must be >= 1, got {loss.members}")
         try:
-            self.model_config("contrastive").validate("train")
+            for name in MODELS:
+                self.model_config(name).validate("train", f"train.{name}")
             self.augmentation.validate()
         except ValueError as exc:
             raise ParamsError(str(exc)) from None
+
+    def check_precision_on(self, device_type: str) -> None:
+        """fp16 needs CUDA (its gradients go through a loss scaler); bf16 and fp32 run on CPUs and GPUs."""
+        require(not (self.precision == "fp16" and device_type != "cuda"),
+                f"train.precision fp16 needs a CUDA device (train.device is {self.device}, which gives "
+                f"{device_type} here); use bf16 or fp32 on CPUs")
 
     def max_epochs(self, model: str) -> int:
         return self.loss_params(model).epochs or self.epochs
@@ -174,7 +181,7 @@ def backbone_keys(data: Mapping[str, Any], backbone: str, source: str = "params.
         raise ParamsError(f"{source}: backbones has no {backbone!r}; it names "
                           f"{', '.join(map(str, backbones)) or 'none'}")
     keys = backbones[backbone] or {}
-    parse_section(TrainParams, keys, f"backbones.{backbone}", source=source, validate=False)
+    check_override(TrainParams, keys, f"backbones.{backbone}", source=source)
     return keys
 
 
