@@ -152,11 +152,6 @@ def marked_table(text: str, name: str = "results-table", page: str = "README.md"
     return text.split(start, 1)[1].split(end, 1)[0].strip()
 
 
-def readme_table(readme: str) -> str:
-    """The table between the markers of README.md's text."""
-    return marked_table(readme)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help="replace the tables in README.md and docs/cross-validation.md")
