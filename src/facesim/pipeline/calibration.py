@@ -2,10 +2,11 @@
 
 `evaluate.operating_point: target_far` (the default) takes the largest threshold whose false accept
 rate over every pair of the validation faces is at most `evaluate.target_far`, so that a user reads
-what the threshold promises (at most 1 in 100 different-person pairs called "same") and pays for it in
+what the threshold promises (at most 4 in 1,000 different-person pairs called "same" at the default 0.004) and pays for it in
 false rejects; `best_accuracy` takes the threshold with the best accuracy on those pairs, whose FAR
 follows from the mix of same- and different-person pairs the data happens to hold. The evaluate stage
-and every cross-validation fold calibrate through `calibrate`.
+and every cross-validation fold calibrate through `calibrate` (a fold, which keeps the pairs to report
+their FAR, through `threshold_on_pairs`, the same rule).
 
 A false accept rate is decided by look-alikes, and 7 validation people make only 21 pairs of people:
 whether one of them looks like another decides the threshold. So at a target FAR the different-person
@@ -59,10 +60,13 @@ def calibration_pairs(embeddings: np.ndarray, people: np.ndarray, target_far: fl
 
 def calibrate(embeddings: np.ndarray, people: np.ndarray, target_far: float | None,
               others: np.ndarray | None = None) -> float:
-    """The deployed threshold on the `calibration_pairs`: at `target_far`, or the best accuracy (None). A
-    target FAR the pairs cannot resolve stops the stage in one line naming evaluate.target_far and what
-    would work."""
-    distances, same = calibration_pairs(embeddings, people, target_far, others)
+    """The deployed threshold on the `calibration_pairs`: at `target_far`, or the best accuracy (None)."""
+    return threshold_on_pairs(*calibration_pairs(embeddings, people, target_far, others), target_far)
+
+
+def threshold_on_pairs(distances: np.ndarray, same: np.ndarray, target_far: float | None) -> float:
+    """The deployed threshold on calibration pairs (`distances`, `same`). A target FAR the pairs cannot resolve
+    stops the stage in one line naming evaluate.target_far and what would work."""
     try:
         return calibrated_threshold(distances, same, target_far)
     except ValueError as exc:

@@ -32,7 +32,7 @@ from facesim.core.models import require_backbone
 from facesim.core.retrieval import retrieval_metrics
 from facesim.core.params import ParamsError, load_section
 from facesim.mlops.runs import NULL_RUN, Run
-from facesim.pipeline.calibration import calibrate, calibration_pairs
+from facesim.pipeline.calibration import calibration_pairs, threshold_on_pairs
 from facesim.pipeline.cv_params import FOLD_METRICS, CVParams
 from facesim.pipeline.faces import Face, all_faces
 from facesim.pipeline.pairs import train_val_tables
@@ -152,11 +152,11 @@ def run_fold(
     calibration_embeddings = embed_all(result.model, calibration.tensor).numpy()
     calibration_people = np.asarray(calibration.subjects)
     training_embeddings = embed_all(result.model, training.tensor).numpy()
-    threshold = calibrate(calibration_embeddings, calibration_people, target_far, training_embeddings)
-    metrics, (distances, same) = unseen_metrics(embed_all(result.model, test.tensor).numpy(), test.subjects,
-                                                threshold, cv.retrieval_k)
     calibration_distances, calibration_same = calibration_pairs(calibration_embeddings, calibration_people,
                                                                 target_far, training_embeddings)
+    threshold = threshold_on_pairs(calibration_distances, calibration_same, target_far)
+    metrics, (distances, same) = unseen_metrics(embed_all(result.model, test.tensor).numpy(), test.subjects,
+                                                threshold, cv.retrieval_k)
     # the FAR the threshold promised on its calibration pairs, and how far the unseen people's fell from it
     metrics.update(target_far=target_far,
                    calibration_far=verification_metrics(calibration_distances, calibration_same, threshold)["far"],
