@@ -16,13 +16,14 @@ Run it alone on the machine: another busy process spoils every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from measure import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 PEER_VENV = REPO / "benchmarks" / ".peer-venv"
@@ -99,10 +100,7 @@ def main() -> None:
     for row in rows:
         lines.append(f"| {row['system']} | {row['seconds']:.2f} | {row['peak_rss_mb']:.0f} | {row['time_vs_peer']:.2f}x "
                      f"| {row['memory_vs_peer']:.2f}x | {row['output'][:80]} |")
-    out = REPO / args.out
-    out.with_suffix(".json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(REPO / args.out, info, rows, lines)
 
 
 if __name__ == "__main__":

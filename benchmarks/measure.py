@@ -72,3 +72,12 @@ def test_metrics(calibration_emb, calibration_subjects, test_emb, test_subjects,
     return {"test_auc": metrics["all_pairs"]["roc_auc"], "test_accuracy": metrics["all_pairs"]["accuracy"],
             "test_eer": metrics["all_pairs"]["eer"], "precision_at_1": metrics["retrieval"]["precision_at_1"],
             "precision_at_5": metrics["retrieval"]["precision_at_5"]}
+
+
+def write_results(out: Path, machine: dict, rows: list[dict], lines: list[str]) -> None:
+    """A side-by-side run's results: OUT.json (the machine and every row) and OUT.md (`lines`, a table), printed."""
+    import json
+
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

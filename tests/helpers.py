@@ -435,8 +435,8 @@ def export_tiny_models(root: Path) -> list[Path]:
     exported = []
     for name in MODELS:
         out = root / "models" / f"{name}.onnx"
-        export_model(name, root / "models" / f"{name}.pt", root / "reports" / "metrics" / f"{name}.json",
-                     root / "data" / "raw" / "faces", out)
+        metrics = root / "reports" / "metrics" / f"{name}.json"
+        export_model(name, root / "models" / f"{name}.pt", metrics, metrics, root / "data" / "raw" / "faces", out)
         exported.append(out)
     return exported
 

@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import TESTING, face_image_bytes, model_config, needs_orl, write_tiny_model
+from helpers import TESTING, face_image_bytes, model_config, needs_orl, write_faces_dir, write_tiny_model
 from facesim.core.inference import from_checkpoint
+from facesim.core.onnx_model import OnnxNetwork
 from facesim.core.model_files import ModelError
 from facesim.mlops.pyfunc import INPUT_COLUMNS, FaceVerifier, decode_image, encode_image
 
@@ -46,6 +47,23 @@ def loaded_verifier(tmp_path: Path, metrics: dict | None = METRICS) -> FaceVerif
     verifier = FaceVerifier()
     verifier.load_context(SimpleNamespace(artifacts={"checkpoint": str(checkpoint), "metrics": str(path)}))
     return verifier
+
+
+def test_the_verifier_of_an_onnx_export_answers_as_the_checkpoints(faces, tmp_path: Path):
+    from facesim.pipeline.export import PARITY, export_model
+
+    on_torch = loaded_verifier(tmp_path)
+    metrics, onnx = tmp_path / "model" / "metrics.json", tmp_path / "model" / "tiny.onnx"
+    export_model("compact-contrastive", tmp_path / "model" / "tiny.pt", metrics, metrics,
+                 write_faces_dir(tmp_path / "faces"), onnx)
+    on_onnx = FaceVerifier()
+    on_onnx.load_context(SimpleNamespace(artifacts={"onnx": str(onnx)}))  # what the export stage registers
+    assert isinstance(on_onnx.model.encoder, OnnxNetwork) and on_onnx.model.threshold == THRESHOLD
+    a, b, c, d = (encode_image(path) for path in faces)
+    pairs = table((a, a), (a, b), (a, c), (b, d), (c, d))
+    torch_answer, onnx_answer = on_torch.predict(None, pairs), on_onnx.predict(None, pairs)
+    assert np.abs(onnx_answer["distance"] - torch_answer["distance"]).max() <= PARITY
+    assert onnx_answer["same_person"].tolist() == torch_answer["same_person"].tolist()
 
 
 def table(*rows: tuple[str, str]) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import REGISTERED, TESTING, free_port, needs_orl, running_server
+from helpers import REGISTERED, REGISTERED_MODEL, TESTING, free_port, needs_orl, running_server
 from facesim.app import api
 from facesim.mlops.pyfunc import encode_image
 from facesim.mlops.registry import CHAMPION
@@ -50,13 +50,33 @@ def post(url: str, body: dict, timeout: float = 30) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def served(registry, tmp_path_factory: pytest.TempPathFactory):
     """`mlflow models serve` of the champion on a free loopback port, for the module: its URL."""
-    folder = tmp_path_factory.mktemp("served")
+    yield from serve(f"models:/{REGISTERED}@{CHAMPION}", registry, tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="module")
+def served_onnx(registry, tmp_path_factory: pytest.TempPathFactory):
+    """The export stage on the champion's checkpoint (its ONNX verifier registered as `REGISTERED`-onnx), served
+    as `served` serves the checkpoint's: its URL."""
+    from facesim.mlops.tracking import stage_run
+    from facesim.pipeline.export import OPSET, export_model
+
+    folder = tmp_path_factory.mktemp("served-onnx")
+    details = folder / "details.json"  # what the evaluate stage wrote: the registry's tags
+    details.write_text(json.dumps(registry["metrics"]))
+    with stage_run("export", {"model": REGISTERED_MODEL, "opset": OPSET}, root=registry["root"]) as run:
+        export_model(REGISTERED_MODEL, registry["checkpoint"], details, details, registry["faces"],
+                     folder / f"{REGISTERED_MODEL}.onnx", run)
+    yield from serve(f"models:/{REGISTERED}-onnx@{CHAMPION}", registry, folder)
+
+
+def serve(model_uri: str, registry, folder: Path):
+    """`mlflow models serve` of `model_uri` from the `registry` store on a free loopback port: yields its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry["uri"], "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
            # The server starts `uvicorn` by name: the one beside this interpreter, venv active or not.
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{REGISTERED}@{CHAMPION}",
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, never a proxy
     urllib.request.install_opener(opener)
@@ -102,6 +122,22 @@ def test_mlflow_serves_the_champion_over_http(registry, served):
         "columns": ["image1", "image2"],
         "data": [[encode_image(same), base64.b64encode(blank.getvalue()).decode()]]}})
     assert status == 400 and "row 0, image2: no face found" in json.dumps(answer)
+
+
+def test_the_onnx_verifier_served_answers_as_the_checkpoints(served, served_onnx):
+    """What benchmarks/serve.py measures the speed of: the same distances (within the export's parity bound)
+    and verdicts from the ONNX export's verifier, on onnxruntime, as from the checkpoint's, on torch."""
+    from facesim.pipeline.export import PARITY
+
+    faces = [TESTING / f"s{person}" / f"{image}.pgm" for person in (5, 6, 7) for image in (1, 2, 3)]
+    request = pairs_request([(faces[i], faces[j]) for i in range(len(faces)) for j in range(i + 1, len(faces))])
+    (torch_status, on_torch), (onnx_status, on_onnx) = post(f"{served}/invocations", request), \
+        post(f"{served_onnx}/invocations", request)
+    assert torch_status == onnx_status == 200, (on_torch, on_onnx)
+    on_torch, on_onnx = on_torch["predictions"], on_onnx["predictions"]
+    assert len(on_torch) == len(on_onnx) == 36
+    assert max(abs(a["distance"] - b["distance"]) for a, b in zip(on_torch, on_onnx)) <= PARITY
+    assert [a["same_person"] for a in on_torch] == [b["same_person"] for b in on_onnx]
 
 
 LOAD_CLIENTS = 32

@@ -3,11 +3,14 @@
 `FaceVerifier` answers a table of image pairs (base64-encoded image bytes in
 columns `image1` and `image2`) with `distance` and `same_person`, so that
 
-    mlflow models serve -m "models:/facesim-contrastive@champion" --env-manager local
+    mlflow models serve -m "models:/facesim-compact-triplet@champion" --env-manager local
 
-serves it. It carries the checkpoint and the evaluate stage's metrics (for the
-threshold) as artifacts, and reads pictures as `facesim verify` does
-(`facesim.core.inference`: decoded, framed, prepared as in training).
+serves it. Its artifacts are either a checkpoint and the evaluate stage's metrics
+(for the threshold), run by torch (`facesim-<model>`, registered by the evaluate
+stage), or an ONNX export, whose metadata carry the threshold, run by onnxruntime
+without torch (`facesim-<model>-onnx`, registered by the export stage). Both read
+pictures as `facesim verify` does (`facesim.core.inference`: decoded, framed,
+prepared as in training), so both answer a pair with the same distance.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import pandas as pd
 from PIL import Image
 
 from facesim.core.images import ImageError
-from facesim.core.inference import face_pixels, from_checkpoint
+from facesim.core.inference import face_pixels, from_checkpoint, from_onnx
 
 INPUT_COLUMNS = ("image1", "image2")
 
@@ -50,7 +53,11 @@ class FaceVerifier(mlflow.pyfunc.PythonModel):
     """Image pairs in (`image1`, `image2`: base64 image bytes), `distance` and `same_person` out."""
 
     def load_context(self, context) -> None:
-        self.model = from_checkpoint(context.artifacts["checkpoint"], context.artifacts["metrics"])
+        artifacts = context.artifacts
+        if "onnx" in artifacts:  # torch is never imported on this path
+            self.model = from_onnx(artifacts["onnx"])
+        else:
+            self.model = from_checkpoint(artifacts["checkpoint"], artifacts["metrics"])
         self.model.require_threshold()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:

@@ -1,9 +1,10 @@
 """The model registry: each evaluated model as a served pair verifier, and the champion rule.
 
-The evaluate stage calls `register_model` with its run: the pair-verifying
-pyfunc (`facesim.mlops.pyfunc.FaceVerifier`) is logged into the run and the
-model goes into the registry as `facesim-<model>` with the threshold and the
-metrics as version tags, and the alias `champion` moves to the new version
+The evaluate stage calls `register_model` with its run and the checkpoint, the
+export stage with its run and the ONNX export: the pair-verifying pyfunc
+(`facesim.mlops.pyfunc.FaceVerifier`) is logged into the run and the model goes
+into the registry as `facesim-<model>` (torch) or `facesim-<model>-onnx`
+(onnxruntime, no torch) with the threshold and the metrics as version tags, and the alias `champion` moves to the new version
 only when its validation metrics are at least as good as the champion's:
 higher validation ROC AUC wins, validation accuracy breaks a tie, and a full
 tie goes to the newer version.
@@ -28,6 +29,7 @@ from facesim.mlops.pyfunc import FaceVerifier, encode_image
 from facesim.mlops.runs import Run
 
 REGISTERED_PREFIX = "facesim-"
+ONNX_SUFFIX = "-onnx"  # the registered name of a model's ONNX export: facesim-<model>-onnx
 CHAMPION = "champion"
 # The champion rule compares these validation metrics in order; higher is better for each.
 CHAMPION_METRICS = ("validation.roc_auc", "validation.accuracy")
@@ -37,8 +39,8 @@ TAGGED_METRICS = ("accuracy", "far", "frr", "precision", "recall", "f1", "roc_au
                   "tar_at_far_1e-3")
 
 
-def registered_name(model_name: str) -> str:
-    return f"{REGISTERED_PREFIX}{model_name}"
+def registered_name(model_name: str, onnx: bool = False) -> str:
+    return f"{REGISTERED_PREFIX}{model_name}{ONNX_SUFFIX if onnx else ''}"
 
 
 # ---- registry ---------------------------------------------------------------------------------------
@@ -112,35 +114,45 @@ def promote_if_better(client, name: str, version: str) -> Registered:
 
 def log_and_register(
     model_name: str,
-    checkpoint: str | os.PathLike,
+    model_file: str | os.PathLike,
     metrics: Mapping[str, Any],
     example_pair: tuple[str | os.PathLike, str | os.PathLike] | None = None,
 ) -> Registered:
-    """Log a FaceVerifier into the active run, register it as `facesim-<model_name>`, apply the champion rule."""
+    """Log a FaceVerifier of `model_file` (a .pt checkpoint, run by torch, or a .onnx export, run by onnxruntime)
+    into the active run, register it as `facesim-<model_name>` (`-onnx` after an export), apply the champion rule."""
     import numpy
     import PIL
-    import torch
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
-    name = registered_name(model_name)
+    onnx = Path(model_file).suffix == ".onnx"
+    name = registered_name(model_name, onnx)
     example = pd.DataFrame({"image1": [encode_image(example_pair[0]) if example_pair else ""],
                             "image2": [encode_image(example_pair[1]) if example_pair else ""]})
     signature = infer_signature(example, pd.DataFrame({"distance": [0.0], "same_person": [True]}))
     with tempfile.TemporaryDirectory() as folder:
-        metrics_file = Path(folder) / "metrics.json"
-        metrics_file.write_text(json.dumps(dict(metrics), indent=2) + "\n", encoding="utf-8")
+        if onnx:  # the export's metadata carry the threshold
+            import onnxruntime
+
+            artifacts = {"onnx": str(model_file)}
+            runtime = [f"onnxruntime=={onnxruntime.__version__}"]
+        else:
+            import torch
+
+            metrics_file = Path(folder) / "metrics.json"
+            metrics_file.write_text(json.dumps(dict(metrics), indent=2) + "\n", encoding="utf-8")
+            artifacts = {"checkpoint": str(model_file), "metrics": str(metrics_file)}
+            runtime = [f"torch=={torch.__version__.split('+')[0]}"]
         info = mlflow.pyfunc.log_model(
             name="verifier",
             python_model=FaceVerifier(),
-            artifacts={"checkpoint": str(checkpoint), "metrics": str(metrics_file)},
+            artifacts=artifacts,
             signature=signature,
             input_example=example if example_pair else None,
             # Pinned rather than inferred (inference imports every package: slow). The model also
             # needs facesim itself: serve it with --env-manager local from the project's environment.
-            pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-                              f"pillow=={PIL.__version__}", f"numpy=={numpy.__version__}",
-                              f"pandas=={pd.__version__}"],
+            pip_requirements=[f"mlflow=={mlflow.__version__}", *runtime, f"pillow=={PIL.__version__}",
+                              f"numpy=={numpy.__version__}", f"pandas=={pd.__version__}"],
         )
     version = mlflow.register_model(info.model_uri, name, tags=version_tags(metrics))
     return promote_if_better(MlflowClient(), name, version.version)
@@ -149,15 +161,16 @@ def log_and_register(
 def register_model(
     run: Run,
     model_name: str,
-    checkpoint: str | os.PathLike,
+    model_file: str | os.PathLike,
     metrics: Mapping[str, Any],
     example_pair: tuple[str | os.PathLike, str | os.PathLike] | None = None,
 ) -> Registered | None:
-    """What the evaluate stage does with its model: `log_and_register` into `run`, and say where the
-    champion alias went. Nothing for a run that does not log to MLflow (`NullRun`)."""
+    """What the evaluate stage does with its checkpoint and the export stage with its ONNX file:
+    `log_and_register` into `run`, and say where the champion alias went. Nothing for a run that does not
+    log to MLflow (`NullRun`)."""
     if run.run_id is None:
         return None
-    registered = log_and_register(model_name, checkpoint, metrics, example_pair)
+    registered = log_and_register(model_name, model_file, metrics, example_pair)
     previous = f"version {registered.previous_champion}" if registered.previous_champion else "none"
     print(f"registered {registered.name} version {registered.version}; champion: "
           f"{'moved to it' if registered.champion else 'kept'} (before: {previous})", file=sys.stderr)

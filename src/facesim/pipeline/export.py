@@ -15,12 +15,16 @@ multiply, divide and square root, which every CPU rounds alike.
 
 Before the file is published, onnxruntime runs it on two faces from picture to embedding (the torch-free
 path) and must give torch's embeddings of them within `PARITY`; they are also the MLflow input example.
+With the file published, the pair verifier on it (`facesim.mlops.pyfunc.FaceVerifier`, run by onnxruntime)
+goes into the registry as `facesim-<model>-onnx`, tagged with the evaluate stage's metrics, for
+`mlflow models serve` without torch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from pathlib import Path
 
@@ -36,6 +40,7 @@ from facesim.core.embedding import embed_all
 from facesim.core.onnx_model import FORMAT, FORMAT_VERSION, INPUT_KINDS, INPUT_NAMES, OUTPUT_NAME, OnnxMetadata, OnnxNetwork
 from facesim.core.paths import natural_key
 from facesim.core.preprocess import Preprocess
+from facesim.mlops.registry import register_model
 from facesim.mlops.runs import NULL_RUN, Run
 
 OPSET = 18  # ONNX opset of every export: onnxruntime 1.14 and later run it
@@ -79,14 +84,15 @@ def _drop_provenance(graph) -> None:
         del graph.metadata_props[:]
 
 
-def example_faces(faces_dir: str | os.PathLike, count: int = EXAMPLE_FACES) -> list[np.ndarray]:
-    """The first `count` pictures under `faces_dir` in natural order (ORL: training/s1/1.pgm, 2.pgm)."""
+def example_faces(faces_dir: str | os.PathLike, count: int = EXAMPLE_FACES) -> dict[Path, np.ndarray]:
+    """The first `count` readable pictures under `faces_dir` in natural order (ORL: training/s1/1.pgm, 2.pgm):
+    each file and its pixels."""
     root = Path(faces_dir)
     files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: natural_key(p.relative_to(root).as_posix()))
-    found = []
+    found = {}
     for path in files:
         try:
-            found.append(load_pixels(path))
+            found[path] = load_pixels(path)
         except ImageError:
             continue
         if len(found) == count:
@@ -99,16 +105,20 @@ def export_model(
     model_name: str,
     checkpoint_path: str | os.PathLike,
     metrics_path: str | os.PathLike,
+    details_path: str | os.PathLike,
     faces_dir: str | os.PathLike,
     out_path: str | os.PathLike,
     run: Run = NULL_RUN,
 ) -> OnnxMetadata:
-    """The export stage: the checkpoint with the evaluate stage's threshold as ONNX at `out_path`, checked against
-    torch on two faces and logged to MLflow (the onnx flavor) before it is published."""
+    """The export stage: the checkpoint with the evaluate stage's threshold (`metrics_path`) as ONNX at
+    `out_path`, checked against torch on two faces and logged to MLflow (the onnx flavor) before it is
+    published, with its pair verifier registered, tagged with the evaluate stage's `details_path` metrics."""
     threshold = read_threshold(metrics_path)
+    details = json.loads(Path(details_path).read_text(encoding="utf-8"))
     network, checkpoint = load_checkpoint(checkpoint_path)
     preprocess = Preprocess(**checkpoint["preprocess"])
-    pixels = example_faces(faces_dir)
+    examples = example_faces(faces_dir)
+    pixels = list(examples.values())
     torch_input = prepare_pixels(pixels, preprocess)
     expected = embed_all(network, torch_input).numpy()
     metadata = OnnxMetadata(format=FORMAT, format_version=FORMAT_VERSION, model=model_name, preprocess=preprocess,
@@ -127,4 +137,6 @@ def export_model(
                                   "onnxruntime versions")
         run.log_metrics({"onnx_max_abs_difference": difference, "onnx_bytes": len(data)})
         run.log_onnx_model(staged, model_input, metadata.to_props())
+        # into the registry only with the file published alongside, as the evaluate stage does
+        register_model(run, model_name, staged, details, example_pair=tuple(examples))
     return metadata
