@@ -183,8 +183,10 @@ def test_one_mlflow_run_per_stage(pipeline: dict) -> None:
     assert by_name["train@compact-triplet"].data.params["loss.mining"] == "semihard"
     assert by_name["train@dlib-triplet"].data.params["backbone"] == "dlib"
     assert "all_pairs.roc_auc" in by_name["evaluate@compact-contrastive"].data.metrics
-    # each model registered under a name that says its backbone and loss
-    assert {m.name for m in client.search_registered_models()} == {f"facesim-{model}" for model in MODELS}
+    # each model registered under a name that says its backbone and loss: its checkpoint's verifier (evaluate) and
+    # its ONNX export's (export)
+    assert {m.name for m in client.search_registered_models()} == \
+        {f"facesim-{model}{flavor}" for model in MODELS for flavor in ("", "-onnx")}
     assert all(r.data.tags["git_commit"] != "unknown" for r in runs)
 
 
