@@ -129,6 +129,15 @@ def test_a_failed_export_leaves_no_model(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="absent.json: metrics file not found"):
         export_model("compact-contrastive", checkpoint, tmp_path / "absent.json", tmp_path / "absent.json", faces, out)
     assert not out.exists()
+    with pytest.raises(FileNotFoundError, match="absent.json: detailed metrics file not found; run the evaluate"):
+        export_model("compact-contrastive", checkpoint, tmp_path / "m.json", tmp_path / "absent.json", faces, out)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"bad.json: not an evaluate stage's detailed metrics file \(a JSON object"):
+        export_model("compact-contrastive", checkpoint, tmp_path / "m.json", tmp_path / "bad.json", faces, out)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match=r"bad.json: not an evaluate stage's detailed metrics file \(JSON: "):
+        export_model("compact-contrastive", checkpoint, tmp_path / "m.json", tmp_path / "bad.json", faces, out)
+    assert not out.exists()
 
 
 def test_the_stage_logs_the_onnx_flavor_with_signature_and_example(tmp_path: Path, monkeypatch):

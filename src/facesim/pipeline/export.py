@@ -15,8 +15,8 @@ multiply, divide and square root, which every CPU rounds alike.
 
 Before the file is published, onnxruntime runs it on two faces from picture to embedding (the torch-free
 path) and must give torch's embeddings of them within `PARITY`; they are also the MLflow input example.
-With the file published, the pair verifier on it (`facesim.mlops.pyfunc.FaceVerifier`, run by onnxruntime)
-goes into the registry as `facesim-<model>-onnx`, tagged with the evaluate stage's metrics, for
+Before it is published, too, the pair verifier on it (`facesim.mlops.pyfunc.FaceVerifier`, run by
+onnxruntime) goes into the registry as `facesim-<model>-onnx`, tagged with the evaluate stage's metrics, for
 `mlflow models serve` without torch.
 """
 
@@ -101,6 +101,21 @@ def example_faces(faces_dir: str | os.PathLike, count: int = EXAMPLE_FACES) -> d
                      "run the fetch stage (dvc repro)")
 
 
+def read_details(path: str | os.PathLike) -> dict:
+    """The evaluate stage's detailed metrics (a JSON object with the `threshold`): the registry's tags."""
+    path = Path(path)
+    try:
+        details = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: detailed metrics file not found; run the evaluate stage (`dvc repro`) "
+                                "first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not an evaluate stage's detailed metrics file (JSON: {exc})") from None
+    if not isinstance(details, dict) or "threshold" not in details:
+        raise ValueError(f"{path}: not an evaluate stage's detailed metrics file (a JSON object with a 'threshold')")
+    return details
+
+
 def export_model(
     model_name: str,
     checkpoint_path: str | os.PathLike,
@@ -114,7 +129,7 @@ def export_model(
     `out_path`, checked against torch on two faces and logged to MLflow (the onnx flavor) before it is
     published, with its pair verifier registered, tagged with the evaluate stage's `details_path` metrics."""
     threshold = read_threshold(metrics_path)
-    details = json.loads(Path(details_path).read_text(encoding="utf-8"))
+    details = read_details(details_path)
     network, checkpoint = load_checkpoint(checkpoint_path)
     preprocess = Preprocess(**checkpoint["preprocess"])
     examples = example_faces(faces_dir)
