@@ -20,8 +20,6 @@ import contextlib
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,20 +34,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from facesim.app.servers import free_port, stop_group, wait_until_answering  # noqa: E402
+from facesim.core.onnx_model import PARITY  # noqa: E402
 from facesim.mlops.pyfunc import encode_image  # noqa: E402
 from facesim.mlops.registry import CHAMPION, registered_name  # noqa: E402
 from facesim.mlops.tracking import tracking_uri  # noqa: E402
-from facesim.pipeline.export import PARITY  # noqa: E402
 from measure import write_results  # noqa: E402
 
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, never a proxy
 START_S = 180  # two busy cores: the torch server takes ~20 s to import and load
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post(url: str, body: bytes, timeout: float = 120) -> list[dict]:
@@ -87,24 +80,12 @@ def served(model_uri: str, log: Path) -> Iterator[tuple[str, int]]:
     with log.open("w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO, env=env)
     try:
-        deadline = time.monotonic() + START_S
-        while True:
-            with contextlib.suppress(OSError):
-                with DIRECT.open(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            if server.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"{model_uri}: the server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        problem = wait_until_answering(server, f"http://127.0.0.1:{port}/ping", START_S)
+        if problem is not None:
+            sys.exit(f"{model_uri}: the server {problem}:\n{log.read_text()[-3000:]}")
         yield f"http://127.0.0.1:{port}/invocations", server.pid
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        stop_group(server, 20)
 
 
 def load(url: str, bodies: list[bytes], pairs_per_request: int, clients: int, seconds: float) -> dict:

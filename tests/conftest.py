@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from facesim.app.servers import free_port
 from helpers import (
     MODELS,
     REGISTERED_MODEL,
@@ -18,7 +19,6 @@ from helpers import (
     TINY_THRESHOLD,
     build_faces_archive,
     evaluate_outputs,
-    free_port,
     repo_params,
     write_cv_summary,
     write_faces_dir,

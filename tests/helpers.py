@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import socket
 import subprocess
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -264,47 +262,22 @@ def write_tiny_inputs(root: Path) -> tuple[Path, dict[str, dict[str, Path]]]:
     return faces_dir, write_tiny_samples(faces_dir, root / "samples")
 
 
-def free_port() -> int:
-    """A loopback port the OS just handed out and took back: free, for a server to listen on."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_server(command: Sequence[str], ready_url: str, log: Path, *, start_s: float, **popen) -> Iterator[None]:
     """Run `command` (a server, in its own process group) until the block ends; first wait until `ready_url`
     answers 200, failing the test with the end of `log` (its output) when it exits or `start_s` pass first.
     The whole group is stopped afterwards: SIGTERM, then SIGKILL after 20 s (uvicorn's workers end with it)."""
-    import signal
-    import time
-    import urllib.request
+    from facesim.app.servers import stop_group, wait_until_answering
 
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, never a proxy
     with log.open("w") as out:
         server = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
     try:
-        deadline = time.monotonic() + start_s
-        while True:
-            with contextlib.suppress(OSError):
-                with direct.open(ready_url, timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            if server.poll() is not None or time.monotonic() > deadline:
-                state = "did not start" if server.poll() is None else f"exited with {server.returncode}"
-                pytest.fail(f"{' '.join(command[:4])} {state}:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        problem = wait_until_answering(server, ready_url, start_s)
+        if problem is not None:
+            pytest.fail(f"{' '.join(command[:4])} {problem}:\n{log.read_text()[-3000:]}")
         yield
     finally:
-        # start_new_session: the server's process group id is its pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        stop_group(server, 20)
 
 
 def modules_imported_by(module: str, candidates: Sequence[str]) -> list[str]:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, free_port
+from helpers import REPO
 from facesim.app import ui
 from facesim.app.cli import main
+from facesim.app.servers import free_port
 from facesim.mlops.runs import flatten
 from facesim.mlops.tracking import EXPERIMENT, HOST_TAG, PID_TAG, stage_run
 from headless import dom, needs_chromium, screenshot

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port, running_server
+from helpers import running_server
+from facesim.app.servers import free_port
 from facesim.mlops.tracking import EXPERIMENT, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, stage_run
 
 pytestmark = pytest.mark.integration

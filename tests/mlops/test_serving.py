@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import REGISTERED, REGISTERED_MODEL, TESTING, free_port, needs_orl, running_server
+from helpers import REGISTERED, REGISTERED_MODEL, TESTING, needs_orl, running_server
 from facesim.app import api
+from facesim.app.servers import free_port
 from facesim.mlops.pyfunc import encode_image
 from facesim.mlops.registry import CHAMPION
 

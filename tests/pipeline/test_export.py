@@ -17,15 +17,13 @@ import pytest
 import torch
 
 from helpers import REPO, TESTING, RecordingRun, model_config, write_faces_dir, write_tiny_model
-from facesim.core.data import prepare_pixels
 from facesim.core.images import load_pixels
 from facesim.core.inference import from_checkpoint, from_onnx
-from facesim.core.checkpoint import load_checkpoint
 from facesim.core.embedding import embed_all
 from facesim.core.models import build_embedding_net
-from facesim.core.onnx_model import FORMAT, FORMAT_VERSION, OnnxMetadata, OnnxNetwork
+from facesim.core.onnx_model import FORMAT, FORMAT_VERSION, PARITY, OnnxMetadata, OnnxNetwork
 from facesim.core.preprocess import Preprocess
-from facesim.pipeline.export import OPSET, PARITY, export_model, onnx_bytes
+from facesim.pipeline.export import OPSET, export_model, onnx_bytes
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 

@@ -36,6 +36,7 @@ from typing import Any
 
 # A private helper of tracking.py, reused rather than copied: the same rule closes orphaned runs here
 # as before every stage.
+from facesim.app.servers import stop_group, wait_until_answering
 from facesim.mlops.tracking import EXPERIMENT, _close_orphaned_runs, repo_root, tracking_uri
 
 VIEW_ID = "facesim-runs"  # the saved view's id: experiment tag mlflow.sharedViewState.facesim-runs
@@ -167,34 +168,11 @@ def _open(url: str) -> None:
 
 
 def _wait_until_ready(server: subprocess.Popen, base: str, log: Path) -> None:
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local server: never via a proxy
-    deadline = time.monotonic() + START_S
-    while True:
-        with contextlib.suppress(OSError):
-            with direct.open(f"{base}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        if server.poll() is not None or time.monotonic() > deadline:
-            lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-            state = f"exited with status {server.returncode}" if server.poll() is not None else \
-                f"did not answer within {START_S} s"
-            last = lines[-1].strip() if lines else "no output"
-            raise ChildProcessError(f"mlflow ui {state}: {last}; see its log {log}")
-        time.sleep(0.5)
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """Stop the server and its workers (its own process group): SIGTERM, then SIGKILL."""
-    if server.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=STOP_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=STOP_S)
+    problem = wait_until_answering(server, f"{base}/health", START_S)
+    if problem is not None:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        last = lines[-1].strip() if lines else "no output"
+        raise ChildProcessError(f"mlflow ui {problem}: {last}; see its log {log}")
 
 
 def _announce(what: str, url: str, note: str = "") -> None:
@@ -246,6 +224,6 @@ def serve(root: str | os.PathLike | None, *, host: str, port: int, browser: bool
     except KeyboardInterrupt:
         return "facesim ui: stopped"
     finally:
-        _stop(server)
+        stop_group(server, STOP_S)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -31,6 +31,9 @@ FORMAT_VERSION = 1  # bump when the metadata change meaning; a reader refuses ve
 INPUT_KINDS = {"pixels": "pixels", "dlib": "dlib_descriptor"}
 INPUT_NAMES = {"pixels": "faces", "dlib_descriptor": "descriptors"}
 OUTPUT_NAME = "embeddings"
+# largest difference allowed between onnxruntime's and torch's embeddings (max abs): the export stage
+# refuses a model beyond it, tests and benchmarks/serve.py hold the two flavors to it
+PARITY = 1e-4
 # onnxruntime is a dependency of facesim; this says how to get it back where it is missing
 INSTALL_HINT = "pip install 'onnxruntime>=1.17,<2' (a facesim dependency: `pip install -e .` installs it)"
 BATCH = 256  # faces per onnxruntime call, as `facesim.core.embedding.embed_all` batches them

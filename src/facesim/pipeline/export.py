@@ -37,14 +37,14 @@ from facesim.core.images import ImageError, load_pixels
 from facesim.core.model_files import read_threshold
 from facesim.core.checkpoint import load_checkpoint
 from facesim.core.embedding import embed_all
-from facesim.core.onnx_model import FORMAT, FORMAT_VERSION, INPUT_KINDS, INPUT_NAMES, OUTPUT_NAME, OnnxMetadata, OnnxNetwork
+from facesim.core.onnx_model import (FORMAT, FORMAT_VERSION, INPUT_KINDS, INPUT_NAMES, OUTPUT_NAME, PARITY, OnnxMetadata,
+                                     OnnxNetwork)
 from facesim.core.paths import natural_key
 from facesim.core.preprocess import Preprocess
 from facesim.mlops.registry import register_model
 from facesim.mlops.runs import NULL_RUN, Run
 
 OPSET = 18  # ONNX opset of every export: onnxruntime 1.14 and later run it
-PARITY = 1e-4  # largest difference allowed between onnxruntime's and torch's embeddings (max abs)
 EXAMPLE_FACES = 2
 
 
