@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from helpers import tiny_fit_params, tiny_training_data
+from facesim.core.data import FaceSet
 from facesim.core.embedding import embed_all
 from facesim.core.models import EnsembleNet
 from facesim.core.params import ParamsError
@@ -201,16 +202,23 @@ def test_early_stopping_counts_epochs_without_a_better_loss(patience, losses, ve
 
 
 def scripted_validation(monkeypatch: pytest.MonkeyPatch, val_losses: list[float]) -> list[torch.Tensor]:
-    """Make Objective.validate return `val_losses` in turn; returns the embeddings it was given."""
+    """Make Objective.validate return `val_losses` in turn; returns the embeddings it was given, each with the
+    rows it reads (those of `val_rows`) set to the model's embedding of those faces (`validated`)."""
     script = iter(val_losses)
-    seen: list[torch.Tensor] = []
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def validate(self, embeddings: torch.Tensor) -> dict[str, float]:
-        seen.append(embeddings.clone())
+        seen.append((self.val_rows, embeddings.clone()))
         return {"val_loss": next(script), "val_roc_auc": 0.5}
 
     monkeypatch.setattr(Objective, "validate", validate)
     return seen
+
+
+def validated(model: torch.nn.Module, faces: FaceSet, seen: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    """Whether validation was given `model`'s embeddings of the faces it reads."""
+    rows, embeddings = seen
+    return torch.allclose(embed_all(model, faces.tensor)[rows], embeddings[rows], atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -236,9 +244,9 @@ def test_early_stopping_honours_patience(data, monkeypatch, patience, val_losses
     assert_stopping_rule(result.history, patience, params.epochs)
     # the model that comes back has the best epoch's weights, not the last epoch's
     _, _, faces = data
-    assert torch.allclose(embed_all(result.model, faces.tensor), seen[kept_epoch - 1], atol=1e-6)
+    assert validated(result.model, faces, seen[kept_epoch - 1])
     if kept_epoch != epochs_run:
-        assert not torch.allclose(seen[kept_epoch - 1], seen[-1], atol=1e-6)
+        assert not validated(result.model, faces, seen[-1])
 
 
 @pytest.mark.parametrize(
@@ -258,8 +266,8 @@ def test_keep_last_returns_the_last_epoch_run(data, monkeypatch, patience, val_l
     assert result.kept_epoch == epochs_run and result.checkpoint["epoch"] == epochs_run
     assert result.kept_val_loss == val_losses[epochs_run - 1]
     _, _, faces = data
-    assert torch.allclose(embed_all(result.model, faces.tensor), seen[-1], atol=1e-6)
-    assert not torch.allclose(seen[0], seen[-1], atol=1e-6)
+    assert validated(result.model, faces, seen[-1])
+    assert not validated(result.model, faces, seen[0])
 
 
 # ---- ensembles ---------------------------------------------------------------------------

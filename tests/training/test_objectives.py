@@ -15,6 +15,7 @@ import torch
 
 from helpers import counting_net, tiny_train_params
 from facesim.core.data import FaceSet
+from facesim.core.embedding import embed_all
 from facesim.training import objectives
 from facesim.training.objectives import (
     OBJECTIVES,
@@ -217,3 +218,20 @@ def test_validation_groups_leave_out_a_batch_without_a_triplet(monkeypatch) -> N
     labels, faces = torch.tensor([0, 0, 1, 2, 3]), torch.arange(5)
     groups, weights = validation_groups(faces, labels)
     assert [own.tolist() for _, own in groups] == [[0, 0, 3]] and weights.tolist() == [1.0]
+
+
+@pytest.mark.parametrize("model_name, read", [("contrastive", [2, 3, 7, 10, 11]),  # the validation pairs' faces
+                                               ("triplet", [2, 3, 6, 7, 10, 11])])  # ... and its triplets'
+def test_validation_embeds_only_the_faces_it_reads(model_name, read) -> None:
+    counted = objective(model_name, mining="semihard" if model_name == "triplet" else "all")
+    assert counted.val_rows.tolist() == read
+    images = torch.rand(len(PEOPLE), 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16, 3))
+    embedded = counted.validation_embeddings(network, images)
+    everyone = embed_all(network, images)
+    assert torch.allclose(embedded[read], everyone[read], atol=1e-6)
+    unread = [row for row in range(len(PEOPLE)) if row not in read]
+    assert torch.count_nonzero(embedded[unread]) == 0
+    # the scores are those of every face embedded
+    assert counted.validate(embedded) == pytest.approx(counted.validate(everyone), rel=1e-5)

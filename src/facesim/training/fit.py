@@ -28,7 +28,6 @@ import pandas as pd
 import torch
 
 from facesim.core.data import Augment, FaceSet
-from facesim.core.embedding import embed_all
 from facesim.core.models import EmbeddingNet, EnsembleNet, ModelConfig, build_embedding_net
 from facesim.core.params import ParamsError
 from facesim.mlops.runs import NULL_RUN, Run
@@ -252,7 +251,7 @@ def _fit_network(
         if not math.isfinite(total):
             raise FloatingPointError(f"train@{model_name} diverged in epoch {epoch} (loss is {total}); "
                                      f"lower train.lr (now {params.lr})")
-        scores = net.objective.validate(embed_all(net.model, images))
+        scores = net.objective.validate(net.objective.validation_embeddings(net.model, images))
         row = {"epoch": epoch, "train_loss": total / count, **scores, "seconds": time.perf_counter() - started}
         history.append(row)
         run.log_metrics({f"{prefix}{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
