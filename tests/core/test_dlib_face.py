@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -78,6 +79,31 @@ def test_a_damaged_cache_entry_is_computed_again(cache: Path):
     entry.write_bytes(b"not a numpy file")
     np.testing.assert_array_equal(dlib_face.describe(pixels).vectors, first.vectors)
     assert np.load(entry).shape == (129,)
+
+
+@needs_orl
+def test_several_processes_describe_as_one_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    faces = [orl(5, i) for i in range(1, 6)] + [np.full((112, 92), 128, dtype=np.uint8)]  # found and not found
+    one = dlib_face.describe(faces, cache=tmp_path / "one", processes=1)
+    seen: list[int] = []  # a forked worker appends to its own copy: only faces described here land in this one
+    real = dlib_face.DlibFaces.describe_one
+
+    def recording(self, array):
+        seen.append(os.getpid())
+        return real(self, array)
+
+    monkeypatch.setattr(dlib_face.DlibFaces, "describe_one", recording)
+    two = dlib_face.describe(faces, cache=tmp_path / "two", processes=2)
+    assert seen == []  # every face was described in a worker
+    np.testing.assert_array_equal(two.vectors, one.vectors)
+    assert two.found.tolist() == one.found.tolist() == [True] * 5 + [False]
+    # and the cache the workers' results went into gives them back
+    np.testing.assert_array_equal(dlib_face.describe(faces, cache=tmp_path / "two", processes=1).vectors, one.vectors)
+
+
+def test_processes_below_one_are_refused(cache: Path):
+    with pytest.raises(ValueError, match="processes >= 1, got 0"):
+        dlib_face.describe([random_grey_pixels(60, 50, seed=4)] * 2, processes=0)
 
 
 def test_without_dlib_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch):
