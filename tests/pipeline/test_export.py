@@ -130,10 +130,10 @@ def test_a_failed_export_leaves_no_model(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="absent.json: detailed metrics file not found; run the evaluate"):
         export_model("compact-contrastive", checkpoint, tmp_path / "m.json", tmp_path / "absent.json", faces, out)
     (tmp_path / "bad.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match=r"bad.json: not an evaluate stage's detailed metrics file \(a JSON object"):
+    with pytest.raises(ValueError, match=r"bad.json: not an evaluate detailed metrics file with a 'threshold' \(a JSON object"):
         export_model("compact-contrastive", checkpoint, tmp_path / "m.json", tmp_path / "bad.json", faces, out)
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(ValueError, match=r"bad.json: not an evaluate stage's detailed metrics file \(JSON: "):
+    with pytest.raises(ValueError, match=r"bad.json: not an evaluate detailed metrics file with a 'threshold' \(JSON: "):
         export_model("compact-contrastive", checkpoint, tmp_path / "m.json", tmp_path / "bad.json", faces, out)
     assert not out.exists()
 

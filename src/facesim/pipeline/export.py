@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import torch
 from facesim.core.atomic import staged_outputs
 from facesim.core.data import prepare_pixels
 from facesim.core.images import ImageError, load_pixels
-from facesim.core.model_files import read_threshold
+from facesim.core.model_files import read_evaluation, read_threshold
 from facesim.core.checkpoint import load_checkpoint
 from facesim.core.embedding import embed_all
 from facesim.core.onnx_model import (FORMAT, FORMAT_VERSION, INPUT_KINDS, INPUT_NAMES, OUTPUT_NAME, PARITY, OnnxMetadata,
@@ -101,21 +100,6 @@ def example_faces(faces_dir: str | os.PathLike, count: int = EXAMPLE_FACES) -> d
                      "run the fetch stage (dvc repro)")
 
 
-def read_details(path: str | os.PathLike) -> dict:
-    """The evaluate stage's detailed metrics (a JSON object with the `threshold`): the registry's tags."""
-    path = Path(path)
-    try:
-        details = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: detailed metrics file not found; run the evaluate stage (`dvc repro`) "
-                                "first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not an evaluate stage's detailed metrics file (JSON: {exc})") from None
-    if not isinstance(details, dict) or "threshold" not in details:
-        raise ValueError(f"{path}: not an evaluate stage's detailed metrics file (a JSON object with a 'threshold')")
-    return details
-
-
 def export_model(
     model_name: str,
     checkpoint_path: str | os.PathLike,
@@ -129,7 +113,7 @@ def export_model(
     `out_path`, checked against torch on two faces and logged to MLflow (the onnx flavor) before it is
     published, with its pair verifier registered, tagged with the evaluate stage's `details_path` metrics."""
     threshold = read_threshold(metrics_path)
-    details = read_details(details_path)
+    details = read_evaluation(details_path, "detailed metrics")
     network, checkpoint = load_checkpoint(checkpoint_path)
     preprocess = Preprocess(**checkpoint["preprocess"])
     examples = example_faces(faces_dir)
