@@ -36,7 +36,19 @@ def test_pin_sets_the_kernels_threads_and_deterministic_algorithms(monkeypatch):
     assert pinned == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
     assert all(os.environ[k] == v for k, v in pinned.items())
     assert torch.get_num_threads() == 1
-    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+
+
+def test_pinning_and_seeding_do_not_import_torchs_compiler() -> None:
+    # torch.use_deterministic_algorithms imports torch._inductor (and dynamo): 1.8 s of every stage
+    code = ("import sys, torch; from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic; "
+            "from facesim.training.fit import seed_everything; pin_arithmetic(RuntimeParams(threads=1)); "
+            "seed_everything(0); print(torch.are_deterministic_algorithms_enabled(), "
+            "torch.is_deterministic_algorithms_warn_only_enabled(), "
+            "sorted(m for m in ('torch._inductor', 'torch._dynamo') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True True []"
 
 
 def test_native_kernels_leave_the_libraries_alone(monkeypatch):

@@ -355,3 +355,23 @@ def _faces_of(tables) -> list[str]:
     return sorted({path for table in tables.values() for column in ("image1", "image2", "anchor", "positive",
                                                                     "negative") if column in table
                    for path in table[column]})
+
+
+@pytest.mark.parametrize("model_name", ["contrastive", "triplet"])
+def test_without_validation_the_same_model_trains(data, monkeypatch, model_name):
+    params = dataclasses.replace(TINY, epochs=3, patience=0, keep="last")
+    validated_fit = run_fit(data, model_name, params)
+    monkeypatch.setattr(Objective, "validate", lambda self, embeddings: pytest.fail("validated"))
+    skipped = run_fit(data, model_name, params, validate=False)
+    _, _, faces = data
+    assert torch.equal(embed_all(skipped.model, faces.tensor), embed_all(validated_fit.model, faces.tensor))
+    assert skipped.history["epoch"].tolist() == [1, 2, 3]
+    assert skipped.history["train_loss"].tolist() == validated_fit.history["train_loss"].tolist()
+    assert skipped.history[["val_loss", "val_roc_auc"]].isna().all().all()
+
+
+@pytest.mark.parametrize("changes", [{"patience": 2}, {"keep": "best"}])
+def test_early_stopping_and_keep_best_validate_anyway(data, monkeypatch, changes):
+    seen = scripted_validation(monkeypatch, [3.0, 2.0, 1.0])
+    result = run_fit(data, "contrastive", dataclasses.replace(TINY, epochs=3, **changes), validate=False)
+    assert len(seen) == 3 and result.history["val_loss"].tolist() == [3.0, 2.0, 1.0]

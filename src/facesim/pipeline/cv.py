@@ -148,7 +148,8 @@ def run_fold(
     unseen = {f.subject for f in split.unseen}
 
     started = time.perf_counter()
-    result = fit(model_name, params, tables, seen, log=lambda line: None)
+    # no validation after each epoch: a fold reads only the trained model (keep: last, no early stopping)
+    result = fit(model_name, params, tables, seen, log=lambda line: None, validate=False)
     calibration_embeddings = embed_all(result.model, calibration.tensor).numpy()
     calibration_people = np.asarray(calibration.subjects)
     training_embeddings = embed_all(result.model, training.tensor).numpy()

@@ -84,7 +84,9 @@ def pin_arithmetic(params: RuntimeParams) -> dict[str, str]:
     # 1024 shapes: memory then grows by ~10 MB a step; sixteen keep the few shapes of embedding.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
     torch.set_num_threads(params.threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # torch.use_deterministic_algorithms(True, warn_only=True) without its import of torch._inductor (1.8 s a
+    # stage, for a compiler no stage uses): the same switch in torch's C++ core
+    torch.set_deterministic_debug_mode("warn")
     return pinned
 
 

@@ -62,7 +62,7 @@ def seed_everything(seed: int) -> None:
     """Same params, same machine, same numbers."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_deterministic_debug_mode("warn")  # use_deterministic_algorithms(True, warn_only=True), no inductor import
     torch.backends.cudnn.benchmark = False
 
 
@@ -111,21 +111,23 @@ def fit(
     on_step: OnStep | None = None,
     objectives: Mapping[str, type[Objective]] = OBJECTIVES,
     world: World = SINGLE,
+    validate: bool = True,
 ) -> TrainResult:
     """Train `model_name` ('contrastive' or 'triplet') on faces already in memory: one network, or
     `params.<model>.members` networks one after the other, each with its own seed, joined into one
     `EnsembleNet` (a member's per-epoch MLflow metrics are then `member<k>.train_loss`, ...).
     `objectives` maps a model name to its Objective class (benchmarks swap one in). `world`: this
     process's place among the processes training together (each returns the same result; only
-    rank 0 logs and reports to `run`)."""
+    rank 0 logs and reports to `run`). `validate` False skips each epoch's validation (the history's val_loss and
+    val_roc_auc are then NaN) where nothing reads it: where patience or keep: best need it, it runs anyway."""
     members = params.loss_params(model_name).members  # refuses an unknown model name
     objective = objectives[model_name]
     if not world.is_main:
         run, log = NULL_RUN, _silent
     if members == 1:
-        return _fit_network(model_name, objective, params, tables, faces, run, log, on_step, world=world)
+        return _fit_network(model_name, objective, params, tables, faces, run, log, on_step, world=world, validate=validate)
     results = [_fit_network(model_name, objective, replace(params, seed=member_seed(params.seed, i)), tables, faces,
-                            run, log, on_step, member=i + 1, world=world)
+                            run, log, on_step, member=i + 1, world=world, validate=validate)
                for i in range(members)]
     return join_members(model_name, params, results)
 
@@ -233,8 +235,10 @@ def _fit_network(
     on_step: OnStep | None,
     member: int | None = None,
     world: World = SINGLE,
+    validate: bool = True,
 ) -> TrainResult:
     """Train one network of `model_name` with `params.seed`; `member` numbers it within an ensemble."""
+    validate = validate or params.patience > 0 or params.keep == "best"  # early stopping and keep: best read it
     net = _start_network(model_name, objective_class, params, tables, faces, world)
     prefix, label = (f"member{member}.", f"train@{model_name} member {member}") if member else ("", f"train@{model_name}")
     max_epochs, augment, images = params.max_epochs(model_name), params.augmentation_applied(), faces.tensor
@@ -251,7 +255,8 @@ def _fit_network(
         if not math.isfinite(total):
             raise FloatingPointError(f"train@{model_name} diverged in epoch {epoch} (loss is {total}); "
                                      f"lower train.lr (now {params.lr})")
-        scores = net.objective.validate(net.objective.validation_embeddings(net.model, images))
+        scores = (net.objective.validate(net.objective.validation_embeddings(net.model, images)) if validate
+                  else {"val_loss": math.nan, "val_roc_auc": math.nan})
         row = {"epoch": epoch, "train_loss": total / count, **scores, "seconds": time.perf_counter() - started}
         history.append(row)
         run.log_metrics({f"{prefix}{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
