@@ -204,6 +204,35 @@ def test_semihard_negative_must_be_strictly_farther_than_the_positive():
     assert loss.item() == pytest.approx(2.625, abs=1e-5)
 
 
+def test_semihard_loss_and_gradient_match_a_loop_over_every_anchor_and_positive():
+    # 6 people x 4 faces, two faces repeated (equal distances: ties among negatives and positives)
+    generator = torch.Generator().manual_seed(3)
+    embeddings = torch.randn(24, 5, generator=generator)
+    embeddings[7], embeddings[13] = embeddings[2], embeddings[4]
+    labels = torch.arange(6).repeat_interleave(4)[torch.randperm(24, generator=generator)]
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        d = pairwise_euclidean(x)
+        gaps = []
+        for a in range(len(labels)):
+            negatives = [n for n in range(len(labels)) if labels[n] != labels[a]]
+            for p in range(len(labels)):
+                if p == a or labels[p] != labels[a]:
+                    continue
+                farther = [n for n in negatives if d[a, n] > d[a, p]]
+                n = min(farther or negatives, key=lambda n: float(d[a, n]))
+                gaps.append(d[a, p] - d[a, n] + 0.3)
+        return torch.clamp(torch.stack(gaps), min=0.0).mean()
+
+    x1, x2 = embeddings.clone().requires_grad_(True), embeddings.clone().requires_grad_(True)
+    loss = BatchTripletLoss(margin=0.3, mining="semihard")(x1, labels)
+    expected = reference(x2)
+    loss.backward()
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_batch_all_matches_hand_computation():
     # margin 0.5; all (a, p, n): d_ap - d_an + 0.5
     # (0,1,2) -0.5  (0,1,3) -4.5  (1,0,2) 1.5  (1,0,3) -2.5
