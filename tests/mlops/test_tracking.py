@@ -73,7 +73,7 @@ def test_flatten_joins_nested_keys_with_dots() -> None:
     assert flatten({}) == {}
 
 
-RUN_METHODS = ("log_params", "log_metrics", "log_artifact", "set_tags", "log_model", "log_onnx_model")
+RUN_METHODS = ("log_params", "log_metrics", "log_artifact", "set_tags", "log_model", "log_onnx_model", "flush")
 
 
 def parameters(method) -> list[tuple[str, object, object]]:
@@ -102,6 +102,7 @@ def test_null_run_has_no_run_id_and_takes_every_call_without_a_trace(tmp_path: P
     assert NULL_RUN.set_tags({"t": "v"}) is None
     assert NULL_RUN.log_model(object(), [[0.0]], {"epoch": 1}) is None
     assert NULL_RUN.log_onnx_model(tmp_path / "nowhere.onnx", [[0.0]], {"facesim.model": "m"}) is None
+    assert NULL_RUN.flush() is None
     assert list(tmp_path.iterdir()) == []  # no store created, nothing written
     assert MlflowRun(object(), "abc123").run_id == "abc123"
 
@@ -181,6 +182,43 @@ def test_grouped_runs_share_one_parent_and_a_summary_logs_into_it(store: str, ml
     assert [client.get_run(child).data.metrics for child in children] == [{"eer": 0.1}, {"eer": 0.2}]
 
 
+def test_metrics_with_a_step_are_written_in_batches_with_their_steps_and_times(store: str, mlflow_store: Path,
+                                                                               monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setattr(MlflowRun, "FLUSH_METRICS", 4)
+    with stage_run("train", {"lr": 0.001}, root=mlflow_store) as run:
+        before = int(time.time() * 1000)
+        for epoch in range(1, 4):
+            run.log_metrics({"train_loss": 1.0 / epoch, "val": {"auc": 0.5 + epoch / 10}}, step=epoch)
+        # 6 logged, 4 written the moment they were waiting, 2 still waiting
+        assert MlflowClient(tracking_uri=store).get_run(run.run_id).data.metrics == {"train_loss": 0.5,
+                                                                                     "val.auc": 0.7}
+        assert len(run._pending) == 2
+        run.log_metrics({"eer": 0.25})  # without a step: written at once
+        after = int(time.time() * 1000)
+    client = MlflowClient(tracking_uri=store)
+    curve = client.get_metric_history(run.run_id, "train_loss")
+    assert [(m.step, m.value) for m in curve] == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]
+    assert all(before <= m.timestamp <= after for m in curve)
+    assert [m.step for m in client.get_metric_history(run.run_id, "val.auc")] == [1, 2, 3]
+    assert client.get_run(run.run_id).data.metrics["eer"] == 0.25
+
+
+def test_metrics_waiting_longer_than_flush_seconds_are_written_with_the_next(store: str, mlflow_store: Path,
+                                                                          monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setattr(MlflowRun, "FLUSH_SECONDS", 0.05)
+    with stage_run("train", {"lr": 0.001}, root=mlflow_store) as run:
+        run.log_metrics({"train_loss": 1.0}, step=1)
+        assert len(run._pending) == 1
+        time.sleep(0.1)
+        run.log_metrics({"train_loss": 0.5}, step=2)
+        assert run._pending == []
+        assert [m.step for m in MlflowClient(tracking_uri=store).get_metric_history(run.run_id, "train_loss")] == [1, 2]
+
+
 def test_a_failing_stage_ends_its_run_as_failed(store: str, mlflow_store: Path, monkeypatch) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -197,6 +235,8 @@ def test_a_failing_stage_ends_its_run_as_failed(store: str, mlflow_store: Path, 
     assert (logged.data.tags["dvc_stage"], logged.data.tags["facesim_stage"]) == ("train@compact-triplet", "train")
     assert logged.data.tags["dvc_experiment"] == "hefty-rift"
     assert logged.data.params == {"lr": "0.001"}
+    curve = MlflowClient(tracking_uri=store).get_metric_history(run.run_id, "epoch_loss")
+    assert [(m.step, m.value) for m in curve] == [(0, 1.5)]  # the curve so far is written as the run fails
     import mlflow
 
     assert mlflow.active_run() is None  # a later stage in this process can open its own run

@@ -247,19 +247,24 @@ def stage_run(
         raise TrackingError(f"cannot open an MLflow run in {uri}: {exc}") from exc
     status = "FAILED"
     sigterm = _SigtermRaises(name)
+    run = MlflowRun(mlflow, active.info.run_id)
     with sigterm:
         try:
-            run = MlflowRun(mlflow, active.info.run_id)
             # DVC names each `dvc exp run` (DVC_EXP_NAME): the tag finds its runs beside `dvc exp show`.
             experiment_tag = {"dvc_experiment": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {}
             run.set_tags({"git_commit": git_commit(root), "dvc_stage": name, "facesim_stage": stage,
                           **experiment_tag, **(tags or {})})
             run.log_params(params)
             yield run
+            run.flush()  # the metrics logged with a step still waiting (MlflowRun writes them in batches)
             status = "FINISHED"
         except (StageKilled, KeyboardInterrupt):
             status = "KILLED"
             raise
         finally:
             sigterm.stopping = True  # the run is ending: a SIGTERM now must not interrupt that
+            if status != "FINISHED":
+                # the training curve so far, as far as the store takes it: the stage's own error is the one raised
+                with contextlib.suppress(Exception):
+                    run.flush()
             mlflow.end_run(status=status)
