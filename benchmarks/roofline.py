@@ -26,7 +26,6 @@ system (or a FLOP count is wrong): the table flags it.
 
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
 
@@ -41,6 +40,8 @@ TRAIN_FLOPS_PER_FORWARD = 3
 def machine() -> dict:
     import torch
 
+    from facesim.core.dlib_face import usable_cores
+
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -49,8 +50,7 @@ def machine() -> dict:
                 break
     except OSError:
         cpu = platform.processor() or "unknown"
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": usable, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"cpu": cpu, "cores": usable_cores(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "onednn": torch.backends.mkldnn.is_available(), "python": platform.python_version()}
 
 

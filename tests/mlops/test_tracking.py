@@ -192,9 +192,9 @@ def test_metrics_with_a_step_are_written_in_batches_with_their_steps_and_times(s
         for epoch in range(1, 4):
             run.log_metrics({"train_loss": 1.0 / epoch, "val": {"auc": 0.5 + epoch / 10}}, step=epoch)
         # 6 logged, 4 written the moment they were waiting, 2 still waiting
-        assert MlflowClient(tracking_uri=store).get_run(run.run_id).data.metrics == {"train_loss": 0.5,
-                                                                                     "val.auc": 0.7}
-        assert len(run._pending) == 2
+        client = MlflowClient(tracking_uri=store)
+        assert client.get_run(run.run_id).data.metrics == {"train_loss": 0.5, "val.auc": 0.7}
+        assert [m.step for m in client.get_metric_history(run.run_id, "train_loss")] == [1, 2]
         run.log_metrics({"eer": 0.25})  # without a step: written at once
         after = int(time.time() * 1000)
     client = MlflowClient(tracking_uri=store)
@@ -211,12 +211,12 @@ def test_metrics_waiting_longer_than_flush_seconds_are_written_with_the_next(sto
 
     monkeypatch.setattr(MlflowRun, "FLUSH_SECONDS", 0.05)
     with stage_run("train", {"lr": 0.001}, root=mlflow_store) as run:
+        client = MlflowClient(tracking_uri=store)
         run.log_metrics({"train_loss": 1.0}, step=1)
-        assert len(run._pending) == 1
+        assert client.get_metric_history(run.run_id, "train_loss") == []  # waiting
         time.sleep(0.1)
         run.log_metrics({"train_loss": 0.5}, step=2)
-        assert run._pending == []
-        assert [m.step for m in MlflowClient(tracking_uri=store).get_metric_history(run.run_id, "train_loss")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(run.run_id, "train_loss")] == [1, 2]
 
 
 def test_a_failing_stage_ends_its_run_as_failed(store: str, mlflow_store: Path, monkeypatch) -> None:

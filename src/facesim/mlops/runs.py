@@ -75,8 +75,8 @@ class MlflowRun:
 
     Metrics logged with a step (a training curve, one call per epoch) are written in batches, at most
     `FLUSH_SECONDS` after they were logged, when `FLUSH_METRICS` are waiting, and by `flush` (the stage's
-    run calls it as it ends, failed or not): each call of its own cost ~7 ms in a sqlite store, ~2 s of a
-    270-epoch training. Each keeps the time it was logged at.
+    run calls it as it ends, failed or not): each call of its own cost ~3 ms in a sqlite store, 0.85 s of a
+    270-epoch training's four curves (0.05 s batched). Each keeps the time it was logged at.
     """
 
     FLUSH_SECONDS = 5.0
