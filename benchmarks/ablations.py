@@ -175,7 +175,8 @@ def training_ablations(add, args, params, tables, faces) -> None:
         return sum(pairs[1:]) / (ticks[-1] - ticks[0])
 
     every_face, channels_first = before_objectives()
-    old = dataclasses.replace(params, input_height=56, input_width=46, channels=(16, 32, 64, 128))
+    old = dataclasses.replace(params, input_height=56, input_width=46,
+                              contrastive=dataclasses.replace(params.contrastive, channels=(16, 32, 64, 128)))
     # 3. each distinct face of a batch embedded once, at batch 64
     add("embed each distinct face once per batch (batch 64)", train_rate(old, 64, every_face), train_rate(old, 64),
         "pairs/s")
@@ -183,7 +184,7 @@ def training_ablations(add, args, params, tables, faces) -> None:
     add("channels-last tensors (56x46, widths 16-128)", train_rate(old, 64, channels_first), train_rate(old, 64),
         "pairs/s")
     # 5. backbone and input size
-    add(f"input {params.input_height}x{params.input_width}, widths {list(params.channels)} (was 56x46, 16-128)",
+    add(f"input {params.input_height}x{params.input_width}, widths {list(params.contrastive.channels)} (was 56x46, 16-128)",
         train_rate(old, 64), train_rate(params, 64), "pairs/s")
     # 6. bigger contrastive batches: more pairs share each face pass
     add(f"contrastive batch {params.batch_size} (was 64)", train_rate(params, 64),

@@ -322,13 +322,13 @@ class RecordingRun(NullRun):
 
 
 # The training recipe the training tests were written for, over params.yaml's train section: one network per
-# model trained on the CSVs (no mining), for the epochs train.epochs says, kept at its best validation loss with
+# model (two 3x3 blocks of 4 and 8 channels, for 16x16 faces) trained on the CSVs (no mining), for the epochs train.epochs says, kept at its best validation loss with
 # early stopping, fixed pixel normalisation, no border trimming, no blur.
 TINY_RECIPE = {
     "normalization": "fixed", "trim_borders": False, "lr_schedule": "constant", "patience": 5, "keep": "best",
     "augmentation": {"max_blur": 0.0},
-    "contrastive": {"epochs": 0, "mining": "none", "people_per_batch": 16, "members": 1},
-    "triplet": {"margin": 0.2, "epochs": 0, "members": 1},
+    "contrastive": {"epochs": 0, "mining": "none", "people_per_batch": 16, "members": 1, "channels": [4, 8]},
+    "triplet": {"margin": 0.2, "epochs": 0, "members": 1, "channels": [4, 8]},
 }
 
 
@@ -340,7 +340,7 @@ def tiny_train_params(**changes):
 
     from facesim.training.train_params import TrainParams
 
-    base = repo_params(TrainParams, "train", device="cpu", input_height=16, input_width=16, channels=[4, 8],
+    base = repo_params(TrainParams, "train", device="cpu", input_height=16, input_width=16,
                        embedding_dim=8, augment=False, **TINY_RECIPE)
     return dataclasses.replace(base, **changes)
 
@@ -469,12 +469,12 @@ def tiny_pipeline_params(digest: str) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["fetch"]["digest"] = digest
     params["train"].update(
-        input_height=16, input_width=16, channels=[4, 8], embedding_dim=8, epochs=2, batch_size=32,
+        input_height=16, input_width=16, embedding_dim=8, epochs=2, batch_size=32,
         device="cpu",
     )
     params["runtime"]["threads"] = 1
-    params["train"]["triplet"].update(people_per_batch=4, faces_per_person=3, epochs=0, members=2)
-    params["train"]["contrastive"].update(people_per_batch=4, faces_per_person=3, epochs=0, members=1)
+    params["train"]["triplet"].update(people_per_batch=4, faces_per_person=3, epochs=0, members=2, channels=[4, 8])
+    params["train"]["contrastive"].update(people_per_batch=4, faces_per_person=3, epochs=0, members=1, channels=[4, 8])
     params["render"]["dpi"] = 40
     params["cv"].update(folds=[1, 2], seeds=[1], train={"epochs": 1, "triplet": {"epochs": 1}})
     # 2 validation people of 10 faces: 100 different-person pairs resolve a target FAR of 1/20

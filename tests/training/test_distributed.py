@@ -254,7 +254,7 @@ def test_the_train_stage_starts_itself_under_torchrun(tmp_path):
     _, _, _ = tiny_training_data(tmp_path)
     samples = write_tiny_samples(faces, tmp_path / "samples")
     train = merge(yaml.safe_load((REPO / "params.yaml").read_text())["train"], {
-        **TINY_RECIPE, "device": "cpu", "processes": 2, "input_height": 16, "input_width": 16, "channels": [4, 8],
+        **TINY_RECIPE, "device": "cpu", "processes": 2, "input_height": 16, "input_width": 16,
         "embedding_dim": 8, "augment": True, "epochs": 2, "batch_size": 16,
         "contrastive": {**TINY_RECIPE["contrastive"], "mining": "all", "people_per_batch": 4}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": train, "runtime": {"threads": 1},

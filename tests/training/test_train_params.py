@@ -15,8 +15,8 @@ TINY = tiny_fit_params()
 
 
 def test_train_params_parse_from_a_section():
-    params = repo_params(TrainParams, "train", channels=[4, 8], lr="1e-2", triplet={"mining": "hard", "margin": 0.3})
-    assert params.channels == (4, 8) and params.lr == 0.01
+    params = repo_params(TrainParams, "train", lr="1e-2", triplet={"mining": "hard", "margin": 0.3, "channels": [4, 8]})
+    assert params.triplet.channels == (4, 8) and params.lr == 0.01
     assert params.triplet.mining == "hard" and params.triplet.margin == 0.3
     repo = repo_params(TrainParams, "train")
     assert params.triplet.people_per_batch == repo.triplet.people_per_batch  # the keys not given stay
@@ -43,7 +43,9 @@ def test_train_params_parse_from_a_section():
         ({"contrastive": {"faces_per_person": 1}}, "train.contrastive.faces_per_person"),
         ({"contrastive": {"mining": "hard"}}, "train.contrastive.mining"),
         ({"triplet": {"members": 0}}, "train.triplet.members"),
-        ({"channels": [4, 0]}, "train.channels"),
+        ({"contrastive": {"channels": [4, 0]}}, "train.contrastive.channels"),
+        ({"triplet": {"channels": []}}, "train.triplet.channels"),
+        ({"channels": [4, 8]}, "train.channels"),  # each loss has its own
         ({"input_height": 8}, "train.input_height"),
         ({"lr_schedule": "step"}, "train.lr_schedule"),
         ({"augmentation": {"max_scale": 1.0}}, "train.augmentation.max_scale"),
@@ -79,18 +81,20 @@ def test_fp16_needs_cuda_when_training_starts():
 
 def test_resolved_config_holds_the_models_loss_only():
     resolved = TINY.resolved("triplet")
-    assert resolved["model"] == "triplet" and resolved["loss"] == dataclasses.asdict(TINY.triplet)
+    assert resolved["model"] == "triplet" and resolved["loss"] == {**dataclasses.asdict(TINY.triplet), "channels": [4, 8]}
     assert "contrastive" not in resolved and "triplet" not in resolved
-    assert resolved["channels"] == [4, 8]
+    assert resolved["loss"]["channels"] == [4, 8] and "channels" not in resolved
     with pytest.raises(ParamsError, match="unknown model 'siamese'"):
         TINY.resolved("siamese")
 
 
-def test_each_model_takes_its_own_epoch_limit_normalisation_and_members():
-    params = dataclasses.replace(TINY, epochs=30, triplet=dataclasses.replace(TINY.triplet, epochs=60, members=3))
+def test_each_model_takes_its_own_epoch_limit_normalisation_members_and_widths():
+    params = dataclasses.replace(TINY, epochs=30, triplet=dataclasses.replace(TINY.triplet, epochs=60, members=3,
+                                                                              channels=(2, 6)))
     assert (params.max_epochs("triplet"), params.max_epochs("contrastive")) == (60, 30)  # 0: train.epochs
     assert params.model_config("triplet").normalize and not params.model_config("contrastive").normalize
     assert (params.model_config("triplet").members, params.model_config("contrastive").members) == (3, 1)
+    assert (params.model_config("triplet").channels, params.model_config("contrastive").channels) == ((2, 6), (4, 8))
     preprocess = dataclasses.replace(TINY, normalization="per_image", trim_borders=True).preprocess()
     assert (preprocess.height, preprocess.width, preprocess.normalization, preprocess.trim_borders) == (
         16, 16, "per_image", True)

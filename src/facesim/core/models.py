@@ -37,7 +37,7 @@ class ModelConfig:
     """Shape of the embedding network; saved in checkpoints via to_dict().
 
     Its values are the train params' (`TrainParams.model_config`: the train section of params.yaml, the
-    model's loss section giving `normalize` and `members`) or a checkpoint's (`from_dict`); it has no
+    model's loss section giving `normalize`, `members` and `channels`) or a checkpoint's (`from_dict`); it has no
     defaults of its own. `validate` is where the network's keys are checked, for both.
     """
 
@@ -57,8 +57,8 @@ class ModelConfig:
     frozen_blocks: int
 
     def validate(self, section: str = "train", loss_section: str | None = None) -> None:
-        """Raise ValueError naming the first bad field as `{section}.{field}` (`normalize` and `members`, which
-        each loss sets in params.yaml, as `{loss_section}.{field}` when it is given)."""
+        """Raise ValueError naming the first bad field as `{section}.{field}` (`normalize`, `members` and
+        `channels`, which each loss sets in params.yaml, as `{loss_section}.{field}` when it is given)."""
         own = loss_section or section
         if self.backbone not in BACKBONES:
             raise ValueError(
@@ -74,7 +74,7 @@ class ModelConfig:
             or not all(_is_positive_int(width) for width in self.channels)
         ):
             raise ValueError(
-                f"{section}.channels must be a non-empty tuple of positive integers, "
+                f"{own}.channels must be a non-empty list of positive integers, "
                 f"got {self.channels!r}"
             )
         if not _is_positive_int(self.convs_per_block):

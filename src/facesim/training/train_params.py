@@ -6,8 +6,8 @@ one resolved config dict per model (`resolved`) to MLflow, the checkpoint and
 the metrics.
 
 The dataclasses declare the keys, their types and ranges; every value is params.yaml's (no defaults here:
-tests/test_params_yaml.py). The network's keys (backbone ... frozen_blocks, and each loss's normalize and
-members) are checked where the network is: `ModelConfig.validate`.
+tests/test_params_yaml.py). The network's keys (backbone ... frozen_blocks, and each loss's normalize,
+members and channels) are checked where the network is: `ModelConfig.validate`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class ContrastiveParams:
     people_per_batch: int
     faces_per_person: int
     members: int  # an ensemble of this many networks, each trained with its own seed
+    channels: tuple[int, ...]  # compact backbone: width of each conv block of each member
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class TripletParams:
     people_per_batch: int
     faces_per_person: int
     members: int  # an ensemble of this many networks, each trained with its own seed
+    channels: tuple[int, ...]  # compact backbone: width of each conv block of each member
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,6 @@ class TrainParams:
     pretrained: str  # torchvision backbones: starting weights (none or imagenet)
     frozen_blocks: int  # torchvision backbones: early blocks kept at their starting weights
     embedding_dim: int
-    channels: tuple[int, ...]  # compact backbone: width of each conv block
     convs_per_block: int  # compact backbone: 3x3 convs per block
     input_height: int
     input_width: int
@@ -132,7 +133,7 @@ class TrainParams:
             embedding_dim=self.embedding_dim,
             input_height=self.input_height,
             input_width=self.input_width,
-            channels=tuple(self.channels),
+            channels=tuple(self.loss_params(model).channels),
             convs_per_block=self.convs_per_block,
             normalize=self.loss_params(model).normalize,
             members=self.loss_params(model).members,
@@ -158,8 +159,9 @@ class TrainParams:
     def resolved(self, model: str) -> dict[str, Any]:
         """The one config dict of a run: MLflow params, checkpoint and metrics file get this."""
         common = {k: v for k, v in asdict(self).items() if k not in MODELS}
-        common["channels"] = list(self.channels)
-        return {"model": model, **common, "loss": asdict(self.loss_params(model))}
+        loss = asdict(self.loss_params(model))
+        loss["channels"] = list(loss["channels"])  # a plain list, as JSON and YAML write it
+        return {"model": model, **common, "loss": loss}
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
