@@ -60,10 +60,30 @@ def test_pairwise_euclidean_matches_torch_cdist_with_zero_diagonal():
     assert torch.allclose(matrix, torch.cdist(x, x), atol=1e-6)
 
 
+def test_pairwise_euclidean_of_a_3_4_5_triangle_and_its_gradient_by_hand():
+    x = torch.tensor([[0.0, 0.0], [3.0, 0.0], [3.0, 4.0]], requires_grad=True)
+    matrix = pairwise_euclidean(x)
+    assert torch.equal(matrix.detach(), torch.tensor([[0.0, 3.0, 5.0], [3.0, 0.0, 4.0], [5.0, 4.0, 0.0]]))
+    matrix.sum().backward()
+    # d(sum)/d(row i) = 2 * sum over j of (x_i - x_j) / d_ij (each distance appears twice)
+    expected = 2 * torch.tensor([[-1.0 - 3 / 5, -4 / 5], [1.0 + 0.0, -1.0], [3 / 5 + 0.0, 4 / 5 + 1.0]])
+    assert torch.allclose(x.grad, expected, atol=1e-6)
+
+
+def test_pairwise_euclidean_roots_are_correctly_rounded():
+    # integer rows: every sum of squares is exact in float32, so each distance must be the float32 nearest
+    # the true root (torch.sqrt's refined estimate misses 1 in 5 on some CPUs)
+    x = torch.randint(-300, 300, (64, 5), generator=torch.Generator().manual_seed(1)).float()
+    squares = ((x.double().unsqueeze(1) - x.double().unsqueeze(0)) ** 2).sum(dim=2)
+    assert torch.equal(pairwise_euclidean(x), torch.sqrt(squares).float())
+
+
 def test_pairwise_euclidean_gradient_is_finite_for_duplicate_rows():
     x = torch.tensor([[1.0, 2.0], [1.0, 2.0], [0.0, 0.0]], requires_grad=True)
     pairwise_euclidean(x).sum().backward()
     assert torch.isfinite(x.grad).all()
+    # the two equal rows pull each other nowhere: only the third row's distances move them
+    assert torch.allclose(x.grad[0], 2 * torch.tensor([1.0, 2.0]) / 5 ** 0.5)
 
 
 def test_pairwise_euclidean_rejects_non_matrix():
