@@ -47,16 +47,30 @@ def embed_speed(root: Path, backbone: str, loss: str) -> str:
     return f"{next(r['embed_files_per_s'] for r in rows if r['system'] == loss):,.0f}"
 
 
+def ensemble(root: Path, backbone: str, loss: str) -> str:
+    """'4 x widths 8-64' (compact networks) or '3 heads' (on dlib's descriptor): the model's members, as
+    params.yaml trains them (the train section with backbones.<backbone> over it)."""
+    from facesim.training.train_params import load_train_params
+
+    train = load_train_params(root / "params.yaml", backbone)
+    own = train.loss_params(loss)
+    if train.backbone == "dlib":
+        return f"{own.members} heads"
+    if train.backbone == "compact":
+        return f"{own.members} x widths {own.channels[0]}-{own.channels[-1]}"
+    return f"{own.members} x {train.backbone}"
+
+
 def results_table(root: Path = REPO) -> str:
     params = yaml.safe_load((root / "params.yaml").read_text())
     target = params["evaluate"]["target_far"]
-    lines = [f"| model | CV EER | FRR at the {target * 100:g}% FAR target (FAR realised) | TAR at FAR 0.1% "
+    lines = [f"| model (its members) | CV EER | FRR at the {target * 100:g}% FAR target (FAR realised) | TAR at FAR 0.1% "
              "| worst robustness change, same-person acceptance | embed faces/s |",
              "|---|---|---|---|---|---|"]
     for backbone in params["pipeline"]["backbones"]:
         for loss in LOSSES:
             cv = json.loads((root / f"reports/cv/{backbone}/{loss}.json").read_text())
-            lines.append(f"| {backbone}-{loss} | {_percent(cv['eer'])} | {_percent(cv['frr'])} ({_percent(cv['far'])}) "
+            lines.append(f"| {backbone}-{loss} ({ensemble(root, backbone, loss)}) | {_percent(cv['eer'])} | {_percent(cv['frr'])} ({_percent(cv['far'])}) "
                          f"| {cv['tar_at_far_1e-3']:.3f} | {worst_change(root / f'reports/plots/{backbone}-{loss}/robustness.csv')} "
                          f"| {embed_speed(root, backbone, loss)} |")
     return "\n".join(lines)
@@ -67,7 +81,7 @@ def cv_table(root: Path = REPO) -> str:
     and, of its runs (reports/cv/<backbone>/folds/<loss>/), how many kept the calibration gap within 1 point."""
     params = yaml.safe_load((root / "params.yaml").read_text())
     target = f"{params['evaluate']['target_far'] * 100:g}%"
-    lines = ["| model (3 members) | EER (± std over 15 runs; ± seed spread) | ROC AUC | precision@1 | precision@5 | mAP "
+    lines = ["| model (its members) | EER (± std over 15 runs; ± seed spread) | ROC AUC | precision@1 | precision@5 | mAP "
              f"| FAR / FRR at the {target} target | TAR at FAR 1% / 0.1% | worst calibration gap | runs within 1 point "
              "| EER per fold |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -79,7 +93,7 @@ def cv_table(root: Path = REPO) -> str:
                     for path in sorted((root / f"reports/cv/{backbone}/folds/{loss}").glob("*.json"))]
             folds = " / ".join(_percent(value) for _, value in sorted(details["fold_eer"].items()))
             lines.append(
-                f"| {backbone}-{loss} | {_percent(mean['eer'])} ± {_percent(std['eer'])}; ± {seeds['eer'] * 100:.3f}% "
+                f"| {backbone}-{loss} ({ensemble(root, backbone, loss)}) | {_percent(mean['eer'])} ± {_percent(std['eer'])}; ± {seeds['eer'] * 100:.3f}% "
                 f"| {mean['roc_auc']:.5f} | {mean['precision_at_1']:.3f} | {mean['precision_at_5']:.3f} | {mean['map']:.4f} "
                 f"| {_percent(mean['far'])} / {_percent(mean['frr'])} "
                 f"| {mean['tar_at_far_1e-2']:.3f} / {mean['tar_at_far_1e-3']:.3f} "
