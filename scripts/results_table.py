@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import sys
 from pathlib import Path
@@ -47,12 +48,18 @@ def embed_speed(root: Path, backbone: str, loss: str) -> str:
     return f"{next(r['embed_files_per_s'] for r in rows if r['system'] == loss):,.0f}"
 
 
+@functools.cache
+def _train_params(root: Path, backbone: str):
+    """The train section with backbones.<backbone> over it, read once per backbone for both tables."""
+    from facesim.training.train_params import load_train_params
+
+    return load_train_params(root / "params.yaml", backbone)
+
+
 def ensemble(root: Path, backbone: str, loss: str) -> str:
     """'4 x widths 8-64' (compact networks) or '3 heads' (on dlib's descriptor): the model's members, as
     params.yaml trains them (the train section with backbones.<backbone> over it)."""
-    from facesim.training.train_params import load_train_params
-
-    train = load_train_params(root / "params.yaml", backbone)
+    train = _train_params(root, backbone)
     own = train.loss_params(loss)
     if train.backbone == "dlib":
         return f"{own.members} heads"
