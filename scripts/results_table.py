@@ -97,7 +97,7 @@ def cv_table(root: Path = REPO) -> str:
             details = json.loads((root / f"reports/cv/{backbone}/{loss}_details.json").read_text())
             mean, std, seeds = details["mean"], details["std"], details["seed_std"]
             gaps = [json.loads(path.read_text())["calibration_gap"]
-                    for path in sorted((root / f"reports/cv/{backbone}/folds/{loss}").glob("*.json"))]
+                    for path in sorted((root / f"reports/cv/{backbone}/folds/{loss}").rglob("*.json"))]
             folds = " / ".join(_percent(value) for _, value in sorted(details["fold_eer"].items()))
             lines.append(
                 f"| {backbone}-{loss} ({ensemble(root, backbone, loss)}) | {_percent(mean['eer'])} ± {_percent(std['eer'])}; ± {seeds['eer'] * 100:.3f}% "

@@ -35,7 +35,7 @@ STAGES = ["fetch", "sample",
           *(f"render@{backbone}" for backbone in BACKBONES)]
 # the cross-validation pipeline of the copy: 2 backbones x 2 models x 2 folds x 1 seed, then the summaries
 CV_BACKBONES = BACKBONES
-CV_STAGES = ([f"fold@{backbone}-{model}-{fold}-1" for backbone in CV_BACKBONES for model in ("contrastive", "triplet")
+CV_STAGES = ([f"fold@{backbone}-{model}-{fold}" for backbone in CV_BACKBONES for model in ("contrastive", "triplet")
               for fold in (1, 2)]
              + [f"summary@{backbone}-{model}" for backbone in CV_BACKBONES for model in ("contrastive", "triplet")])
 
@@ -131,10 +131,10 @@ def test_cross_validation_is_a_pipeline_of_its_own(pipeline: dict) -> None:
     for backbone in CV_BACKBONES:
         for model in ("contrastive", "triplet"):
             for fold in (1, 2):
-                row = json.loads((repo / f"reports/cv/{backbone}/folds/{model}/fold{fold}-seed1.json").read_text())
+                row = json.loads((repo / f"reports/cv/{backbone}/folds/{model}/fold{fold}/seed1.json").read_text())
                 assert (row["model"], row["fold"], row["seed"]) == (model, fold, 1)
                 assert row["target_far"] == 0.05 and row["calibration_far"] <= 0.05
-                assert (repo / f"reports/cv/{backbone}/roc/{model}/fold{fold}-seed1.csv").stat().st_size > 0
+                assert (repo / f"reports/cv/{backbone}/roc/{model}/fold{fold}/seed1.csv").stat().st_size > 0
             details = json.loads((repo / f"reports/cv/{backbone}/{model}_details.json").read_text())
             assert details["runs"] == 2
             assert f"reports/cv/{backbone}/{model}.json" in files  # `dvc metrics show` lists it
@@ -175,6 +175,7 @@ def test_one_mlflow_run_per_stage(pipeline: dict) -> None:
     parents = {r.data.tags["mlflow.parentRunId"] for r in folds}
     assert len(folds) == 8 and len(parents) == 2
     assert {r.data.params["seed"] for r in folds} == {"1"}  # the fold's training seed (cv.seeds), not train.seed
+    assert {r.info.run_name for r in folds} == {f"{stage}-seed1" for stage in CV_STAGES if stage.startswith("fold@")}
     for parent in map(client.get_run, parents):
         assert parent.info.run_name == "cv" and "triplet.mean.eer" in parent.data.metrics
     by_name = {r.info.run_name: r for r in runs}

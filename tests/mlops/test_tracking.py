@@ -166,7 +166,8 @@ def test_grouped_runs_share_one_parent_and_a_summary_logs_into_it(store: str, ml
     assert key != group_key({"cv": {"seed": 2}, "train": {"lr": 0.001}})
     children = []
     for fold in (1, 2):
-        with stage_run("cv_fold", {"fold": fold}, root=mlflow_store, group=key, group_name="cv") as run:
+        with stage_run("cv_fold", {"fold": fold}, root=mlflow_store, group=key, group_name="cv",
+                       name_suffix=f"-seed{fold}") as run:
             run.log_metrics({"eer": 0.1 * fold})
         children.append(run.run_id)
     with stage_run("cv_summary", {"folds": 2}, root=mlflow_store, group=key, group_name="cv",
@@ -180,6 +181,9 @@ def test_grouped_runs_share_one_parent_and_a_summary_logs_into_it(store: str, ml
     assert parent.info.run_name == "cv" and parent.data.tags[GROUP_TAG] == key
     assert parent.info.status == "FINISHED" and parent.data.metrics == {"mean_eer": 0.15}
     assert [client.get_run(child).data.metrics for child in children] == [{"eer": 0.1}, {"eer": 0.2}]
+    # the suffix tells apart the runs of one stage; the stage tag stays the stage's
+    assert [client.get_run(child).info.run_name for child in children] == ["cv_fold-seed1", "cv_fold-seed2"]
+    assert {client.get_run(child).data.tags["dvc_stage"] for child in children} == {"cv_fold"}
 
 
 def test_metrics_with_a_step_are_written_in_batches_with_their_steps_and_times(store: str, mlflow_store: Path,

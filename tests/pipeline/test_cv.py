@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -14,8 +15,8 @@ from helpers import RecordingRun, repo_params, tiny_fit_params, write_faces_dir
 from facesim.core.metrics import equal_error_rate, roc_auc
 from facesim.core.retrieval import retrieval_metrics
 from facesim.core.params import ParamsError
-from facesim.pipeline.cv import (calibration_gap, fold_tables, run_fold, subject_folds, unseen_metrics,
-                                 validation_faces, write_fold)
+from facesim.pipeline.cv import (calibration_gap, fold_tables, load_fold, run_fold, run_fold_seeds, subject_folds,
+                                 unseen_metrics, validation_faces, write_fold)
 from facesim.pipeline.cv_params import CVParams
 from facesim.pipeline.faces import list_faces
 
@@ -103,10 +104,14 @@ def fold_faces(tmp_path_factory: pytest.TempPathFactory):
     return faces_dir, list_faces(faces_dir, "training") + list_faces(faces_dir, "testing")
 
 
-def fold(fold_faces, number: int = 2, seed: int = 1):
+def fold_data(fold_faces, number: int = 2):
     faces_dir, faces = fold_faces
+    return load_fold(FOLD_CV, FOLD_TRAIN, number, faces, faces_dir)
+
+
+def fold(fold_faces, number: int = 2, seed: int = 1):
     # 2 validation people of 6 faces: 36 different-person pairs resolve a FAR of 1/20
-    return run_fold(FOLD_CV, FOLD_TRAIN, "triplet", number, seed, faces, faces_dir, target_far=0.05,
+    return run_fold(FOLD_CV, FOLD_TRAIN, "triplet", fold_data(fold_faces, number), seed, target_far=0.05,
                     log=lambda line: None)
 
 
@@ -155,18 +160,18 @@ def test_fold_validation_people_are_neither_trained_on_nor_tested(tmp_path: Path
     assert not calibration_people & {"s1", "s2"}
 
 
-def test_run_fold_refuses_a_fold_beyond_the_groups(tmp_path: Path):
+def test_load_fold_refuses_a_fold_beyond_the_groups(tmp_path: Path):
     faces_dir = write_faces_dir(tmp_path / "faces")
     faces = list_faces(faces_dir, "training")
     with pytest.raises(ParamsError, match="fold 4"):
-        run_fold(cv_params(subject_groups=3, folds=(1, 2, 3)), TINY, "triplet", 4, 1, faces, faces_dir)
+        load_fold(cv_params(subject_groups=3, folds=(1, 2, 3)), TINY, 4, faces, faces_dir)
 
 
-def test_run_fold_stops_before_any_work_without_the_imagenet_weights(tmp_path: Path, monkeypatch):
+def test_load_fold_stops_before_any_work_without_the_imagenet_weights(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     train = dataclasses.replace(TINY, backbone="efficientnet_b0", pretrained="imagenet")
     with pytest.raises(FileNotFoundError, match=r"train.pretrained: imagenet needs .*efficientnet_b0_rwightman"):
-        run_fold(cv_params(subject_groups=3, folds=(1, 2, 3)), train, "triplet", 1, 1, [], tmp_path / "no_faces")
+        load_fold(cv_params(subject_groups=3, folds=(1, 2, 3)), train, 1, [], tmp_path / "no_faces")
 
 
 def test_write_fold_writes_and_logs_the_metrics_and_the_roc_points(fold2_seed1, tmp_path: Path):
@@ -179,3 +184,43 @@ def test_write_fold_writes_and_logs_the_metrics_and_the_roc_points(fold2_seed1, 
     assert [set(logged) for logged, _ in run.metrics] == [set(fold2_seed1.metrics) - {"model"},
                                                           {"epochs_run", "seconds"}]
     assert [(path.name, folder) for path, folder in run.artifacts] == [("fold2-seed1.csv", "plots")]
+
+
+def test_run_fold_seeds_runs_every_seed_in_its_own_run_and_writes_one_file_each(fold_faces, fold2_seed1,
+                                                                                 tmp_path: Path):
+    runs: list[tuple[int, RecordingRun]] = []
+
+    @contextlib.contextmanager
+    def open_run(seed: int):
+        runs.append((seed, RecordingRun()))
+        yield runs[-1][1]
+
+    results = run_fold_seeds(FOLD_CV, FOLD_TRAIN, "triplet", fold_data(fold_faces), tmp_path / "folds" / "fold2",
+                             tmp_path / "roc" / "fold2", target_far=0.05, open_run=open_run, log=lambda line: None)
+    assert [r.metrics["seed"] for r in results] == [seed for seed, _ in runs] == list(FOLD_CV.seeds) == [1, 2]
+    # the same numbers as the fold run alone: the seeds of one process do not disturb each other
+    assert results[0].metrics == fold2_seed1.metrics
+    assert sorted(p.name for p in (tmp_path / "folds" / "fold2").iterdir()) == ["seed1.json", "seed2.json"]
+    assert sorted(p.name for p in (tmp_path / "roc" / "fold2").iterdir()) == ["seed1.csv", "seed2.csv"]
+    for result, (seed, run) in zip(results, runs):
+        assert json.loads((tmp_path / "folds" / "fold2" / f"seed{seed}.json").read_text()) == json.loads(
+            json.dumps(result.metrics))
+        assert [(path.name, folder) for path, folder in run.artifacts] == [(f"seed{seed}.csv", "plots")]
+
+
+def test_run_fold_seeds_writes_nothing_when_a_later_seed_fails(fold_faces, tmp_path: Path):
+    (tmp_path / "folds" / "fold2").mkdir(parents=True)
+    (tmp_path / "folds" / "fold2" / "seed1.json").write_text("the previous run's")
+
+    @contextlib.contextmanager
+    def open_run(seed: int):
+        if seed == 2:
+            raise RuntimeError("the store went away")
+        yield RecordingRun()
+
+    with pytest.raises(RuntimeError, match="the store went away"):
+        run_fold_seeds(FOLD_CV, FOLD_TRAIN, "triplet", fold_data(fold_faces), tmp_path / "folds" / "fold2",
+                       tmp_path / "roc" / "fold2", target_far=0.05, open_run=open_run, log=lambda line: None)
+    assert [p.name for p in (tmp_path / "folds" / "fold2").iterdir()] == ["seed1.json"]
+    assert (tmp_path / "folds" / "fold2" / "seed1.json").read_text() == "the previous run's"
+    assert not (tmp_path / "roc").exists() or not any((tmp_path / "roc").rglob("*.csv"))

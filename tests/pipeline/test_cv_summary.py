@@ -44,7 +44,7 @@ def test_summarise_folds_by_hand():
 
 def write_fold_files(folder: Path, rows: list[dict]) -> None:
     for row in rows:
-        path = folder / row["model"] / f"fold{row['fold']}-seed{row['seed']}.json"
+        path = folder / row["model"] / f"fold{row['fold']}" / f"seed{row['seed']}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(row))
 

@@ -193,13 +193,15 @@ def stage_run(
     group: str | None = None,
     group_name: str | None = None,
     into_group: bool = False,
+    name_suffix: str = "",
 ) -> Iterator[MlflowRun]:
     """Open the MLflow run of one stage execution, in experiment 'facesim'.
 
-    The run is named after the DVC stage (DVC_STAGE, e.g. 'train@triplet'),
-    logs `params` and is tagged with the git commit and the stage. It is
-    opened before the stage does any work, so an unreachable store fails the
-    stage before it touches its outputs. A stage that raises ends its run as
+    The run is named after the DVC stage (DVC_STAGE, e.g. 'train@triplet')
+    followed by `name_suffix` (a stage that opens one run per training seed
+    tells them apart by it), logs `params` and is tagged with the git commit
+    and the stage. It is opened before the stage does any work, so an
+    unreachable store fails the stage before it touches its outputs. A stage that raises ends its run as
     FAILED. SIGTERM (which DVC sends its stage to stop it) raises `StageKilled`
     in the main thread while the run is open; that and KeyboardInterrupt (Ctrl-C,
     SIGINT) end the run as KILLED and propagate, so the process still exits
@@ -237,11 +239,11 @@ def stage_run(
         # Set with the run itself, so that even a run killed at once names its process.
         owner = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
         if group is None:
-            active = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=owner)
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=name + name_suffix, tags=owner)
         else:
             parent = _group_parent(mlflow, experiment_id, group, group_name or stage)
             active = (mlflow.start_run(run_id=parent, tags=owner) if into_group else
-                      mlflow.start_run(experiment_id=experiment_id, run_name=name,
+                      mlflow.start_run(experiment_id=experiment_id, run_name=name + name_suffix,
                                        tags={"mlflow.parentRunId": parent, **owner}))
     except Exception as exc:  # MLflow raises many types; all mean the same to a stage
         raise TrackingError(f"cannot open an MLflow run in {uri}: {exc}") from exc

@@ -6,18 +6,21 @@ models apart. Here the 40 subjects are shuffled (seeded by `cv.seed`) into
 people (pairs and triplets drawn and split train/validation exactly as the
 sample stage does), calibrates its threshold on its validation people exactly
 as the evaluate stage does, and scores every unordered pair and every
-retrieval query among group k's faces. Each (model, fold, training seed) is
-one DVC stage of `cv/dvc.yaml` (`run_fold`, `write_fold`); `facesim.pipeline.cv_summary` gathers them.
+retrieval query among group k's faces. Each (backbone, model, fold) is one DVC
+stage of `cv/dvc.yaml` that trains and scores it once per training seed in one
+process (`run_fold_seeds`); `facesim.pipeline.cv_summary` gathers them.
 Its params: `facesim.pipeline.cv_params`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -123,53 +126,94 @@ class FoldResult:
     seconds: float  # wall-clock time of the fold, for MLflow only (it differs on every run)
 
 
+@dataclass(frozen=True)
+class FoldData:
+    """One fold's faces, loaded once and shared by all its training seeds."""
+
+    fold: int
+    tables: dict[str, pd.DataFrame]  # the pairs and triplets of the seen people (`fold_tables`)
+    seen: FaceSet  # every face of the other groups' people: what the model trains (and validates) on
+    calibration: FaceSet  # the faces of the validation pairs: the threshold is calibrated on these people
+    training: FaceSet  # the seen faces that are not calibration faces
+    test: FaceSet  # the faces of the held-out group's people: scored
+
+
+def load_fold(cv: CVParams, train: TrainParams, fold: int, faces: list[Face],
+              faces_dir: str | os.PathLike) -> FoldData:
+    """Fold `fold`'s split of `faces` (every person of the data) and its faces, preprocessed as `train`'s backbone
+    needs them."""
+    require_backbone(train)  # a missing ImageNet file or dlib stops the fold before any work
+    split = fold_split(cv, fold, faces)  # whatever the training seed: all seeds of a fold share it
+    everyone = FaceSet.load(faces_dir, [f.path for f in faces], train.preprocess())
+    calibration = everyone.subset(validation_faces(split.tables))
+    return FoldData(fold=fold, tables=split.tables, seen=everyone.subset([f.path for f in split.seen]),
+                    calibration=calibration,
+                    training=everyone.subset(sorted({f.path for f in split.seen} - set(calibration.paths))),
+                    test=everyone.subset([f.path for f in split.unseen]))
+
+
 def run_fold(
     cv: CVParams,
     train: TrainParams,
     model_name: str,
-    fold: int,
+    data: FoldData,
     seed: int,
-    faces: list[Face],
-    faces_dir: str | os.PathLike,
     target_far: float | None = 0.004,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> FoldResult:
-    """Train `model_name` with training seed `seed` on every group but `fold`'s, calibrate its threshold on
-    the fold's validation people for `target_far` (None: the best accuracy), and score it on that group."""
-    require_backbone(train)  # a missing ImageNet file or dlib stops the fold before any work
-    split = fold_split(cv, fold, faces)  # whatever the training seed: all seeds of a fold share it
-    tables = split.tables
+    """Train `model_name` with training seed `seed` on every group but the fold's (`data`, from `load_fold`),
+    calibrate its threshold on the fold's validation people for `target_far` (None: the best accuracy), and
+    score it on the held-out group."""
     params = replace(train, seed=seed, processes=1)  # a fold trains in one process: folds run side by side
-    everyone = FaceSet.load(faces_dir, [f.path for f in faces], params.preprocess())
-    seen = everyone.subset([f.path for f in split.seen])
-    test = everyone.subset([f.path for f in split.unseen])
-    calibration = everyone.subset(validation_faces(tables))
-    training = everyone.subset(sorted({f.path for f in split.seen} - set(calibration.paths)))
-    unseen = {f.subject for f in split.unseen}
-
     started = time.perf_counter()
     # no validation after each epoch: a fold reads only the trained model (keep: last, no early stopping)
-    result = fit(model_name, params, tables, seen, log=lambda line: None, validate=False)
-    calibration_embeddings = embed_all(result.model, calibration.tensor).numpy()
-    calibration_people = np.asarray(calibration.subjects)
-    training_embeddings = embed_all(result.model, training.tensor).numpy()
+    result = fit(model_name, params, data.tables, data.seen, log=lambda line: None, validate=False)
+    calibration_embeddings = embed_all(result.model, data.calibration.tensor).numpy()
+    calibration_people = np.asarray(data.calibration.subjects)
+    training_embeddings = embed_all(result.model, data.training.tensor).numpy()
     calibration_distances, calibration_same = calibration_pairs(calibration_embeddings, calibration_people,
                                                                 target_far, training_embeddings)
     threshold = threshold_on_pairs(calibration_distances, calibration_same, target_far)
-    metrics, (distances, same) = unseen_metrics(embed_all(result.model, test.tensor).numpy(), test.subjects,
-                                                threshold, cv.retrieval_k)
+    metrics, (distances, same) = unseen_metrics(embed_all(result.model, data.test.tensor).numpy(),
+                                                data.test.subjects, threshold, cv.retrieval_k)
     # the FAR the threshold promised on its calibration pairs, and how far the unseen people's fell from it
     metrics.update(target_far=target_far,
                    calibration_far=verification_metrics(calibration_distances, calibration_same, threshold)["far"],
                    calibration_gap=calibration_gap(metrics, target_far))
     fpr, tpr, thresholds = roc_points(distances, same)
-    log(f"cv@{model_name} fold {fold} seed {seed} (unseen {', '.join(sorted(unseen))}): "
+    unseen = sorted(set(data.test.subjects))
+    log(f"cv@{model_name} fold {data.fold} seed {seed} (unseen {', '.join(unseen)}): "
         f"AUC {metrics['roc_auc']:.4f}  EER {metrics['eer']:.4f}  FAR {metrics['far']:.4f}  FRR {metrics['frr']:.4f}  "
         f"accuracy {metrics['accuracy']:.4f} "
         f"(best {metrics['best_accuracy']:.4f})  P@1 {metrics['precision_at_1']:.3f}  mAP {metrics['map']:.3f}")
-    return FoldResult(metrics={"model": model_name, "fold": fold, "seed": seed, **metrics},
+    return FoldResult(metrics={"model": model_name, "fold": data.fold, "seed": seed, **metrics},
                       roc=pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thresholds}),
                       epochs_run=len(result.history), seconds=time.perf_counter() - started)
+
+
+def run_fold_seeds(
+    cv: CVParams,
+    train: TrainParams,
+    model_name: str,
+    data: FoldData,
+    metrics_dir: str | os.PathLike,
+    roc_dir: str | os.PathLike,
+    target_far: float | None = 0.004,
+    open_run: Callable[[int], AbstractContextManager[Run]] = lambda seed: contextlib.nullcontext(NULL_RUN),
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> list[FoldResult]:
+    """The fold stage: `run_fold` once per training seed of `cv.seeds`, each inside its own run
+    (`open_run(seed)`), written as `seed<seed>.json` under `metrics_dir` and `seed<seed>.csv` under `roc_dir`.
+    Both folders appear only once every seed has run (all or none); one process for all seeds spares each
+    seed starting Python, torch and MLflow again."""
+    results = []
+    with staged_outputs(metrics_dir, roc_dir) as (metrics_staged, roc_staged):
+        for seed in cv.seeds:
+            with open_run(seed) as run:
+                result = run_fold(cv, train, model_name, data, seed, target_far, log)
+                write_fold(result, metrics_staged / f"seed{seed}.json", roc_staged / f"seed{seed}.csv", run)
+            results.append(result)
+    return results
 
 
 def write_fold(result: FoldResult, metrics_out: str | os.PathLike, roc_out: str | os.PathLike,
