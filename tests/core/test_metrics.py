@@ -7,6 +7,7 @@ from sklearn.metrics import (
     precision_score,
     recall_score,
     roc_auc_score,
+    roc_curve,
 )
 
 from helpers import modules_imported_by
@@ -44,6 +45,20 @@ def test_roc_auc_matches_sklearn():
     distances, labels = random_pairs(200)
     assert roc_auc(distances, labels) == pytest.approx(roc_auc_score(labels, -distances))
     assert isinstance(roc_auc(distances, labels), float)
+
+
+@pytest.mark.parametrize("n, decimals", [(2, 1), (3, 0), (50, 1), (997, 2), (5000, 3), (5000, 12)])
+def test_roc_points_and_auc_are_sklearns_bit_for_bit(n: int, decimals: int):
+    """The committed results were computed with scikit-learn: the numpy ROC must give the same bits, ties (rounded
+    distances) and collinear points (dropped for the AUC) included."""
+    rng = np.random.default_rng(n + decimals)
+    labels = np.r_[0, 1, rng.integers(0, 2, size=n - 2)]
+    distances = np.round(rng.normal(loc=1.0 - 0.3 * labels, scale=0.4), decimals)
+    fpr, tpr, thresholds = roc_points(distances, labels)
+    sk_fpr, sk_tpr, sk_thresholds = roc_curve(labels, -distances, drop_intermediate=False)
+    assert fpr.tobytes() == sk_fpr.tobytes() and tpr.tobytes() == sk_tpr.tobytes()
+    assert thresholds.tobytes() == (-sk_thresholds).tobytes()
+    assert roc_auc(distances, labels) == roc_auc_score(labels, -distances)
 
 
 def test_roc_points_report_thresholds_as_distances():

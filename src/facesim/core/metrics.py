@@ -54,28 +54,45 @@ def validate_embeddings(embeddings: np.ndarray, name: str = "embeddings") -> np.
     return embeddings
 
 
+def _roc_counts(distances: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false accepts, true accepts, distance) at each distinct distance, closest first: the counts of
+    scikit-learn's `roc_curve` bit for bit (its stable descending sort of the negated distance, float64
+    cumulative sums), without importing scikit-learn (0.6 s in every stage that scores pairs)."""
+    scores = -distances
+    order = len(scores) - 1 - np.argsort(scores[::-1], kind="stable")[::-1]  # descending, ties in their order
+    scores, same = scores[order], labels[order].astype(np.float64)
+    last = np.append(np.flatnonzero(np.diff(scores)), len(scores) - 1)  # the last pair of each distinct distance
+    accepted_same = np.cumsum(same)[last]
+    accepted_different = 1 + last.astype(np.float64) - accepted_same
+    return accepted_different, accepted_same, -scores[last]
+
+
 def roc_points(
     distances: np.ndarray, labels: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) of "same person when distance <= threshold".
+    """(fpr, tpr, thresholds) of "same person when distance <= threshold", one point per distinct distance.
 
-    The first threshold is -inf: nothing is predicted same there.
+    The first threshold is -inf: nothing is predicted same there. The same numbers as scikit-learn's
+    `roc_curve(labels, -distances, drop_intermediate=False)` with the thresholds negated back.
     """
     distances, labels = _validate_pairs(distances, labels, need_both_classes=True)
-    # imported here: scikit-learn takes seconds to import, which the render stage need not wait for
-    from sklearn.metrics import roc_curve
-
-    # sklearn wants higher = more positive, so score with the negated distance
-    fpr, tpr, score_thresholds = roc_curve(labels, -distances, drop_intermediate=False)
-    return fpr, tpr, -score_thresholds
+    fps, tps, thresholds = _roc_counts(distances, labels)
+    fps, tps = np.append(0.0, fps), np.append(0.0, tps)
+    return fps / fps[-1], tps / tps[-1], np.append(-np.inf, thresholds)
 
 
 def roc_auc(distances: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve; 1.0 when every same pair is closer than every different pair."""
-    distances, labels = _validate_pairs(distances, labels, need_both_classes=True)
-    from sklearn.metrics import roc_auc_score
+    """Area under the ROC curve; 1.0 when every same pair is closer than every different pair.
 
-    return float(roc_auc_score(labels, -distances))
+    scikit-learn's `roc_auc_score(labels, -distances)` bit for bit: the trapezoids of its ROC curve with the
+    points dropped that lie on a straight line between their neighbours."""
+    distances, labels = _validate_pairs(distances, labels, need_both_classes=True)
+    fps, tps, _ = _roc_counts(distances, labels)
+    if len(fps) > 2:
+        corners = np.concatenate([[True], np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), [True]])
+        fps, tps = fps[corners], tps[corners]
+    fps, tps = np.append(0.0, fps), np.append(0.0, tps)
+    return float(np.trapezoid(tps / tps[-1], fps / fps[-1]))
 
 
 def equal_error_rate(distances: np.ndarray, labels: np.ndarray) -> float:
