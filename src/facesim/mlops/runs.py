@@ -8,6 +8,7 @@ only it.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Mapping
@@ -106,7 +107,12 @@ class MlflowRun:
         """Write the metrics logged with a step that are still waiting."""
         while self._pending:
             batch, self._pending = self._pending[:self.FLUSH_METRICS], self._pending[self.FLUSH_METRICS:]
-            self._mlflow.MlflowClient().log_batch(self.run_id, metrics=batch)
+            self._client.log_batch(self.run_id, metrics=batch)
+
+    @functools.cached_property
+    def _client(self) -> Any:
+        """One client for all the run's batches, made at the first."""
+        return self._mlflow.MlflowClient()
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         path = Path(path)

@@ -128,15 +128,16 @@ class TrainParams:
         return self.loss_params(model).epochs or self.epochs
 
     def model_config(self, model: str) -> ModelConfig:
+        loss = self.loss_params(model)
         return ModelConfig(
             backbone=self.backbone,
             embedding_dim=self.embedding_dim,
             input_height=self.input_height,
             input_width=self.input_width,
-            channels=tuple(self.loss_params(model).channels),
+            channels=tuple(loss.channels),
             convs_per_block=self.convs_per_block,
-            normalize=self.loss_params(model).normalize,
-            members=self.loss_params(model).members,
+            normalize=loss.normalize,
+            members=loss.members,
             pretrained=self.pretrained,
             frozen_blocks=self.frozen_blocks,
         )
