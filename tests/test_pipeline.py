@@ -175,7 +175,9 @@ def test_one_mlflow_run_per_stage(pipeline: dict) -> None:
     parents = {r.data.tags["mlflow.parentRunId"] for r in folds}
     assert len(folds) == 8 and len(parents) == 2
     assert {r.data.params["seed"] for r in folds} == {"1"}  # the fold's training seed (cv.seeds), not train.seed
-    assert {r.info.run_name for r in folds} == {f"{stage}-seed1" for stage in CV_STAGES if stage.startswith("fold@")}
+    # one run per seed, named after its stage (DVC names a stage of cv/dvc.yaml run from the root with that prefix)
+    assert {r.info.run_name.removeprefix("cv/dvc.yaml:") for r in folds} == \
+        {f"{stage}-seed1" for stage in CV_STAGES if stage.startswith("fold@")}
     for parent in map(client.get_run, parents):
         assert parent.info.run_name == "cv" and "triplet.mean.eer" in parent.data.metrics
     by_name = {r.info.run_name: r for r in runs}
