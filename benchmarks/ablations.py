@@ -86,7 +86,7 @@ def run_ablations(args) -> dict:
     """Throughput of our contrastive model with one speed-up switched off at a time."""
     from facesim.core.data import FaceSet
     from facesim.core.params import load_section
-    from facesim.training.fit import seed_everything
+    from facesim.training.network import seed_everything
     from facesim.training.train_params import TrainParams
 
     tables, all_paths, _ = load_data(args)

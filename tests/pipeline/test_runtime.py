@@ -42,7 +42,7 @@ def test_pin_sets_the_kernels_threads_and_deterministic_algorithms(monkeypatch):
 def test_pinning_and_seeding_do_not_import_torchs_compiler() -> None:
     # torch.use_deterministic_algorithms imports torch._inductor (and dynamo): 1.8 s of every stage
     code = ("import sys, torch; from facesim.pipeline.runtime import RuntimeParams, pin_arithmetic; "
-            "from facesim.training.fit import seed_everything; pin_arithmetic(RuntimeParams(threads=1)); "
+            "from facesim.training.network import seed_everything; pin_arithmetic(RuntimeParams(threads=1)); "
             "seed_everything(0); print(torch.are_deterministic_algorithms_enabled(), "
             "torch.is_deterministic_algorithms_warn_only_enabled(), "
             "sorted(m for m in ('torch._inductor', 'torch._dynamo') if m in sys.modules))")

@@ -19,15 +19,8 @@ from facesim.core.data import FaceSet
 from facesim.core.embedding import embed_all
 from facesim.core.models import EnsembleNet
 from facesim.core.params import ParamsError
-from facesim.training.fit import (
-    HISTORY_COLUMNS,
-    EarlyStopping,
-    TrainResult,
-    fit,
-    join_members,
-    member_seed,
-    resolve_device,
-)
+from facesim.training.fit import fit, join_members, member_seed
+from facesim.training.network import HISTORY_COLUMNS, EarlyStopping, TrainResult, resolve_device
 from facesim.training.objectives import OBJECTIVES, ContrastiveObjective, Objective
 from facesim.training.train_params import TrainParams
 
@@ -284,11 +277,12 @@ def test_an_ensemble_is_its_members_trained_apart_side_by_side(data):
     result = run_fit(data, "triplet", params)
     _, _, faces = data
     assert isinstance(result.model, EnsembleNet) and len(result.model.members) == 3
-    # each member is exactly the single network its own seed trains
+    # each member is exactly the single network its own seed trains on one thread (members train one thread each)
+    torch.set_num_threads(1)
     for i, member in enumerate(result.model.members):
         alone = run_fit(data, "triplet", with_triplet(dataclasses.replace(params, seed=member_seed(params.seed, i)),
                                                       members=1))
-        assert torch.allclose(embed_all(member, faces.tensor), embed_all(alone.model, faces.tensor), atol=1e-6)
+        assert all(torch.equal(a, b) for a, b in zip(member.state_dict().values(), alone.model.state_dict().values()))
     # side by side, scaled so that squared distances are the members' mean
     whole = embed_all(result.model, faces.tensor)
     parts = [embed_all(m, faces.tensor) for m in result.model.members]
@@ -375,3 +369,38 @@ def test_early_stopping_and_keep_best_validate_anyway(data, monkeypatch, changes
     seen = scripted_validation(monkeypatch, [3.0, 2.0, 1.0])
     result = run_fit(data, "contrastive", dataclasses.replace(TINY, epochs=3, **changes), validate=False)
     assert len(seen) == 3 and result.history["val_loss"].tolist() == [3.0, 2.0, 1.0]
+
+
+def test_members_side_by_side_give_the_bits_of_members_in_turn(data):
+    """Two threads train two members at once, one thread each; one thread trains them in turn: the same numbers."""
+    params = dataclasses.replace(TINY, epochs=2, patience=0, keep="last")
+    params = dataclasses.replace(params, contrastive=dataclasses.replace(params.contrastive, members=3))
+    torch.set_num_threads(2)
+    side_by_side = run_fit(data, "contrastive", params)
+    assert torch.get_num_threads() == 2  # put back after training
+    torch.set_num_threads(1)
+    in_turn = run_fit(data, "contrastive", params)
+    first, second = side_by_side.model.state_dict(), in_turn.model.state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    pd.testing.assert_frame_equal(side_by_side.history.drop(columns="seconds"), in_turn.history.drop(columns="seconds"))
+
+
+def test_a_failing_member_stops_the_ensemble_with_its_error(data, monkeypatch):
+    params = dataclasses.replace(TINY, epochs=50, patience=0, keep="last")
+    params = dataclasses.replace(params, contrastive=dataclasses.replace(params.contrastive, members=2))
+    original, calls = ContrastiveObjective.train_loss, []
+
+    def train_loss(self, *args, **kwargs):  # the member whose thread comes second fails at its first step
+        calls.append(self)
+        if self is not calls[0]:
+            raise FloatingPointError("member 2 diverged")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContrastiveObjective, "train_loss", train_loss)
+    torch.set_num_threads(2)
+    with pytest.raises(FloatingPointError, match="member 2 diverged"):
+        run_fit(data, "contrastive", params)
+    # the other member gave up at its next step rather than training its 50 epochs
+    steps_per_epoch = sum(1 for _ in calls[0].batches(torch.Generator().manual_seed(0)))
+    assert sum(1 for objective in calls if objective is calls[0]) < 10 * steps_per_epoch
+    assert torch.get_num_threads() == 2

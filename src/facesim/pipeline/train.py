@@ -22,7 +22,8 @@ from facesim.mlops.runs import NULL_RUN, Run
 from facesim.mlops.tracking import stage_run
 from facesim.pipeline.faces import face_paths, load_tables
 from facesim.training.distributed import SINGLE, World, process_group, relaunch_if_needed
-from facesim.training.fit import TrainResult, fit, resolve_device
+from facesim.training.fit import fit
+from facesim.training.network import TrainResult, resolve_device
 from facesim.training.objectives import OBJECTIVES
 from facesim.training.train_params import TrainParams
 
