@@ -51,7 +51,8 @@ def systems_table(results: list[dict], info: dict, peak: dict, baseline_epochs: 
               f"RSS counts the pages it shares with the main process: an upper bound); ours: one process, no "
               f"workers; the memory ratio compares the main processes."
               + (f" Ensembles ({members} members): MFLOP/face and embedding count every member; training "
-                 "faces/s, s/epoch and rates count every member's face passes and epochs." if members else "")]
+                 "faces/s and rates count every member's face passes, in the wall-clock time of a second training "
+                 "without validation (the members train side by side); s/epoch is that time per epoch." if members else "")]
     return "\n".join(lines), warnings
 
 
