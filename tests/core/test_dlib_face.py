@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -99,6 +100,20 @@ def test_several_processes_describe_as_one_does(tmp_path: Path, monkeypatch: pyt
     assert two.found.tolist() == one.found.tolist() == [True] * 5 + [False]
     # and the cache the workers' results went into gives them back
     np.testing.assert_array_equal(dlib_face.describe(faces, cache=tmp_path / "two", processes=1).vectors, one.vectors)
+
+
+def test_workers_are_not_forked_from_this_process_and_die_on_sigterm():
+    # a stage's process runs other threads and raises on SIGTERM (facesim.mlops.tracking): a worker forked from it
+    # could inherit a held lock and a handler that keeps it alive through the pool's terminate
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        with dlib_face.worker_pool(2) as pool:
+            parents = set(pool.starmap(os.getppid, [()] * 4))
+            handlers = set(pool.starmap(signal.getsignal, [(signal.SIGTERM,)] * 4))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert os.getpid() not in parents
+    assert handlers == {signal.SIG_DFL}
 
 
 def test_processes_below_one_are_refused(cache: Path):

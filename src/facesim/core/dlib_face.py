@@ -26,9 +26,14 @@ the cache is always safe.
 
 dlib describes a face on one core and holds Python's lock while it does, so threads
 do not help: on Linux, more than `PARALLEL_FROM` faces missing from the cache are
-described by forked processes, one per core this process may use (2 on the
+described by worker processes, one per core this process may use (2 on the
 project's machines: the robustness stage's 660 changed faces in half the time). A
-descriptor does not depend on which process computes it.
+descriptor does not depend on which process computes it. The workers are forked
+from a fresh server process that does nothing else (multiprocessing's forkserver),
+not from the stage's process: its other threads (MLflow's, an allocator's) may hold a lock at
+the moment of a fork, and a worker forked from it once hung on one for good, with
+the stage's SIGTERM handler (`facesim.mlops.tracking`) keeping it alive through
+the pool's terminate.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import functools
 import hashlib
 import importlib.util
 import multiprocessing
+import multiprocessing.pool
 import os
 import sys
 from collections.abc import Sequence
@@ -184,9 +190,16 @@ def _describe_all(pixels: list[np.ndarray], processes: int | None) -> list[np.nd
         raise ValueError(f"expected processes >= 1, got {processes}")
     if processes == 1 or len(pixels) < 2:
         return [_entry(array) for array in pixels]
-    dlib_faces()  # loaded before the fork: the processes share the models rather than each reading them
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
+    with worker_pool(processes) as pool:
         return pool.map(_entry, pixels, chunksize=max(1, len(pixels) // (4 * processes)))
+
+
+def worker_pool(processes: int) -> multiprocessing.pool.Pool:
+    """`processes` workers forked from multiprocessing's forkserver (this module preloaded there), each with
+    dlib's models loaded: the module's docstring says why not from this process."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # only until the server first starts; it then serves every pool
+    return context.Pool(processes, initializer=dlib_faces)
 
 
 def _entry(pixels: np.ndarray) -> np.ndarray:

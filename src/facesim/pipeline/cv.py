@@ -20,7 +20,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -199,7 +198,7 @@ def run_fold_seeds(
     metrics_dir: str | os.PathLike,
     roc_dir: str | os.PathLike,
     target_far: float | None = 0.004,
-    open_run: Callable[[int], AbstractContextManager[Run]] = lambda seed: contextlib.nullcontext(NULL_RUN),
+    open_run: Callable[[int], contextlib.AbstractContextManager[Run]] = lambda seed: contextlib.nullcontext(NULL_RUN),
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> list[FoldResult]:
     """The fold stage: `run_fold` once per training seed of `cv.seeds`, each inside its own run

@@ -62,8 +62,9 @@ def fit(
     validate: bool = True,
 ) -> TrainResult:
     """Train `model_name` ('contrastive' or 'triplet') on faces already in memory: one network, or
-    `params.<model>.members` networks one after the other, each with its own seed, joined into one
-    `EnsembleNet` (a member's per-epoch MLflow metrics are then `member<k>.train_loss`, ...).
+    `params.<model>.members` networks, each with its own seed, joined into one `EnsembleNet` (a member's
+    per-epoch MLflow metrics are then `member<k>.train_loss`, ...): on the CPU in one process side by side
+    (`_fit_side_by_side`), else one after the other.
     `objectives` maps a model name to its Objective class (benchmarks swap one in). `world`: this
     process's place among the processes training together (each returns the same result; only
     rank 0 logs and reports to `run`). `validate` False skips each epoch's validation (the history's val_loss and
@@ -100,7 +101,9 @@ def _fit_side_by_side(model_name: str, objective_class: type[Objective], member_
 def join_members(model_name: str, params: TrainParams, results: list[TrainResult]) -> TrainResult:
     """One ensemble from its trained members: their weights in one network, their histories averaged
     epoch by epoch, their training seconds added up epoch by epoch (an ensemble epoch is every member's
-    epoch; a member that stopped early adds nothing to the later ones)."""
+    epoch; a member that stopped early adds nothing to the later ones). Added up, they are the time of members
+    trained one after the other; side by side their epochs overlap and the sum exceeds the wall clock, which is
+    what a rate needs (benchmarks/measure_ours.py times it)."""
     ensemble = build_embedding_net(params.model_config(model_name), load_pretrained=False)  # members' weights next
     for member, result in zip(ensemble.members, results):
         member.load_state_dict(result.model.state_dict())
