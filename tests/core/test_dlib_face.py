@@ -107,13 +107,14 @@ def test_workers_are_not_forked_from_this_process_and_die_on_sigterm():
     # could inherit a held lock and a handler that keeps it alive through the pool's terminate
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        with dlib_face.worker_pool(2) as pool:
-            parents = set(pool.starmap(os.getppid, [()] * 4))
-            handlers = set(pool.starmap(signal.getsignal, [(signal.SIGTERM,)] * 4))
+        pool = dlib_face.worker_pool(2)
+        parents = set(pool.starmap(os.getppid, [()] * 4))
+        handlers = set(pool.starmap(signal.getsignal, [(signal.SIGTERM,)] * 4))
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert os.getpid() not in parents
     assert handlers == {signal.SIG_DFL}
+    assert dlib_face.worker_pool(2) is pool  # one pool for the process's every batch of new faces
 
 
 def test_processes_below_one_are_refused(cache: Path):

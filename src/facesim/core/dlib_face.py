@@ -190,13 +190,15 @@ def _describe_all(pixels: list[np.ndarray], processes: int | None) -> list[np.nd
         raise ValueError(f"expected processes >= 1, got {processes}")
     if processes == 1 or len(pixels) < 2:
         return [_entry(array) for array in pixels]
-    with worker_pool(processes) as pool:
-        return pool.map(_entry, pixels, chunksize=max(1, len(pixels) // (4 * processes)))
+    return worker_pool(processes).map(_entry, pixels, chunksize=max(1, len(pixels) // (4 * processes)))
 
 
+@functools.lru_cache(maxsize=None)
 def worker_pool(processes: int) -> multiprocessing.pool.Pool:
     """`processes` workers forked from multiprocessing's forkserver (this module preloaded there), each with
-    dlib's models loaded: the module's docstring says why not from this process."""
+    dlib's models loaded (the module's docstring says why not forked from this process). Kept for the life of
+    the process: the robustness stage describes its faces in 23 batches, and workers that load dlib's models
+    for each cost it more than the faces do; multiprocessing terminates them at exit."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])  # only until the server first starts; it then serves every pool
     return context.Pool(processes, initializer=dlib_faces)
