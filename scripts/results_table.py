@@ -5,7 +5,7 @@ theirs: `python scripts/results_table.py` prints it, `--write` puts it into READ
 fails when a page and the reports differ).
 
 Per model (backbone x loss): the cross-validation's mean EER, FRR and realised FAR at the target FAR and TAR at
-FAR 0.1% (reports/cv/<backbone>/<loss>.json, the target from params.yaml), the robustness stage's worst change
+FAR 0.1% (reports/cv/<backbone>/<loss>.json, the target from params.yaml), the evaluate stage's worst photo change
 (reports/plots/<backbone>-<loss>/robustness.csv) and the embedding speed measured by the benchmarks
 (benchmarks/results/quick.json for the compact ensembles from files, backbones.json for dlib's new faces).
 """
@@ -145,7 +145,7 @@ def heldout_table(root: Path = REPO) -> str:
 
 
 def robustness_table(root: Path = REPO) -> str:
-    """docs/results.md's table: every change of the robustness stage (reports/plots/<model>/robustness.csv),
+    """docs/results.md's table: every photo change of the evaluate stage (reports/plots/<model>/robustness.csv),
     same-person acceptance / different-person acceptance."""
     models = _models(yaml.safe_load((root / "params.yaml").read_text()))
     tables = []

@@ -18,7 +18,7 @@ from helpers import (
     TINY_CV_EER,
     TINY_THRESHOLD,
     build_faces_archive,
-    evaluate_outputs,
+    evaluate_stage_outputs,
     repo_params,
     write_cv_summary,
     write_faces_dir,
@@ -112,12 +112,13 @@ def tiny_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory):
     """A sqlite MLflow store (MLFLOW_TRACKING_URI, for the module) where the evaluate stage, on a tiny
-    untrained model and the synthetic faces, registered version 1 of `REGISTERED` (helpers): a dict of its
-    root, uri, faces, checkpoint, metrics and the evaluate stage's run_id."""
+    untrained model and the synthetic faces, registered version 1 of `REGISTERED` (helpers) and of its ONNX
+    export's verifier, `REGISTERED`-onnx: a dict of its root, uri, faces, checkpoint, metrics, outputs and the
+    evaluate stage's run_id."""
     import mlflow
 
     from facesim.mlops.tracking import stage_run
-    from facesim.pipeline.evaluate import EvaluateParams, evaluate_model
+    from facesim.pipeline.evaluate import EvaluateParams, evaluate_stage
 
     root = tmp_path_factory.mktemp("registry")
     patch = pytest.MonkeyPatch()
@@ -127,16 +128,17 @@ def registry(tmp_path_factory: pytest.TempPathFactory):
     patch.setenv("MLFLOW_TRACKING_URI", uri)
     faces, samples = write_tiny_inputs(root)
     checkpoint = write_tiny_model(root / "models" / f"{REGISTERED_MODEL}.pt", threshold=None)
-    outputs = evaluate_outputs(root / "eval")
+    outputs = evaluate_stage_outputs(root / "eval")
     try:
         with stage_run("evaluate", {"model": REGISTERED_MODEL}, root=root) as run:
             # the untrained tiny model puts some faces at distance 0 from others: at a target FAR its threshold
             # would accept nothing (below 0), so the best-accuracy point
             params = repo_params(EvaluateParams, "evaluate", operating_point="best_accuracy")
-            metrics = evaluate_model(REGISTERED_MODEL, params, checkpoint, faces,
-                                     {f"pairs_{s}": samples["pairs"][s] for s in ("train", "val", "test")}, outputs, run)
+            metrics, _, _ = evaluate_stage(REGISTERED_MODEL, params, checkpoint, faces,
+                                           {f"pairs_{s}": samples["pairs"][s] for s in ("train", "val", "test")},
+                                           outputs, run)
         yield {"root": root, "uri": uri, "faces": faces, "checkpoint": checkpoint, "metrics": metrics,
-               "run_id": run.run_id}
+               "outputs": outputs, "run_id": run.run_id}
     finally:
         mlflow.set_tracking_uri(None)  # leave no store behind for other modules
         patch.undo()

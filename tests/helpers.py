@@ -402,14 +402,16 @@ def write_tiny_model(path: Path, threshold: float | None = TINY_THRESHOLD, seed:
 
 
 def export_tiny_models(root: Path) -> list[Path]:
-    """What the export stage leaves in `tiny_repo` (`root`): `models/<name>.onnx` of each of `MODELS`."""
+    """What the evaluate stage's export leaves in `tiny_repo` (`root`): `models/<name>.onnx` of each of `MODELS`."""
+    from facesim.core.model_files import read_threshold
     from facesim.pipeline.export import export_model
 
     exported = []
     for name in MODELS:
         out = root / "models" / f"{name}.onnx"
         metrics = root / "reports" / "metrics" / f"{name}.json"
-        export_model(name, root / "models" / f"{name}.pt", metrics, metrics, root / "data" / "raw" / "faces", out)
+        export_model(name, root / "models" / f"{name}.pt", read_threshold(metrics), metrics,
+                     root / "data" / "raw" / "faces", out)
         exported.append(out)
     return exported
 
@@ -443,6 +445,13 @@ def evaluate_outputs(folder: Path, suffix: str = "") -> dict[str, Path]:
     (`<name>.json` / `.csv`, or `<name><suffix>` when a suffix is given)."""
     kinds = {"metrics": ".json", "details": ".json", "roc": ".csv", "predictions": ".csv", "embeddings": ".csv"}
     return {name: folder / f"{name}{suffix or ext}" for name, ext in kinds.items()}
+
+
+def evaluate_stage_outputs(folder: Path) -> dict[str, Path]:
+    """The `outputs` of `evaluate_stage` under `folder`: `evaluate_outputs`, the robustness metrics and table, the
+    ONNX model."""
+    return {**evaluate_outputs(folder), "robustness_metrics": folder / "robustness.json",
+            "robustness_table": folder / "robustness.csv", "onnx": folder / "model.onnx"}
 
 
 # ---- an MLflow store with a registered model ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""facesim.core.onnx_model: reading what the export stage writes, and refusing, in one line, what it did not.
+"""facesim.core.onnx_model: reading what the evaluate stage exports, and refusing, in one line, what it did not.
 
 The models here are built with onnx's helpers (a flatten and a matrix product), so that these tests need no
 torch; `tests/pipeline/test_export.py` checks real exports against torch.

@@ -1,4 +1,4 @@
-"""Photo changes, as the robustness stage makes them."""
+"""Photo changes, as the evaluate stage makes them."""
 
 from __future__ import annotations
 

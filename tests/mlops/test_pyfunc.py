@@ -54,10 +54,10 @@ def test_the_verifier_of_an_onnx_export_answers_as_the_checkpoints(faces, tmp_pa
 
     on_torch = loaded_verifier(tmp_path)
     metrics, onnx = tmp_path / "model" / "metrics.json", tmp_path / "model" / "tiny.onnx"
-    export_model("compact-contrastive", tmp_path / "model" / "tiny.pt", metrics, metrics,
+    export_model("compact-contrastive", tmp_path / "model" / "tiny.pt", THRESHOLD, metrics,
                  write_faces_dir(tmp_path / "faces"), onnx)
     on_onnx = FaceVerifier()
-    on_onnx.load_context(SimpleNamespace(artifacts={"onnx": str(onnx)}))  # what the export stage registers
+    on_onnx.load_context(SimpleNamespace(artifacts={"onnx": str(onnx)}))  # what the evaluate stage registers
     assert isinstance(on_onnx.model.encoder, OnnxNetwork) and on_onnx.model.threshold == THRESHOLD
     a, b, c, d = (encode_image(path) for path in faces)
     pairs = table((a, a), (a, b), (a, c), (b, d), (c, d))

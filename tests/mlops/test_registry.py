@@ -115,6 +115,23 @@ def test_evaluate_registers_the_model_with_its_threshold_and_metrics(registry):
     assert str(registered.get_model_version_by_alias(REGISTERED, CHAMPION).version) == "1"  # the first is champion
 
 
+def test_evaluate_registers_the_onnx_exports_verifier_beside_the_checkpoints(registry):
+    import mlflow
+
+    registered = client(registry)
+    version = registered.get_model_version_by_alias(f"{REGISTERED}-onnx", CHAMPION)
+    assert str(version.version) == "1" and version.run_id == registry["run_id"]  # the same evaluate run
+    assert float(version.tags["threshold"]) == registry["metrics"]["threshold"]
+    assert version.tags["validation.roc_auc"] == registered.get_model_version(REGISTERED, "1").tags["validation.roc_auc"]
+    verifier = mlflow.models.get_model_info(f"models:/{REGISTERED}-onnx@{CHAMPION}")
+    assert verifier.flavors["python_function"]["artifacts"].keys() == {"onnx"}  # the exported file, alone
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{REGISTERED}-onnx@{CHAMPION}")).read_text()
+    assert "onnxruntime==" in requirements and "torch" not in requirements
+    # the file registered is the one the stage published
+    logged = mlflow.artifacts.download_artifacts(f"models:/{REGISTERED}-onnx/1")
+    assert (Path(logged) / "artifacts" / "model.onnx").read_bytes() == registry["outputs"]["onnx"].read_bytes()
+
+
 def test_champion_moves_only_when_validation_metrics_are_at_least_as_good(registry):
     registered = client(registry)
     metrics = registry["metrics"]

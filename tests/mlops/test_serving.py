@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import REGISTERED, REGISTERED_MODEL, TESTING, needs_orl, running_server
+from helpers import REGISTERED, TESTING, needs_orl, running_server
 from facesim.app import api
 from facesim.app.servers import free_port
 from facesim.mlops.pyfunc import encode_image
@@ -56,18 +56,9 @@ def served(registry, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def served_onnx(registry, tmp_path_factory: pytest.TempPathFactory):
-    """The export stage on the champion's checkpoint (its ONNX verifier registered as `REGISTERED`-onnx), served
-    as `served` serves the checkpoint's: its URL."""
-    from facesim.mlops.tracking import stage_run
-    from facesim.pipeline.export import OPSET, export_model
-
-    folder = tmp_path_factory.mktemp("served-onnx")
-    details = folder / "details.json"  # what the evaluate stage wrote: the registry's tags
-    details.write_text(json.dumps(registry["metrics"]))
-    with stage_run("export", {"model": REGISTERED_MODEL, "opset": OPSET}, root=registry["root"]) as run:
-        export_model(REGISTERED_MODEL, registry["checkpoint"], details, details, registry["faces"],
-                     folder / f"{REGISTERED_MODEL}.onnx", run)
-    yield from serve(f"models:/{REGISTERED}-onnx@{CHAMPION}", registry, folder)
+    """The ONNX verifier the evaluate stage registered beside the checkpoint's (`REGISTERED`-onnx), served as
+    `served` serves the checkpoint's: its URL."""
+    yield from serve(f"models:/{REGISTERED}-onnx@{CHAMPION}", registry, tmp_path_factory.mktemp("served-onnx"))
 
 
 def serve(model_uri: str, registry, folder: Path):

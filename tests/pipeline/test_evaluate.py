@@ -10,7 +10,17 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from helpers import evaluate_outputs, repo_params, tiny_train_params, train_samples, write_tiny_inputs
+from helpers import (
+    RecordingRun,
+    evaluate_outputs,
+    evaluate_stage_outputs,
+    repo_params,
+    tiny_train_params,
+    train_samples,
+    write_tiny_inputs,
+)
+from facesim.core.inference import from_onnx
+from facesim.pipeline import evaluate as evaluate_module
 from facesim.core.params import ParamsError
 from facesim.pipeline.evaluate import (
     PREDICTION_COLUMNS,
@@ -18,6 +28,7 @@ from facesim.pipeline.evaluate import (
     calibration_faces,
     evaluate_embeddings,
     evaluate_model,
+    evaluate_stage,
 )
 from facesim.pipeline.faces import Face
 from facesim.pipeline.train import train_and_save
@@ -432,3 +443,47 @@ def test_evaluate_model_names_a_missing_pairs_file(stage, tmp_path: Path):
         evaluate_model("compact-contrastive", evaluate_params(), stage["checkpoint"], stage["faces_dir"], pairs,
                        outputs)
     assert not any(path.exists() for path in outputs.values())
+
+
+# ---- evaluate_stage: the metrics, the robustness and the export in one process, published together -------------
+
+
+def test_evaluate_stage_writes_every_output_at_the_calibrated_threshold(stage, tmp_path: Path):
+    outputs = evaluate_stage_outputs(tmp_path / "stage")
+    run = RecordingRun()
+    metrics, robustness, exported = evaluate_stage("compact-contrastive", evaluate_params(), stage["checkpoint"],
+                                                   stage["faces_dir"], stage["pairs"], outputs, run)
+    assert metrics == stage["metrics"]  # what evaluate_model alone computes
+    for name in ("metrics", "details", "roc", "predictions", "embeddings"):
+        assert outputs[name].read_bytes() == stage["outputs"][name].read_bytes(), name
+    assert json.loads(outputs["robustness_metrics"].read_text()) == robustness
+    assert len(pd.read_csv(outputs["robustness_table"], keep_default_na=False)) > 1
+    # the export carries the evaluate part's threshold exactly, and says which file publishes it
+    assert exported.threshold == metrics["threshold"] == from_onnx(outputs["onnx"]).threshold
+    assert exported.threshold_source == f"calibrated on people unseen in training, {outputs['metrics'].as_posix()}"
+    logged = {key for batch, _ in run.metrics for key in batch}
+    assert {"threshold", "worst_same", "onnx_max_abs_difference"} <= logged and len(run.onnx_models) == 1
+    assert sorted(p.name for p in outputs["onnx"].parent.iterdir()) == sorted(p.name for p in outputs.values())
+
+
+@pytest.mark.parametrize("failing", ["evaluate_robustness", "export_model"])
+def test_a_failure_in_any_part_publishes_nothing(stage, tmp_path: Path, monkeypatch, failing: str):
+    def fail(*args, **kwargs):
+        raise OSError(f"{failing} failed")
+
+    monkeypatch.setattr(evaluate_module, failing, fail)
+    fresh = evaluate_stage_outputs(tmp_path / "fresh")
+    with pytest.raises(OSError, match=f"{failing} failed"):
+        evaluate_stage("compact-contrastive", evaluate_params(), stage["checkpoint"], stage["faces_dir"],
+                       stage["pairs"], fresh)
+    assert not [p for p in (tmp_path / "fresh").rglob("*") if p.is_file()]  # none at all
+    # a stage run before: its outputs stay as they were, none of the new ones published beside them
+    before = {name: path for name, path in evaluate_stage_outputs(tmp_path / "before").items()}
+    for path in before.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("from the run before")
+    with pytest.raises(OSError, match=f"{failing} failed"):
+        evaluate_stage("compact-contrastive", evaluate_params(), stage["checkpoint"], stage["faces_dir"],
+                       stage["pairs"], before)
+    assert all(path.read_text() == "from the run before" for path in before.values())
+    assert sorted(p.name for p in (tmp_path / "before").iterdir()) == sorted(p.name for p in before.values())

@@ -119,11 +119,8 @@ def test_evaluate_robustness_end_to_end(tmp_path: Path):
     params = tiny_train_params(seed=5, epochs=1, batch_size=32, normalization="per_image", trim_borders=True)
     checkpoint = tmp_path / "model.pt"
     train_and_save("contrastive", params, faces_dir, train_samples(outputs), checkpoint, tmp_path / "history.csv")
-    evaluate_metrics = tmp_path / "contrastive.json"
-    evaluate_metrics.write_text(json.dumps({"threshold": 0.5}))
     paths = {"metrics": tmp_path / "out" / "robustness.json", "table": tmp_path / "out" / "robustness.csv"}
-    metrics = evaluate_robustness("contrastive", checkpoint, evaluate_metrics, faces_dir, outputs["pairs"]["test"],
-                                  paths)
+    metrics = evaluate_robustness(checkpoint, 0.5, faces_dir, outputs["pairs"]["test"], paths)
     assert json.loads(paths["metrics"].read_text()) == metrics
     table = pd.read_csv(paths["table"], keep_default_na=False)
     assert metrics == pytest.approx({"worst_same": table["same_person_acceptance"].min(),
@@ -135,13 +132,6 @@ def test_evaluate_robustness_end_to_end(tmp_path: Path):
     # per-image normalisation makes a uniform exposure change nearly invisible to the model
     rates = dict(zip(table["case"], table["same_person_acceptance"]))
     assert abs(rates["exposure_x0.8"] - rates["none"]) <= 0.1
-
-
-def test_evaluate_robustness_without_a_threshold_names_the_file(tmp_path: Path):
-    missing = tmp_path / "contrastive.json"
-    with pytest.raises(FileNotFoundError, match="contrastive.json.*evaluate stage"):
-        evaluate_robustness("contrastive", tmp_path / "model.pt", missing, tmp_path, tmp_path / "pairs_test.csv",
-                            {"metrics": tmp_path / "m.json", "table": tmp_path / "t.csv"})
 
 
 def test_case_names_are_valid_mlflow_metric_names():

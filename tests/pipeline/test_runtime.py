@@ -129,7 +129,7 @@ def test_every_torch_stage_pins_before_its_work_and_every_stage_runs_through_run
     for script in sorted((REPO / "stages").glob("*.py")):
         text = script.read_text()
         assert "run_stage(" in text, f"{script.name} does not run its main through run_stage"
-        if script.stem in ("train", "evaluate", "robustness", "cv_fold", "export"):
+        if script.stem in ("train", "evaluate", "cv_fold"):
             main = next(node for node in ast.parse(text).body if isinstance(node, ast.FunctionDef) and node.name == "main")
             # what main does first: read its command line, then pin, before anything else
             first, second = (ast.unparse(statement) for statement in main.body[:2])

@@ -2,7 +2,7 @@
 
 The same three functions back the `facesim` command line, a notebook or a
 service. A model is named by what the pipeline trained (`<backbone>-<loss>`, e.g.
-'dlib-triplet': `models/<name>.onnx`, the export stage's, with its threshold in its
+'dlib-triplet': `models/<name>.onnx`, the evaluate stage's, with its threshold in its
 metadata, else the checkpoint `models/<name>.pt` with the threshold from
 `reports/metrics/<name>.json`; 'contrastive' and 'triplet' name the compact
 ones), 'best' (the default: of the models the pipeline trained, the one with

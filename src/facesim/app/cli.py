@@ -13,7 +13,7 @@ from collections.abc import Sequence
 MODEL_HELP = ("'best' (of the models the pipeline trained, the lowest cross-validation EER), a model the "
               "pipeline trained, <backbone>-<loss> such as dlib-triplet or compact-contrastive (models/<name>.onnx "
               "on onnxruntime, else models/<name>.pt on torch with the threshold from reports/metrics/<name>.json; "
-              "'contrastive' and 'triplet' are the compact ones), an ONNX model PATH (.onnx, the export stage's; "
+              "'contrastive' and 'triplet' are the compact ones), an ONNX model PATH (.onnx, the evaluate stage's; "
               "threshold in it), a checkpoint PATH (.pt; threshold from a .json of the same name beside it, or "
               "--threshold) or an MLflow model URI, e.g. models:/facesim-dlib-triplet@champion (default: %(default)s)")
 FACE = "data/raw/faces/testing/s5/1.pgm"

@@ -25,7 +25,7 @@ BEST = "best"  # the model name that picks the most accurate model the pipeline 
 PIPELINE_MODEL = re.compile(rf"[A-Za-z0-9_]+-({'|'.join(MODELS)})")  # <backbone>-<loss>, as dvc.yaml names them
 
 
-MODEL_SUFFIXES = (".onnx", ".pt")  # the model files: the export stage's (onnxruntime), the train stage's (torch)
+MODEL_SUFFIXES = (".onnx", ".pt")  # the model files: the evaluate stage's (onnxruntime), the train stage's (torch)
 
 
 def is_mlflow_uri(spec: str) -> bool:
@@ -108,7 +108,7 @@ def load_model(
 
 
 def _pipeline_model(name: str, base: Path, threshold: float | None) -> FaceModel:
-    """The model the pipeline trained: models/<name>.onnx where the export stage wrote it (its threshold in it),
+    """The model the pipeline trained: models/<name>.onnx where the evaluate stage wrote it (its threshold in it),
     else models/<name>.pt with the threshold from reports/metrics/<name>.json; a missing file is explained by
     what dvc.lock records of it."""
     exported = base / "models" / f"{name}.onnx"

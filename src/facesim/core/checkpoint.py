@@ -42,4 +42,4 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return model, checkpoint
 
 
-_GIVE_A_MODEL = "give a .pt checkpoint the train stage wrote, or a .onnx model the export stage wrote"
+_GIVE_A_MODEL = "give a .pt checkpoint the train stage wrote, or a .onnx model the evaluate stage wrote"

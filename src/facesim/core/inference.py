@@ -1,7 +1,7 @@
 """A trained model ready to use, below both the Python API and the served MLflow model.
 
 A `FaceModel` is a network, the preprocessing it was trained with and the distance threshold the
-evaluate stage calibrated. `from_onnx` loads what the export stage wrote (`.onnx`), run by onnxruntime
+evaluate stage calibrated. `from_onnx` loads what the evaluate stage wrote (`.onnx`), run by onnxruntime
 (`facesim.core.onnx_model`): neither torch nor MLflow is imported on that path. `from_checkpoint` loads
 a `.pt` checkpoint, run by torch, imported only then. `face_pixels` turns a picture (a file, its bytes,
 or a Pillow image) into the 8-bit grey face the models take: decoded by `facesim.core.images` and, where

@@ -1,6 +1,6 @@
 """A trained model as ONNX, run by onnxruntime: what `facesim verify/search/embed` use, without torch or MLflow.
 
-The export stage (`facesim.pipeline.export`) writes `models/<backbone>-<loss>.onnx`: the network's graph
+The evaluate stage (`facesim.pipeline.export`) writes `models/<backbone>-<loss>.onnx`: the network's graph
 (an ensemble as one graph; for the dlib backbone its head, which takes dlib's 128 numbers) and, in the
 model's metadata, what it takes to use it (`METADATA`): how a picture becomes its input (the checkpoint's
 `Preprocess`, as JSON), the distance threshold and where it came from, the kind of input and the embedding
@@ -31,7 +31,7 @@ FORMAT_VERSION = 1  # bump when the metadata change meaning; a reader refuses ve
 INPUT_KINDS = {"pixels": "pixels", "dlib": "dlib_descriptor"}
 INPUT_NAMES = {"pixels": "faces", "dlib_descriptor": "descriptors"}
 OUTPUT_NAME = "embeddings"
-# largest difference allowed between onnxruntime's and torch's embeddings (max abs): the export stage
+# largest difference allowed between onnxruntime's and torch's embeddings (max abs): the evaluate stage
 # refuses a model beyond it, tests and benchmarks/serve.py hold the two flavors to it
 PARITY = 1e-4
 # onnxruntime is a dependency of facesim; this says how to get it back where it is missing
@@ -74,17 +74,17 @@ class OnnxUnavailable(ImportError):
 
 def read_metadata(props: Mapping[str, str], path: str | os.PathLike) -> OnnxMetadata:
     """The facesim metadata of an ONNX model's metadata props; a ModelError naming the file and what is
-    missing or wrong for anything but a model the export stage wrote."""
+    missing or wrong for anything but a model the evaluate stage wrote."""
     missing = [key for key in METADATA if key not in props]
     if len(missing) == len(METADATA):
         raise ModelError(f"{path}: not a facesim ONNX model (no facesim metadata: {', '.join(METADATA)}); "
-                         "give a .onnx the export stage wrote (models/<backbone>-<loss>.onnx)")
+                         "give a .onnx the evaluate stage wrote (models/<backbone>-<loss>.onnx)")
     if missing:
         raise ModelError(f"{path}: facesim ONNX model without {', '.join(missing)} in its metadata; "
                          "export it again (dvc repro)")
     if props["facesim.format"] != FORMAT:
         raise ModelError(f"{path}: facesim.format is {props['facesim.format']!r}, not {FORMAT!r}; "
-                         "give a .onnx the export stage wrote")
+                         "give a .onnx the evaluate stage wrote")
     try:
         version = int(props["facesim.format_version"])
         preprocess = Preprocess(**json.loads(props["facesim.preprocess"]))
@@ -138,11 +138,11 @@ def _check_graph(session: Any, metadata: OnnxMetadata, path: Path) -> None:
     if len(inputs) != 1 or not fits(inputs[0].shape, wanted) or inputs[0].type != "tensor(float)":
         found = ", ".join(f"{i.name} {i.type} {list(i.shape)}" for i in inputs) or "none"
         raise ModelError(f"{path}: its input ({found}) is not the float {list(wanted)} its facesim metadata "
-                         f"({metadata.input}) say; give a .onnx the export stage wrote")
+                         f"({metadata.input}) say; give a .onnx the evaluate stage wrote")
     if len(outputs) != 1 or not fits(outputs[0].shape, ("batch", metadata.embedding_size)):
         found = ", ".join(f"{o.name} {list(o.shape)}" for o in outputs) or "none"
         raise ModelError(f"{path}: its output ({found}) is not the ['batch', {metadata.embedding_size}] "
-                         "embeddings its facesim metadata say; give a .onnx the export stage wrote")
+                         "embeddings its facesim metadata say; give a .onnx the evaluate stage wrote")
 
 
 class OnnxNetwork:

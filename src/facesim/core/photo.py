@@ -1,7 +1,7 @@
 """Ordinary photo changes on 8-bit grey pictures: exposure, contrast, framing, rotation, mirroring, scale,
 blur and JPEG compression, as a camera or a photo app makes them.
 
-The robustness stage measures every model under a fixed set of them
+The evaluate stage measures every model under a fixed set of them
 (`facesim.pipeline.robustness.CHANGES`).
 """
 

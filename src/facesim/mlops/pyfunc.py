@@ -8,7 +8,7 @@ columns `image1` and `image2`) with `distance` and `same_person`, so that
 serves it. Its artifacts are either a checkpoint and the evaluate stage's metrics
 (for the threshold), run by torch (`facesim-<model>`, registered by the evaluate
 stage), or an ONNX export, whose metadata carry the threshold, run by onnxruntime
-without torch (`facesim-<model>-onnx`, registered by the export stage). Both read
+without torch (`facesim-<model>-onnx`, registered by the evaluate stage too). Both read
 pictures as `facesim verify` does (`facesim.core.inference`: decoded, framed,
 prepared as in training), so both answer a pair with the same distance.
 """

@@ -1,7 +1,7 @@
 """The model registry: each evaluated model as a served pair verifier, and the champion rule.
 
-The evaluate stage calls `register_model` with its run and the checkpoint, the
-export stage with its run and the ONNX export: the pair-verifying pyfunc
+The evaluate stage calls `register_model` with its run, once with the checkpoint and once with the
+ONNX export: the pair-verifying pyfunc
 (`facesim.mlops.pyfunc.FaceVerifier`) is logged into the run and the model goes
 into the registry as `facesim-<model>` (torch) or `facesim-<model>-onnx`
 (onnxruntime, no torch) with the threshold and the metrics as version tags, and the alias `champion` moves to the new version
@@ -165,7 +165,7 @@ def register_model(
     metrics: Mapping[str, Any],
     example_pair: tuple[str | os.PathLike, str | os.PathLike] | None = None,
 ) -> Registered | None:
-    """What the evaluate stage does with its checkpoint and the export stage with its ONNX file:
+    """What the evaluate stage does with its checkpoint and with its ONNX export:
     `log_and_register` into `run`, and say where the champion alias went. Nothing for a run that does not
     log to MLflow (`NullRun`)."""
     if run.run_id is None:

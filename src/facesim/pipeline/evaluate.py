@@ -10,6 +10,10 @@ or the best accuracy (`operating_point: best_accuracy`). With
 training, as the users' people will be. It is then applied, unchanged, to the
 test pairs: the sampled ones and all unordered pairs of the held-out faces.
 Retrieval takes every held-out face as a query against all the others.
+
+The stage (`evaluate_stage`) goes on in the same process, at that threshold: the held-out faces under
+ordinary photo changes (`facesim.pipeline.robustness`) and the network as ONNX (`facesim.pipeline.export`);
+then it registers both pair verifiers and publishes every output together.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +44,9 @@ from facesim.mlops.registry import register_model
 from facesim.mlops.runs import NULL_RUN, Run
 from facesim.core.checkpoint import inference_device, load_checkpoint
 from facesim.core.embedding import embed_all
+from facesim.core.onnx_model import OnnxMetadata
+from facesim.pipeline.export import example_faces, export_model
+from facesim.pipeline.robustness import evaluate_robustness
 
 PREDICTION_COLUMNS = ["set", "image1", "image2", "subject1", "subject2", "label", "distance", "predicted"]
 
@@ -198,10 +204,48 @@ def evaluate_model(
         run.log_metrics({k: v for k, v in metrics.items() if k != "model"})
         run.log_artifact(details_path, "metrics")
         run.log_artifact(roc_path, "plots")
-        # Into the registry only with its metrics published alongside (and as tags).
-        register_model(run, model_name, checkpoint_path, metrics,
-                       example_pair=(Path(faces_dir) / test_paths[0], Path(faces_dir) / test_paths[1]))
     return metrics
+
+
+# What the evaluate stage writes besides `OUTPUTS`, by their name in `evaluate_stage`'s outputs.
+STAGE_OUTPUTS = {
+    **OUTPUTS,
+    "robustness_metrics": "worst same- and different-person acceptance under photo changes (JSON, a DVC metric)",
+    "robustness_table": "acceptance rates per photo change (CSV, a DVC plot)",
+    "onnx": "the network as ONNX, its preprocessing and threshold in its metadata (.onnx)",
+}
+
+
+def evaluate_stage(
+    model_name: str,
+    params: EvaluateParams,
+    checkpoint_path: str | os.PathLike,
+    faces_dir: str | os.PathLike,
+    pair_paths: dict[str, str | os.PathLike],
+    outputs: dict[str, str | os.PathLike],
+    run: Run = NULL_RUN,
+) -> tuple[dict[str, Any], dict[str, Any], OnnxMetadata]:
+    """The evaluate stage of one model, in one process: `evaluate_model` calibrates the threshold and scores the
+    held-out people, `evaluate_robustness` changes their photos at that threshold, `export_model` writes the
+    network as ONNX with it. The checkpoint's and the export's pair verifiers go into the registry (tagged with
+    the metrics) last, and every output in `STAGE_OUTPUTS` is published only then: a failure anywhere leaves the
+    outputs as they were and nothing registered. Returns the metrics, the robustness summary and the
+    export's metadata."""
+    names = list(STAGE_OUTPUTS)
+    with staged_outputs(*(outputs[name] for name in names)) as paths:
+        staged = dict(zip(names, paths))
+        metrics = evaluate_model(model_name, params, checkpoint_path, faces_dir, pair_paths,
+                                 {name: staged[name] for name in OUTPUTS}, run)
+        threshold = float(metrics["threshold"])
+        robustness = evaluate_robustness(checkpoint_path, threshold, faces_dir, pair_paths["pairs_test"],
+                                         {"metrics": staged["robustness_metrics"], "table": staged["robustness_table"]},
+                                         run)
+        exported = export_model(model_name, checkpoint_path, threshold, outputs["metrics"], faces_dir, staged["onnx"],
+                                run)
+        example_pair = tuple(example_faces(faces_dir))
+        for model_file in (checkpoint_path, staged["onnx"]):
+            register_model(run, model_name, model_file, metrics, example_pair=example_pair)
+    return metrics, robustness, exported
 
 
 def summary_line(model_name: str, metrics: dict[str, Any]) -> str:

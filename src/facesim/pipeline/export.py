@@ -1,4 +1,5 @@
-"""Stage `export`: a trained model as ONNX, which `facesim verify/search/embed` run on onnxruntime without torch.
+"""The evaluate stage's export: a trained model as ONNX, which `facesim verify/search/embed` run on onnxruntime
+without torch.
 
 The graph is the checkpoint's network in eval mode: an ensemble as one graph (its members side by side),
 for the dlib backbone the head alone (on dlib's 128 numbers, which `facesim.core.dlib_face` computes as
@@ -17,9 +18,8 @@ multiply, divide and square root, which every CPU rounds alike.
 
 Before the file is published, onnxruntime runs it on two faces from picture to embedding (the torch-free
 path) and must give torch's embeddings of them within `PARITY`; they are also the MLflow input example.
-Before it is published, too, the pair verifier on it (`facesim.mlops.pyfunc.FaceVerifier`, run by
-onnxruntime) goes into the registry as `facesim-<model>-onnx`, tagged with the evaluate stage's metrics, for
-`mlflow models serve` without torch.
+The evaluate stage then registers the pair verifier on it (`facesim.mlops.pyfunc.FaceVerifier`, run by
+onnxruntime) as `facesim-<model>-onnx`, for `mlflow models serve` without torch.
 """
 
 from __future__ import annotations
@@ -36,14 +36,12 @@ import torch
 from facesim.core.atomic import staged_outputs
 from facesim.core.data import prepare_pixels
 from facesim.core.images import ImageError, load_pixels
-from facesim.core.model_files import read_evaluation, read_threshold
 from facesim.core.checkpoint import load_checkpoint
 from facesim.core.embedding import embed_all
 from facesim.core.onnx_model import (FORMAT, FORMAT_VERSION, INPUT_KINDS, INPUT_NAMES, OUTPUT_NAME, PARITY, OnnxMetadata,
                                      OnnxNetwork)
 from facesim.core.paths import natural_key
 from facesim.core.preprocess import Preprocess
-from facesim.mlops.registry import register_model
 from facesim.mlops.runs import NULL_RUN, Run
 
 OPSET = 18  # ONNX opset of every export: onnxruntime 1.14 and later run it
@@ -111,17 +109,15 @@ def example_faces(faces_dir: str | os.PathLike, count: int = EXAMPLE_FACES) -> d
 def export_model(
     model_name: str,
     checkpoint_path: str | os.PathLike,
-    metrics_path: str | os.PathLike,
-    details_path: str | os.PathLike,
+    threshold: float,
+    threshold_from: str | os.PathLike,
     faces_dir: str | os.PathLike,
     out_path: str | os.PathLike,
     run: Run = NULL_RUN,
 ) -> OnnxMetadata:
-    """The export stage: the checkpoint with the evaluate stage's threshold (`metrics_path`) as ONNX at
-    `out_path`, checked against torch on two faces and logged to MLflow (the onnx flavor) before it is
-    published, with its pair verifier registered, tagged with the evaluate stage's `details_path` metrics."""
-    threshold = read_threshold(metrics_path)
-    details = read_evaluation(details_path, "detailed metrics")
+    """The checkpoint with the evaluate stage's `threshold` as ONNX at `out_path`, checked against torch on two
+    faces (`example_faces`) and logged to MLflow (the onnx flavor) before it is published. `threshold_from`:
+    the metrics file that publishes the threshold, named in the metadata as where it came from."""
     network, checkpoint = load_checkpoint(checkpoint_path)
     preprocess = Preprocess(**checkpoint["preprocess"])
     examples = example_faces(faces_dir)
@@ -130,7 +126,7 @@ def export_model(
     expected = embed_all(network, torch_input).numpy()
     metadata = OnnxMetadata(format=FORMAT, format_version=FORMAT_VERSION, model=model_name, preprocess=preprocess,
                             threshold=threshold,
-                            threshold_source=f"calibrated on people unseen in training, {Path(metrics_path).as_posix()}",
+                            threshold_source=f"calibrated on people unseen in training, {Path(threshold_from).as_posix()}",
                             input=INPUT_KINDS[preprocess.features], embedding_size=int(expected.shape[1]))
     data = onnx_bytes(network, torch.zeros_like(torch_input), metadata)
     with staged_outputs(out_path) as (staged,):
@@ -144,6 +140,4 @@ def export_model(
                                   "onnxruntime versions")
         run.log_metrics({"onnx_max_abs_difference": difference, "onnx_bytes": len(data)})
         run.log_onnx_model(staged, model_input, metadata.to_props())
-        # into the registry only with the file published alongside, as the evaluate stage does
-        register_model(run, model_name, staged, details, example_pair=tuple(examples))
     return metadata

@@ -50,7 +50,7 @@ class ModelOutputs:
     predictions: Path
     embeddings: Path
     history: Path
-    robustness: Path  # the robustness stage's table: family, strength, acceptance rates
+    robustness: Path  # the evaluate stage's robustness table: family, strength, acceptance rates
 
     @classmethod
     def under(cls, name: str, metrics_dir: str | os.PathLike, plots_dir: str | os.PathLike,

@@ -1,4 +1,4 @@
-"""Stage `robustness`: do verdicts hold when a photo is taken a little differently?
+"""The evaluate stage's robustness part: do verdicts hold when a photo is taken a little differently?
 
 Each held-out face is changed the way ordinary photos differ (exposure,
 contrast, framing, rotation, mirroring, scale, blur, JPEG compression) and
@@ -23,7 +23,6 @@ from facesim.core.atomic import staged_outputs
 from facesim.core.data import Preprocess, prepare_pixels
 from facesim.core.images import load_pixels
 from facesim.core.photo import Change, blur, contrast, exposure, jpeg, looser, mirror, rotation, scale, shifted, tighter
-from facesim.core.model_files import read_threshold
 from facesim.core.checkpoint import inference_device, load_checkpoint
 from facesim.core.embedding import embed_all
 from facesim.pipeline.faces import held_out_faces, load_tables
@@ -96,20 +95,18 @@ def robustness_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def evaluate_robustness(
-    model_name: str,
     checkpoint_path: str | os.PathLike,
-    metrics_path: str | os.PathLike,
+    threshold: float,
     faces_dir: str | os.PathLike,
     test_pairs_path: str | os.PathLike,
     outputs: dict[str, str | os.PathLike],
     run: Run = NULL_RUN,
 ) -> dict[str, Any]:
-    """The robustness stage: the held-out faces (those the sample stage's test pairs name) under every
-    change, at the evaluate stage's threshold.
+    """The held-out faces (those the sample stage's test pairs name) under every change, at the `threshold`
+    the evaluate stage calibrated (`facesim.pipeline.evaluate.evaluate_stage` runs it after `evaluate_model`).
 
     outputs: "metrics" (JSON, a DVC metric), "table" (CSV: family, strength, both acceptance rates).
     """
-    threshold = read_threshold(metrics_path)
     model, checkpoint = load_checkpoint(checkpoint_path)
     model.to(inference_device(checkpoint))  # CUDA when present, as in training (train.device)
     preprocess = Preprocess(**checkpoint["preprocess"])
@@ -124,8 +121,8 @@ def evaluate_robustness(
     with staged_outputs(outputs["metrics"], outputs["table"]) as (metrics_file, table_file):
         metrics_file.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         pd.DataFrame(rows).to_csv(table_file, index=False, lineterminator="\n", float_format="%.6g")
-        run.log_metrics({"threshold": threshold, **metrics,
-                         **{f"same.{r['case']}": r["same_person_acceptance"] for r in rows}})
+        # the threshold is the evaluate stage's, logged with its metrics
+        run.log_metrics({**metrics, **{f"same.{r['case']}": r["same_person_acceptance"] for r in rows}})
         run.log_artifact(table_file, "robustness")
     return metrics
 
