@@ -139,7 +139,7 @@ def evaluate_model(
     outputs: dict[str, str | os.PathLike],
     run: Run = NULL_RUN,
 ) -> dict[str, Any]:
-    """The evaluate stage: embed, score, write metrics, ROC, predictions and embeddings (all or none).
+    """The evaluate stage's first part: embed, score, write metrics, ROC, predictions and embeddings (all or none).
 
     outputs: "metrics" (JSON, a DVC metric: the threshold and the `headline` of all held-out pairs),
     "details" (JSON: everything, per pair set), "roc" (CSV fpr,tpr,threshold), "predictions" (CSV),
