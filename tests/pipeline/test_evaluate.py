@@ -478,7 +478,7 @@ def test_a_failure_in_any_part_publishes_nothing(stage, tmp_path: Path, monkeypa
                        stage["pairs"], fresh)
     assert not [p for p in (tmp_path / "fresh").rglob("*") if p.is_file()]  # none at all
     # a stage run before: its outputs stay as they were, none of the new ones published beside them
-    before = {name: path for name, path in evaluate_stage_outputs(tmp_path / "before").items()}
+    before = evaluate_stage_outputs(tmp_path / "before")
     for path in before.values():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("from the run before")
