@@ -403,15 +403,16 @@ def write_tiny_model(path: Path, threshold: float | None = TINY_THRESHOLD, seed:
 
 def export_tiny_models(root: Path) -> list[Path]:
     """What the evaluate stage's export leaves in `tiny_repo` (`root`): `models/<name>.onnx` of each of `MODELS`."""
+    from facesim.core.checkpoint import load_checkpoint
     from facesim.core.model_files import read_threshold
-    from facesim.pipeline.export import export_model
+    from facesim.pipeline.export import example_faces, export_model
 
-    exported = []
+    exported, examples = [], example_faces(root / "data" / "raw" / "faces")
     for name in MODELS:
         out = root / "models" / f"{name}.onnx"
         metrics = root / "reports" / "metrics" / f"{name}.json"
-        export_model(name, root / "models" / f"{name}.pt", read_threshold(metrics), metrics,
-                     root / "data" / "raw" / "faces", out)
+        export_model(name, *load_checkpoint(root / "models" / f"{name}.pt"), read_threshold(metrics), metrics,
+                     examples, out)
         exported.append(out)
     return exported
 

@@ -50,12 +50,13 @@ def loaded_verifier(tmp_path: Path, metrics: dict | None = METRICS) -> FaceVerif
 
 
 def test_the_verifier_of_an_onnx_export_answers_as_the_checkpoints(faces, tmp_path: Path):
-    from facesim.pipeline.export import PARITY, export_model
+    from facesim.core.checkpoint import load_checkpoint
+    from facesim.pipeline.export import PARITY, example_faces, export_model
 
     on_torch = loaded_verifier(tmp_path)
     metrics, onnx = tmp_path / "model" / "metrics.json", tmp_path / "model" / "tiny.onnx"
-    export_model("compact-contrastive", tmp_path / "model" / "tiny.pt", THRESHOLD, metrics,
-                 write_faces_dir(tmp_path / "faces"), onnx)
+    export_model("compact-contrastive", *load_checkpoint(tmp_path / "model" / "tiny.pt"), THRESHOLD, metrics,
+                 example_faces(write_faces_dir(tmp_path / "faces")), onnx)
     on_onnx = FaceVerifier()
     on_onnx.load_context(SimpleNamespace(artifacts={"onnx": str(onnx)}))  # what the evaluate stage registers
     assert isinstance(on_onnx.model.encoder, OnnxNetwork) and on_onnx.model.threshold == THRESHOLD

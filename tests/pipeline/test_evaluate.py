@@ -19,6 +19,7 @@ from helpers import (
     train_samples,
     write_tiny_inputs,
 )
+from facesim.core.checkpoint import load_checkpoint
 from facesim.core.inference import from_onnx
 from facesim.pipeline import evaluate as evaluate_module
 from facesim.core.params import ParamsError
@@ -261,7 +262,7 @@ def test_calibration_faces_are_all_of_them_up_to_the_limit_then_whole_people() -
 
 def test_evaluate_model_reports_a_reduced_calibration_set(stage, tmp_path: Path):
     metrics = evaluate_model("compact-contrastive", evaluate_params(max_calibration_faces=25, seed=3),
-                             stage["checkpoint"], stage["faces_dir"],
+                             *stage["loaded"], stage["faces_dir"],
                              stage["pairs"],
                              evaluate_outputs(tmp_path / "eval"))
     val = pd.read_csv(stage["pairs"]["pairs_val"])
@@ -295,9 +296,9 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> dict:
     checkpoint = root / "models" / "compact-contrastive.pt"
     train_and_save("contrastive", TINY, faces_dir, train_samples(outputs), checkpoint, root / "history.csv")
     paths = evaluate_outputs(root / "eval")
-    metrics = evaluate_model("compact-contrastive", evaluate_params(), checkpoint, faces_dir,
-                             pair_paths, paths)
-    return {"root": root, "faces_dir": faces_dir, "pairs": pair_paths, "checkpoint": checkpoint,
+    loaded = load_checkpoint(checkpoint)
+    metrics = evaluate_model("compact-contrastive", evaluate_params(), *loaded, faces_dir, pair_paths, paths)
+    return {"root": root, "faces_dir": faces_dir, "pairs": pair_paths, "checkpoint": checkpoint, "loaded": loaded,
             "outputs": paths, "metrics": metrics}
 
 
@@ -352,7 +353,7 @@ def test_evaluate_model_calibrates_for_the_target_far_on_the_validation_people(s
 
 def test_evaluate_model_at_the_best_accuracy(stage, tmp_path: Path):
     params = evaluate_params(operating_point="best_accuracy", target_far=0.01)
-    metrics = evaluate_model("compact-contrastive", params, stage["checkpoint"], stage["faces_dir"],
+    metrics = evaluate_model("compact-contrastive", params, *stage["loaded"], stage["faces_dir"],
                              stage["pairs"],
                              evaluate_outputs(tmp_path / "eval"))
     assert metrics["target_far"] is None
@@ -426,12 +427,11 @@ def test_evaluate_model_writes_the_roc_curve(stage):
     assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(stage["metrics"]["all_pairs"]["roc_auc"], abs=1e-4)
 
 
-def test_evaluate_model_names_a_missing_checkpoint(stage, tmp_path: Path):
-    outputs = evaluate_outputs(tmp_path, ".out")
+def test_evaluate_stage_names_a_missing_checkpoint(stage, tmp_path: Path):
+    outputs = evaluate_stage_outputs(tmp_path / "out")
     missing = tmp_path / "models" / "never_trained.pt"
     with pytest.raises(FileNotFoundError, match="never_trained.pt") as info:
-        evaluate_model("compact-contrastive", evaluate_params(), missing, stage["faces_dir"],
-                       stage["pairs"], outputs)
+        evaluate_stage("compact-contrastive", evaluate_params(), missing, stage["faces_dir"], stage["pairs"], outputs)
     assert "checkpoint" in str(info.value)
     assert not any(path.exists() for path in outputs.values())
 
@@ -440,7 +440,7 @@ def test_evaluate_model_names_a_missing_pairs_file(stage, tmp_path: Path):
     outputs = evaluate_outputs(tmp_path, ".out")
     pairs = {**stage["pairs"], "pairs_test": tmp_path / "no_test_pairs.csv"}
     with pytest.raises(FileNotFoundError, match="no_test_pairs.csv"):
-        evaluate_model("compact-contrastive", evaluate_params(), stage["checkpoint"], stage["faces_dir"], pairs,
+        evaluate_model("compact-contrastive", evaluate_params(), *stage["loaded"], stage["faces_dir"], pairs,
                        outputs)
     assert not any(path.exists() for path in outputs.values())
 

@@ -23,7 +23,8 @@ from facesim.core.embedding import embed_all
 from facesim.core.models import build_embedding_net
 from facesim.core.onnx_model import FORMAT, FORMAT_VERSION, PARITY, OnnxMetadata, OnnxNetwork
 from facesim.core.preprocess import Preprocess
-from facesim.pipeline.export import OPSET, export_model, onnx_bytes
+from facesim.core.checkpoint import load_checkpoint
+from facesim.pipeline.export import OPSET, example_faces, export_model, onnx_bytes
 
 pytestmark = pytest.mark.usefixtures("torch_global_state")
 
@@ -98,7 +99,8 @@ def test_the_stage_writes_a_checked_model_and_logs_it(tmp_path: Path):
     metrics.write_text(json.dumps({"threshold": 0.125}))
     out = tmp_path / "models" / "compact-contrastive.onnx"
     run = RecordingRun()
-    metadata = export_model("compact-contrastive", checkpoint, 0.125, metrics, faces, out, run)
+    metadata = export_model("compact-contrastive", *load_checkpoint(checkpoint), 0.125, metrics, example_faces(faces),
+                            out, run)
     assert (metadata.model, metadata.input, metadata.embedding_size, metadata.threshold) == \
         ("compact-contrastive", "pixels", 8, 0.125)
     assert metadata.threshold_source == f"calibrated on people unseen in training, {metrics.as_posix()}"
@@ -113,7 +115,7 @@ def test_the_stage_writes_a_checked_model_and_logs_it(tmp_path: Path):
     assert np.abs(onnx_model.encoder.embed(pictures) - torch_model.encoder.embed(pictures)).max() <= PARITY
     # the same export again: the same bytes
     again = tmp_path / "again.onnx"
-    export_model("compact-contrastive", checkpoint, 0.125, metrics, faces, again)
+    export_model("compact-contrastive", *load_checkpoint(checkpoint), 0.125, metrics, example_faces(faces), again)
     assert again.read_bytes() == out.read_bytes()
 
 
@@ -122,12 +124,19 @@ def test_a_failed_export_leaves_no_model(tmp_path: Path):
     checkpoint = write_tiny_model(tmp_path / "m.pt", threshold=0.1)
     out = tmp_path / "m.onnx"
     with pytest.raises(RuntimeError, match="model registry is down"):
-        export_model("compact-contrastive", checkpoint, 0.1, tmp_path / "m.json", faces, out,
-                     RecordingRun(fail_on_log_model=True))
+        export_model("compact-contrastive", *load_checkpoint(checkpoint), 0.1, tmp_path / "m.json",
+                     example_faces(faces), out, RecordingRun(fail_on_log_model=True))
     assert not out.exists()
-    with pytest.raises(ImageError, match="fewer than 2 readable pictures"):
-        export_model("compact-contrastive", checkpoint, 0.1, tmp_path / "m.json", tmp_path / "no-faces", out)
-    assert not out.exists()
+
+
+def test_the_example_faces_are_the_first_two_readable_pictures(tmp_path: Path):
+    faces = write_faces_dir(tmp_path / "faces")
+    (faces / "testing" / "s5" / "1.pgm").write_text("not a picture")
+    examples = example_faces(faces)
+    assert [path.relative_to(faces).as_posix() for path in examples] == ["testing/s5/2.pgm", "testing/s5/3.pgm"]
+    assert all(np.array_equal(pixels, load_pixels(path)) for path, pixels in examples.items())
+    with pytest.raises(ImageError, match="no-faces: fewer than 2 readable pictures"):
+        example_faces(tmp_path / "no-faces")
 
 
 def test_the_stage_logs_the_onnx_flavor_with_signature_and_example(tmp_path: Path, monkeypatch):
@@ -142,7 +151,8 @@ def test_the_stage_logs_the_onnx_flavor_with_signature_and_example(tmp_path: Pat
     checkpoint = write_tiny_model(tmp_path / "m.pt", threshold=0.1)
     try:
         with stage_run("evaluate", {"model": "compact-contrastive", "opset": OPSET}, root=tmp_path) as run:
-            export_model("compact-contrastive", checkpoint, 0.1, tmp_path / "m.json", faces, tmp_path / "m.onnx", run)
+            export_model("compact-contrastive", *load_checkpoint(checkpoint), 0.1, tmp_path / "m.json",
+                         example_faces(faces), tmp_path / "m.onnx", run)
         info = mlflow.models.get_model_info(f"runs:/{run.run_id}/onnx")
         assert "onnx" in info.flavors and info.metadata["facesim.model"] == "compact-contrastive"
         inputs = info.signature.inputs.to_dict()

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from helpers import tiny_train_params, train_samples, write_tiny_inputs
+from facesim.core.checkpoint import load_checkpoint
 from facesim.pipeline.robustness import (
     CHANGES,
     acceptance_rates,
@@ -120,7 +121,7 @@ def test_evaluate_robustness_end_to_end(tmp_path: Path):
     checkpoint = tmp_path / "model.pt"
     train_and_save("contrastive", params, faces_dir, train_samples(outputs), checkpoint, tmp_path / "history.csv")
     paths = {"metrics": tmp_path / "out" / "robustness.json", "table": tmp_path / "out" / "robustness.csv"}
-    metrics = evaluate_robustness(checkpoint, 0.5, faces_dir, outputs["pairs"]["test"], paths)
+    metrics = evaluate_robustness(*load_checkpoint(checkpoint), 0.5, faces_dir, outputs["pairs"]["test"], paths)
     assert json.loads(paths["metrics"].read_text()) == metrics
     table = pd.read_csv(paths["table"], keep_default_na=False)
     assert metrics == pytest.approx({"worst_same": table["same_person_acceptance"].min(),

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from facesim.app.repo import find_root, missing_output
-from facesim.core.inference import FaceModel, from_checkpoint, from_onnx
+from facesim.core.inference import FaceModel, calibrated_source, from_checkpoint, from_onnx
 from facesim.core.model_files import MODELS, ModelError
 from facesim.core.paths import show_path
 
@@ -146,5 +146,5 @@ def _from_mlflow(uri: str, root: str | os.PathLike | None, threshold: float | No
     if not isinstance(loaded, FaceVerifier):
         raise ModelError(f"{uri}: not a facesim model (a {type(loaded).__name__}); pass one the evaluate stage "
                          "registered, e.g. models:/facesim-dlib-triplet@champion")
-    source = f"calibrated on people unseen in training, logged with {uri}"
+    source = calibrated_source(f"logged with {uri}")
     return load_model(dataclasses.replace(loaded.model, name=uri, threshold_source=source), threshold=threshold)

@@ -86,6 +86,12 @@ class FaceModel:
         return self.threshold
 
 
+def calibrated_source(where: str) -> str:
+    """A `FaceModel.threshold_source` for the evaluate stage's threshold, published `where` (a metrics file, an
+    export's metadata, an MLflow model)."""
+    return f"calibrated on people unseen in training, {where}"
+
+
 def file_digest(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -103,7 +109,7 @@ def from_checkpoint(
     if threshold is not None:
         source = "given"
     elif metrics is not None and Path(metrics).is_file():
-        threshold, source = read_threshold(metrics), f"calibrated on people unseen in training, {show_path(metrics)}"
+        threshold, source = read_threshold(metrics), calibrated_source(show_path(metrics))
     else:
         source = f"{show_path(metrics)} not found" if metrics is not None else "no metrics file"
     preprocess = Preprocess(**saved["preprocess"])

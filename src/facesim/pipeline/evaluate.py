@@ -44,6 +44,7 @@ from facesim.mlops.registry import register_model
 from facesim.mlops.runs import NULL_RUN, Run
 from facesim.core.checkpoint import inference_device, load_checkpoint
 from facesim.core.embedding import embed_all
+from facesim.core.models import EmbeddingNet
 from facesim.core.onnx_model import OnnxMetadata
 from facesim.pipeline.export import example_faces, export_model
 from facesim.pipeline.robustness import evaluate_robustness
@@ -133,7 +134,8 @@ OUTPUTS = {
 def evaluate_model(
     model_name: str,
     params: EvaluateParams,
-    checkpoint_path: str | os.PathLike,
+    model: EmbeddingNet,
+    checkpoint: dict[str, Any],
     faces_dir: str | os.PathLike,
     pair_paths: dict[str, str | os.PathLike],
     outputs: dict[str, str | os.PathLike],
@@ -141,12 +143,11 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """The evaluate stage's first part: embed, score, write metrics, ROC, predictions and embeddings (all or none).
 
+    model, checkpoint: the trained network and the rest of its checkpoint (`load_checkpoint`).
     outputs: "metrics" (JSON, a DVC metric: the threshold and the `headline` of all held-out pairs),
     "details" (JSON: everything, per pair set), "roc" (CSV fpr,tpr,threshold), "predictions" (CSV),
     "embeddings" (CSV). Returns the details.
     """
-    model, checkpoint = load_checkpoint(checkpoint_path)
-    model.to(inference_device(checkpoint))  # CUDA when present, as in training (train.device)
     preprocess = Preprocess(**checkpoint["preprocess"])
     tables = load_tables(pair_paths)
     val, test, train = tables["pairs_val"], tables["pairs_test"], tables["pairs_train"]
@@ -231,18 +232,21 @@ def evaluate_stage(
     the metrics) last, and every output in `STAGE_OUTPUTS` is published only then: a failure anywhere leaves the
     outputs as they were and nothing registered. Returns the metrics, the robustness summary and the
     export's metadata."""
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    model.to(inference_device(checkpoint))  # CUDA when present, as in training (train.device); the export: the CPU
+    examples = example_faces(faces_dir)  # the export's check and input example, and the registered verifiers'
     names = list(STAGE_OUTPUTS)
     with staged_outputs(*(outputs[name] for name in names)) as paths:
         staged = dict(zip(names, paths))
-        metrics = evaluate_model(model_name, params, checkpoint_path, faces_dir, pair_paths,
+        metrics = evaluate_model(model_name, params, model, checkpoint, faces_dir, pair_paths,
                                  {name: staged[name] for name in OUTPUTS}, run)
         threshold = float(metrics["threshold"])
-        robustness = evaluate_robustness(checkpoint_path, threshold, faces_dir, pair_paths["pairs_test"],
+        robustness = evaluate_robustness(model, checkpoint, threshold, faces_dir, pair_paths["pairs_test"],
                                          {"metrics": staged["robustness_metrics"], "table": staged["robustness_table"]},
                                          run)
-        exported = export_model(model_name, checkpoint_path, threshold, outputs["metrics"], faces_dir, staged["onnx"],
-                                run)
-        example_pair = tuple(example_faces(faces_dir))
+        exported = export_model(model_name, model, checkpoint, threshold, outputs["metrics"], examples,
+                                staged["onnx"], run)
+        example_pair = tuple(examples)
         for model_file in (checkpoint_path, staged["onnx"]):
             register_model(run, model_name, model_file, metrics, example_pair=example_pair)
     return metrics, robustness, exported

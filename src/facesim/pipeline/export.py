@@ -28,6 +28,7 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -36,8 +37,9 @@ import torch
 from facesim.core.atomic import staged_outputs
 from facesim.core.data import prepare_pixels
 from facesim.core.images import ImageError, load_pixels
-from facesim.core.checkpoint import load_checkpoint
 from facesim.core.embedding import embed_all
+from facesim.core.inference import calibrated_source
+from facesim.core.models import EmbeddingNet
 from facesim.core.onnx_model import (FORMAT, FORMAT_VERSION, INPUT_KINDS, INPUT_NAMES, OUTPUT_NAME, PARITY, OnnxMetadata,
                                      OnnxNetwork)
 from facesim.core.paths import natural_key
@@ -90,7 +92,7 @@ def _drop_provenance(graph) -> None:
 
 
 def example_faces(faces_dir: str | os.PathLike, count: int = EXAMPLE_FACES) -> dict[Path, np.ndarray]:
-    """The first `count` readable pictures under `faces_dir` in natural order (ORL: training/s1/1.pgm, 2.pgm):
+    """The first `count` readable pictures under `faces_dir` in natural order (ORL: testing/s5/1.pgm, 2.pgm):
     each file and its pixels."""
     root = Path(faces_dir)
     files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: natural_key(p.relative_to(root).as_posix()))
@@ -108,25 +110,27 @@ def example_faces(faces_dir: str | os.PathLike, count: int = EXAMPLE_FACES) -> d
 
 def export_model(
     model_name: str,
-    checkpoint_path: str | os.PathLike,
+    network: EmbeddingNet,
+    checkpoint: dict[str, Any],
     threshold: float,
     threshold_from: str | os.PathLike,
-    faces_dir: str | os.PathLike,
+    examples: dict[Path, np.ndarray],
     out_path: str | os.PathLike,
     run: Run = NULL_RUN,
 ) -> OnnxMetadata:
-    """The checkpoint with the evaluate stage's `threshold` as ONNX at `out_path`, checked against torch on two
-    faces (`example_faces`) and logged to MLflow (the onnx flavor) before it is published. `threshold_from`:
-    the metrics file that publishes the threshold, named in the metadata as where it came from."""
-    network, checkpoint = load_checkpoint(checkpoint_path)
+    """The trained `network` (and the rest of its `checkpoint`, from `load_checkpoint`) with the evaluate stage's
+    `threshold` as ONNX at `out_path`, checked against torch on the `examples` (`example_faces`) and logged to
+    MLflow (the onnx flavor) before it is published. `threshold_from`: the metrics file that publishes the
+    threshold, named in the metadata as where it came from. The exporter traces on the CPU: `network` is moved
+    there."""
+    network.cpu()
     preprocess = Preprocess(**checkpoint["preprocess"])
-    examples = example_faces(faces_dir)
     pixels = list(examples.values())
     torch_input = prepare_pixels(pixels, preprocess)
     expected = embed_all(network, torch_input).numpy()
     metadata = OnnxMetadata(format=FORMAT, format_version=FORMAT_VERSION, model=model_name, preprocess=preprocess,
                             threshold=threshold,
-                            threshold_source=f"calibrated on people unseen in training, {Path(threshold_from).as_posix()}",
+                            threshold_source=calibrated_source(Path(threshold_from).as_posix()),
                             input=INPUT_KINDS[preprocess.features], embedding_size=int(expected.shape[1]))
     data = onnx_bytes(network, torch.zeros_like(torch_input), metadata)
     with staged_outputs(out_path) as (staged,):

@@ -23,8 +23,8 @@ from facesim.core.atomic import staged_outputs
 from facesim.core.data import Preprocess, prepare_pixels
 from facesim.core.images import load_pixels
 from facesim.core.photo import Change, blur, contrast, exposure, jpeg, looser, mirror, rotation, scale, shifted, tighter
-from facesim.core.checkpoint import inference_device, load_checkpoint
 from facesim.core.embedding import embed_all
+from facesim.core.models import EmbeddingNet
 from facesim.pipeline.faces import held_out_faces, load_tables
 from facesim.mlops.runs import NULL_RUN, Run
 
@@ -95,7 +95,8 @@ def robustness_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def evaluate_robustness(
-    checkpoint_path: str | os.PathLike,
+    model: EmbeddingNet,
+    checkpoint: dict[str, Any],
     threshold: float,
     faces_dir: str | os.PathLike,
     test_pairs_path: str | os.PathLike,
@@ -103,12 +104,11 @@ def evaluate_robustness(
     run: Run = NULL_RUN,
 ) -> dict[str, Any]:
     """The held-out faces (those the sample stage's test pairs name) under every change, at the `threshold`
-    the evaluate stage calibrated (`facesim.pipeline.evaluate.evaluate_stage` runs it after `evaluate_model`).
+    the evaluate stage calibrated (`facesim.pipeline.evaluate.evaluate_stage` runs it after `evaluate_model`), with
+    the trained network and the rest of its checkpoint (`load_checkpoint`).
 
     outputs: "metrics" (JSON, a DVC metric), "table" (CSV: family, strength, both acceptance rates).
     """
-    model, checkpoint = load_checkpoint(checkpoint_path)
-    model.to(inference_device(checkpoint))  # CUDA when present, as in training (train.device)
     preprocess = Preprocess(**checkpoint["preprocess"])
     faces = held_out_faces(load_tables({"pairs_test": test_pairs_path})["pairs_test"])
     pixels = [load_pixels(Path(faces_dir) / f.path) for f in faces]
