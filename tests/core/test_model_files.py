@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from facesim.core.model_files import ModelError, read_evaluation, read_threshold
+from facesim.core.model_files import ModelError, read_threshold
 
 
 def write(path: Path, text: str) -> Path:
@@ -15,10 +15,9 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def test_the_threshold_and_the_whole_file_are_read(tmp_path: Path) -> None:
+def test_the_threshold_is_read_as_a_float(tmp_path: Path) -> None:
     metrics = write(tmp_path / "m.json", json.dumps({"threshold": 1, "eer": 0.25}))
     assert read_threshold(metrics) == 1.0 and isinstance(read_threshold(metrics), float)
-    assert read_evaluation(metrics) == {"threshold": 1, "eer": 0.25}
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -35,9 +34,7 @@ def test_a_file_without_a_usable_threshold_is_refused_naming_it(tmp_path: Path, 
         read_threshold(metrics)
 
 
-def test_a_missing_file_names_itself_its_kind_and_what_to_run(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"absent\.json: detailed metrics file not found; run the evaluate "
+def test_a_missing_file_names_itself_and_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"absent\.json: metrics file not found; run the evaluate "
                                                 r"stage \(`dvc repro`\) first"):
-        read_evaluation(tmp_path / "absent.json", "detailed metrics")
-    with pytest.raises(ModelError, match=r"b\.json: not an evaluate detailed metrics file with a 'threshold'"):
-        read_evaluation(write(tmp_path / "b.json", "{}"), "detailed metrics")
+        read_threshold(tmp_path / "absent.json")

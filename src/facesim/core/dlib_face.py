@@ -20,14 +20,15 @@ ORL people can match. Each face goes through dlib as its authors use it:
 Grey pictures (all the pipeline has) are given to dlib as RGB with three equal
 channels. A face's descriptor depends only on its pixels and the model files,
 so it is computed once and kept in a cache on disk (`cache_dir`), keyed by the
-digests of both: the CV pipeline's 30 stages then pay dlib's ~0.075 s per face
-(one core) once, not 30 times. A cache entry is written atomically; deleting
+digests of both: the CV pipeline's 10 dlib fold stages and the pipeline's dlib
+train and evaluate stages pay dlib's ~0.075 s per face (one core) once, not in
+each stage. A cache entry is written atomically; deleting
 the cache is always safe.
 
 dlib describes a face on one core and holds Python's lock while it does, so threads
 do not help: on Linux, more than `PARALLEL_FROM` faces missing from the cache are
 described by worker processes, one per core this process may use (2 on the
-project's machines: the robustness stage's 660 changed faces in half the time). A
+project's machines: the evaluate stage's 660 changed faces in half the time). A
 descriptor does not depend on which process computes it. The workers are forked
 from a fresh server process that does nothing else (multiprocessing's forkserver),
 not from the stage's process: its other threads (MLflow's, an allocator's) may hold a lock at
@@ -197,8 +198,8 @@ def _describe_all(pixels: list[np.ndarray], processes: int | None) -> list[np.nd
 def worker_pool(processes: int) -> multiprocessing.pool.Pool:
     """`processes` workers forked from multiprocessing's forkserver (this module preloaded there), each with
     dlib's models loaded (the module's docstring says why not forked from this process). Kept for the life of
-    the process: the robustness stage describes its faces in 23 batches, and workers that load dlib's models
-    for each cost it more than the faces do; multiprocessing terminates them at exit."""
+    the process: the evaluate stage's robustness part describes its faces in 23 batches, and workers that load
+    dlib's models for each cost it more than the faces do; multiprocessing terminates them at exit."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])  # only until the server first starts; it then serves every pool
     return context.Pool(processes, initializer=dlib_faces)

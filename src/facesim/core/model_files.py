@@ -19,26 +19,20 @@ class ModelError(ValueError):
     """A model cannot be found or loaded, or has no threshold where one is needed."""
 
 
-def read_evaluation(path: str | os.PathLike, kind: str = "metrics") -> dict:
-    """An evaluate stage's JSON with a finite `threshold` (calibrated on the validation people), as a dict:
-    its metrics file, or (`kind` "detailed metrics") its details file."""
-    path = Path(path)
+def read_threshold(metrics_path: str | os.PathLike) -> float:
+    """The finite `threshold` of an evaluate stage's metrics JSON (calibrated on the validation people)."""
+    path = Path(metrics_path)
     try:
         evaluation = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: {kind} file not found; run the evaluate stage (`dvc repro`) first") from None
+        raise FileNotFoundError(f"{path}: metrics file not found; run the evaluate stage (`dvc repro`) first") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: not an evaluate {kind} file with a 'threshold' (JSON: {exc}); rerun the "
+        raise ModelError(f"{path}: not an evaluate metrics file with a 'threshold' (JSON: {exc}); rerun the "
                          "evaluate stage") from None
     if not isinstance(evaluation, dict) or "threshold" not in evaluation:
-        raise ModelError(f"{path}: not an evaluate {kind} file with a 'threshold' (a JSON object with one); rerun "
+        raise ModelError(f"{path}: not an evaluate metrics file with a 'threshold' (a JSON object with one); rerun "
                          "the evaluate stage")
     threshold = evaluation["threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise ModelError(f"{path}: 'threshold' must be a finite number, got {threshold!r}")
-    return evaluation
-
-
-def read_threshold(metrics_path: str | os.PathLike) -> float:
-    """The `threshold` of an evaluate stage's metrics JSON (`read_evaluation`)."""
-    return float(read_evaluation(metrics_path)["threshold"])
+    return float(threshold)

@@ -164,6 +164,6 @@ class MlflowRun:
             input_example=input_example,
             # pinned rather than inferred, as for the pytorch flavor
             pip_requirements=[f"onnxruntime=={onnxruntime.__version__}", f"onnx=={onnx.__version__}"],
-            save_as_external_data=False,  # one file, as the export stage wrote it
+            save_as_external_data=False,  # one file, as the evaluate stage's export wrote it
             metadata=dict(metadata),
         )
